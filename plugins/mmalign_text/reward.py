@@ -2,13 +2,15 @@
 
     s(x, y) = sum_t log p_theta(y_t | x, y_<t)      (prompt tokens masked out)
 
-Chosen and rejected of a batch go through the model in one forward pass (2B rows), and logits are
-computed only at completion positions (``logits_to_keep``), never for the whole prompt.
+By default each pair is one segment [prompt | chosen | rejected] (prefix sharing) and segments of
+different lengths share rows (packing), see :mod:`.prefix_sharing`; with
+``model.options.prefix_sharing: false`` chosen and rejected are 2B rows of one forward pass. Either
+way log-probs are computed only at the positions that predict a completion token, in chunks
+(:mod:`.logps`), never as full-vocabulary logits for the whole batch.
 """
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -20,30 +22,34 @@ from mmalign.config import DataConfig, ModelConfig
 from mmalign.data import Record
 from mmalign.errors import ConfigError
 from mmalign.reward import PairScores
+from mmalign_text.logps import target_logps
 from mmalign_text.prefix_sharing import SharedPrefixBatch, collate_shared, shared_token_logps
 from mmalign_text.records import TextExample, tokenize_record
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 # attn_implementation goes to from_pretrained; prefix_sharing picks the scoring path (plugin-only).
-KNOWN_OPTIONS = {"attn_implementation", "prefix_sharing", "ld_alpha", "wpo"}
-PLUGIN_OPTIONS = {"prefix_sharing", "ld_alpha", "wpo"}
+KNOWN_OPTIONS = {"attn_implementation", "prefix_sharing", "packing", "fused_logps", "ld_alpha", "wpo"}
+PLUGIN_OPTIONS = {"prefix_sharing", "packing", "fused_logps", "ld_alpha", "wpo"}
 
 
 @dataclass
 class TextBatch:
     input_ids: Tensor  # [R, T] rows: B chosen then B rejected (R = 2B), right-padded
     attention_mask: Tensor  # [R, T]
-    keep: Tensor  # [K] positions whose logits predict completion tokens
-    targets: Tensor  # [R, K] the token predicted at each kept position
-    target_mask: Tensor  # [R, K] 1 where the target is a completion token
+    target_rows: Tensor  # [N] row of each position that predicts a completion token
+    target_positions: Tensor  # [N] that position
+    targets: Tensor  # [N] the completion token it predicts
+    layout: Tensor  # [R, L] index into the N targets: row r's completion tokens (padded)
+    target_mask: Tensor  # [R, L] 1 where layout points at a completion token
     pairs: int  # B
     paired: bool
     labels: Optional[Tensor] = None  # KTO: [B] 1.0 desirable / 0.0 undesirable; rows B.. 2B are mismatched
 
     def to(self, device: torch.device) -> "TextBatch":
-        return TextBatch(self.input_ids.to(device), self.attention_mask.to(device), self.keep.to(device),
-                         self.targets.to(device), self.target_mask.to(device), self.pairs, self.paired,
-                         None if self.labels is None else self.labels.to(device))
+        return TextBatch(*[t.to(device) for t in (self.input_ids, self.attention_mask, self.target_rows,
+                                                  self.target_positions, self.targets, self.layout,
+                                                  self.target_mask)],
+                         self.pairs, self.paired, None if self.labels is None else self.labels.to(device))
 
 
 def load_tokenizer(cfg: ModelConfig):
@@ -182,7 +188,7 @@ class TextReward:
     def collate(self, examples: list[TextExample], generator: Optional[torch.Generator] = None):
         paired = examples[0].rejected_ids is not None
         if paired and self.cfg.options.get("prefix_sharing", True):
-            return collate_shared(examples, self.tokenizer.pad_token_id)
+            return collate_shared(examples, self.tokenizer.pad_token_id, pack=self.cfg.options.get("packing", True))
         rows = [(e.prompt_ids, e.chosen_ids) for e in examples]
         if paired:
             rows += [(e.prompt_ids, e.rejected_ids) for e in examples]
@@ -192,9 +198,8 @@ class TextReward:
                 raise ConfigError("KTO needs at least 2 records per batch (mismatched pairs estimate its "
                                   "reference point): raise train.batch_size.")
             rows += [(e.prompt_ids, examples[(i + 1) % len(examples)].chosen_ids) for i, e in enumerate(examples)]
-        input_ids, attention, keep, targets, target_mask = pad_rows(rows, self.tokenizer.pad_token_id)
         labels = torch.tensor([float(e.label) for e in examples]) if kto else None
-        return TextBatch(input_ids, attention, keep, targets, target_mask, len(examples), paired, labels)
+        return TextBatch(*pad_rows(rows, self.tokenizer.pad_token_id), len(examples), paired, labels)
 
     def to_device(self, batch: TextBatch, device: torch.device) -> TextBatch:
         return batch.to(device)
@@ -203,9 +208,10 @@ class TextReward:
     def score(self, model: nn.Module, batch) -> PairScores:
         alpha = float(self.cfg.options.get("ld_alpha", 1.0))
         wpo = bool(self.cfg.options.get("wpo", False))
+        fused = bool(self.cfg.options.get("fused_logps", True))
         if isinstance(batch, SharedPrefixBatch):
-            token_logps, sum_sq = shared_token_logps(model, batch, with_sum_sq=True) if wpo else \
-                (shared_token_logps(model, batch), None)
+            token_logps, sum_sq = shared_token_logps(model, batch, with_sum_sq=True, fused=fused) if wpo else \
+                (shared_token_logps(model, batch, fused=fused), None)
             c_mask, r_mask = batch.chosen_mask, batch.rejected_mask
             extras = {"pair_weight": wpo_weight(token_logps, sum_sq, c_mask) * wpo_weight(token_logps, sum_sq, r_mask)} \
                 if wpo else {}
@@ -217,13 +223,13 @@ class TextReward:
                 token_logps = token_logps * torch.where(in_public, 1.0, alpha)
             return PairScores((token_logps * c_mask).sum(-1), (token_logps * r_mask).sum(-1),
                               c_mask.sum(-1), r_mask.sum(-1), extras=extras)
-        logits = completion_logits(model, batch.input_ids, batch.attention_mask, batch.keep)
-        token_logps = gather_logps(logits, batch.targets) * batch.target_mask
+        inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+        flat, sum_sq = target_logps(model, inputs, batch.target_rows, batch.target_positions, batch.targets,
+                                    with_sum_sq=wpo and batch.paired, fused=fused)
+        token_logps = flat[batch.layout] * batch.target_mask
         extras = {}
         if wpo and batch.paired:
-            lse = torch.logsumexp(logits.float(), dim=-1, keepdim=True)
-            sum_sq = torch.logsumexp(2 * (logits.float() - lse), dim=-1) * batch.target_mask
-            w = wpo_weight(token_logps, sum_sq, batch.target_mask)
+            w = wpo_weight(token_logps, sum_sq[batch.layout] * batch.target_mask, batch.target_mask)
             extras = {"pair_weight": w[:batch.pairs] * w[batch.pairs:]}
         if alpha != 1.0 and batch.paired:
             token_logps = token_logps * ld_weights(batch.target_mask, batch.pairs, alpha)
@@ -239,19 +245,32 @@ class TextReward:
 
 
 def pad_rows(rows: list[tuple[list[int], list[int]]], pad: int):
-    """(prompt ids, completion ids) rows -> right-padded input_ids and attention mask [R, T], the
-    kept positions [K] (logits at position t predict token t + 1, so only positions that can predict
-    a completion token are kept), and the targets and target mask [R, K] there."""
+    """(prompt ids, completion ids) rows -> right-padded input_ids and attention mask [R, T]; the
+    row, position and token of every completion target [N] (the logits at position t predict token
+    t + 1, so the positions are those just before each completion token); and the layout [R, L]
+    of the targets per row with its mask. An empty prompt leaves the completion's first token
+    unscored (nothing predicts it)."""
     length = max(len(p) + len(c) for p, c in rows)
     input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
     attention = torch.zeros((len(rows), length), dtype=torch.long)
-    completion = torch.zeros((len(rows), length), dtype=torch.long)
+    width = max(len(c) for _, c in rows)
+    layout = torch.zeros((len(rows), width), dtype=torch.long)
+    target_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    target_rows, positions, targets = [], [], []
+    count = 0
     for i, (p, c) in enumerate(rows):
         input_ids[i, :len(p) + len(c)] = torch.tensor(p + c)
         attention[i, :len(p) + len(c)] = 1
-        completion[i, len(p):len(p) + len(c)] = 1
-    first = max(1, min(len(p) for p, _ in rows))
-    return input_ids, attention, torch.arange(first - 1, length - 1), input_ids[:, first:], completion[:, first:]
+        skip = 1 if not p else 0
+        n = len(c) - skip
+        target_rows.append(torch.full((n,), i, dtype=torch.long))
+        positions.append(torch.arange(len(p) - 1 + skip, len(p) + len(c) - 1))
+        targets.append(torch.tensor(c[skip:], dtype=torch.long))
+        layout[i, :n] = torch.arange(count, count + n)
+        target_mask[i, :n] = 1
+        count += n
+    return (input_ids, attention, torch.cat(target_rows), torch.cat(positions), torch.cat(targets), layout,
+            target_mask)
 
 
 def wpo_weight(token_logps: Tensor, log_sum_sq: Tensor, mask: Tensor) -> Tensor:
@@ -290,25 +309,3 @@ def base_state_dict(peft_base: nn.Module) -> dict[str, Tensor]:
 def _tied_names(model: nn.Module) -> set[str]:
     keys = getattr(model, "_tied_weights_keys", None) or {}
     return set(keys) if not isinstance(keys, dict) else set(keys)
-
-
-def _accepts_logits_to_keep(model: nn.Module) -> bool:
-    base = model
-    while hasattr(base, "get_base_model") or hasattr(base, "module"):
-        base = base.get_base_model() if hasattr(base, "get_base_model") else base.module
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
-
-
-def completion_logits(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, keep: Tensor) -> Tensor:
-    """Logits [R, K, V] at the positions ``keep`` only (the LM head never sees prompt positions)."""
-    if _accepts_logits_to_keep(model):
-        return model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep,
-                     use_cache=False).logits
-    return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, keep]
-
-
-def gather_logps(logits: Tensor, targets: Tensor) -> Tensor:
-    """log softmax(logits)[target] per position, in fp32: [R, K, V], [R, K] -> [R, K]."""
-    logits = logits.float()
-    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return picked - torch.logsumexp(logits, dim=-1)

@@ -21,12 +21,13 @@ from mmalign.config import DataConfig, ModelConfig
 from mmalign.data import Record
 from mmalign.errors import ConfigError, DataError, SkipRecord
 from mmalign.reward import PairScores
+from mmalign_text.logps import target_logps, unwrap
 from mmalign_text.prefix_sharing import SharedPrefixBatch, collate_shared, shared_token_logps
 from mmalign_text.records import render
-from mmalign_text.reward import DTYPES, TextReward, gather_logps, pad_rows
+from mmalign_text.reward import DTYPES, TextReward, pad_rows
 
 KNOWN_OPTIONS = {"attn_implementation", "train_vision_tower", "train_projector", "encode_once",
-                 "corrupted_image", "corruption_seed", "prefix_sharing"}
+                 "corrupted_image", "corruption_seed", "prefix_sharing", "packing", "fused_logps"}
 LM_LINEAR = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 
@@ -42,11 +43,12 @@ class VLMExample:
 
 @dataclass
 class VLMSharedBatch:
-    """Prefix sharing for pairs: one row [image + prompt | chosen | rejected] per pair."""
+    """Prefix sharing for pairs: one segment [image + prompt | chosen | rejected] per pair, packed
+    into rows as in the text plugin."""
 
     text: SharedPrefixBatch
     pixel_values: Tensor  # [N_images, C, H, W]
-    row_images: list[list[int]]  # per row (= per pair), indices into pixel_values
+    row_images: list[list[int]]  # per row, indices into pixel_values in the order they stand in it
     pairs: int
     paired: bool = True
 
@@ -58,9 +60,11 @@ class VLMSharedBatch:
 class VLMBatch:
     input_ids: Tensor  # [R, T], rows: B chosen then B rejected (then B corrupted-image chosen)
     attention_mask: Tensor  # [R, T]
-    keep: Tensor  # [K] positions whose logits predict completion tokens
-    targets: Tensor  # [R, K]
-    target_mask: Tensor  # [R, K]
+    target_rows: Tensor  # [N] row and position predicting each completion token (see pad_rows)
+    target_positions: Tensor  # [N]
+    targets: Tensor  # [N]
+    layout: Tensor  # [R, L] index into the N targets per row
+    target_mask: Tensor  # [R, L]
     pixel_values: Tensor  # [N_images, C, H, W] of the pairs (each image once)
     row_images: list[list[int]]  # for every row, indices into pixel_values
     pairs: int
@@ -69,16 +73,10 @@ class VLMBatch:
 
     def to(self, device: torch.device) -> "VLMBatch":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return VLMBatch(move(self.input_ids), move(self.attention_mask), move(self.keep),
-                        move(self.targets), move(self.target_mask), move(self.pixel_values),
-                        self.row_images, self.pairs, self.paired, move(self.corrupted_pixel_values))
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The transformers model under DDP / PEFT wrappers."""
-    while hasattr(model, "module") or hasattr(model, "get_base_model"):
-        model = model.module if hasattr(model, "module") else model.get_base_model()
-    return model
+        return VLMBatch(move(self.input_ids), move(self.attention_mask), move(self.target_rows),
+                        move(self.target_positions), move(self.targets), move(self.layout),
+                        move(self.target_mask), move(self.pixel_values), self.row_images, self.pairs,
+                        self.paired, move(self.corrupted_pixel_values))
 
 
 def resolve_image(value: Any, record: Record) -> Any:
@@ -126,7 +124,7 @@ class VLMReward(TextReward):
         self.cfg, self.data = model_cfg, data_cfg
         self.options = {"train_vision_tower": False, "train_projector": True, "encode_once": True,
                         "corrupted_image": "none", "corruption_seed": 0, "prefix_sharing": True,
-                        **model_cfg.options}
+                        "packing": True, "fused_logps": True, **model_cfg.options}
         if self.options["corrupted_image"] not in ("none", "random_crop", "mask_patches"):
             raise ConfigError("model.options.corrupted_image must be none, random_crop or mask_patches.")
         path = model_cfg.tokenizer or model_cfg.name_or_path
@@ -248,15 +246,16 @@ class VLMReward(TextReward):
             per_example.append(list(range(len(images), len(images) + len(e.images))))
             images += [load_image(v, e.where) for v in e.images]
         if paired and not corrupt and self.options["prefix_sharing"] and self.options["encode_once"]:
-            return VLMSharedBatch(collate_shared(examples, self.tokenizer.pad_token_id),
-                                  self.pixel_values(images), per_example, len(examples))
+            text = collate_shared(examples, self.tokenizer.pad_token_id, pack=self.options["packing"])
+            row_images = [[j for i in pairs for j in per_example[i]] for pairs in text.row_pairs]
+            return VLMSharedBatch(text, self.pixel_values(images), row_images, len(examples))
         row_images = list(per_example)
         if paired:
             rows += [(e.prompt_ids, e.rejected_ids) for e in examples]
             row_images += per_example
         if corrupt:  # mDPO: the chosen response again, conditioned on a corrupted image
             rows += [(e.prompt_ids, e.chosen_ids) for e in examples]
-        input_ids, attention, keep, targets, target_mask = pad_rows(rows, self.tokenizer.pad_token_id)
+        padded = pad_rows(rows, self.tokenizer.pad_token_id)
         pixels = self.pixel_values(images)
         corrupted = None
         if corrupt:
@@ -264,8 +263,7 @@ class VLMReward(TextReward):
 
             firsts = torch.stack([pixels[idx[0]] for idx in per_example])
             corrupted = corrupt_images(firsts, self.options["corrupted_image"], generator)
-        return VLMBatch(input_ids, attention, keep, targets, target_mask, pixels, row_images, len(examples),
-                        paired, corrupted)
+        return VLMBatch(*padded, pixels, row_images, len(examples), paired, corrupted)
 
     # --- scores -------------------------------------------------------------------------------
     def image_features(self, model: nn.Module, pixel_values: Tensor) -> Tensor:
@@ -277,16 +275,18 @@ class VLMReward(TextReward):
     def score(self, model: nn.Module, batch) -> PairScores:
         if isinstance(batch, VLMSharedBatch):
             embeds = self._embeds_with_images(model, batch.text.input_ids, batch.pixel_values, batch.row_images)
-            logps = shared_token_logps(model, batch.text, inputs_embeds=embeds)
+            logps = shared_token_logps(model, batch.text, inputs_embeds=embeds, fused=self.options["fused_logps"])
             t = batch.text
             return PairScores((logps * t.chosen_mask).sum(-1), (logps * t.rejected_mask).sum(-1),
                               t.chosen_mask.sum(-1), t.rejected_mask.sum(-1))
         base = unwrap(model)
         if self.options["encode_once"] and hasattr(base, "get_image_features"):
-            logits = self._logits_encode_once(model, batch)
+            inputs = self._inputs_encode_once(model, batch)
         else:
-            logits = self._logits_naive(model, batch)
-        token_logps = gather_logps(logits, batch.targets) * batch.target_mask
+            inputs = self._inputs_naive(batch)
+        flat, _ = target_logps(model, {**inputs, "attention_mask": batch.attention_mask}, batch.target_rows,
+                               batch.target_positions, batch.targets, fused=self.options["fused_logps"])
+        token_logps = flat[batch.layout] * batch.target_mask
         seq, lengths, b = token_logps.sum(-1), batch.target_mask.sum(-1), batch.pairs
         if not batch.paired:
             return PairScores(seq, None, lengths, None)
@@ -312,19 +312,16 @@ class VLMReward(TextReward):
                             "processor's image settings against the model's vision config.")
         return embeds.masked_scatter(mask, row_feats.to(embeds.dtype))
 
-    def _logits_encode_once(self, model: nn.Module, batch: VLMBatch) -> Tensor:
-        embeds = self._embeds_with_images(model, batch.input_ids, batch.pixel_values, batch.row_images,
-                                          batch.corrupted_pixel_values)
-        return model(inputs_embeds=embeds, attention_mask=batch.attention_mask,
-                     logits_to_keep=batch.keep, use_cache=False).logits
+    def _inputs_encode_once(self, model: nn.Module, batch: VLMBatch) -> dict:
+        return {"inputs_embeds": self._embeds_with_images(model, batch.input_ids, batch.pixel_values,
+                                                          batch.row_images, batch.corrupted_pixel_values)}
 
-    def _logits_naive(self, model: nn.Module, batch: VLMBatch) -> Tensor:
+    def _inputs_naive(self, batch: VLMBatch) -> dict:
         """Every row gets its image's pixel values: the vision tower runs for every row."""
         pixels = [batch.pixel_values[idx] for idx in batch.row_images]
         if batch.corrupted_pixel_values is not None:
             pixels += [batch.corrupted_pixel_values[i:i + 1] for i in range(batch.pairs)]
-        return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                     pixel_values=torch.cat(pixels), logits_to_keep=batch.keep, use_cache=False).logits
+        return {"input_ids": batch.input_ids, "pixel_values": torch.cat(pixels)}
 
 
 @torch.no_grad()

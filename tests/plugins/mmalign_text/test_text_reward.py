@@ -62,17 +62,45 @@ def test_chosen_and_rejected_in_one_forward_pass(tokenizer_dir):
     assert len(calls) == 1
 
 
-def test_lm_head_sees_only_completion_positions(tokenizer_dir):
-    reward, model = make(tokenizer_dir)
+@pytest.mark.parametrize("prefix_sharing", [True, False])
+def test_lm_head_sees_only_the_positions_that_predict_completion_tokens(tokenizer_dir, prefix_sharing):
+    reward, model = make(tokenizer_dir, options={"prefix_sharing": prefix_sharing})
     seen = []
-    model.lm_head.register_forward_hook(lambda m, a, out: seen.append(out.shape[1]))
+    model.lm_head.register_forward_hook(lambda m, a, out: seen.append(tuple(out.shape)))
     exs = examples(reward)
-    batch = reward.collate(exs)
     with torch.no_grad():
-        reward.score(model, batch)
-    shortest_prompt = min(len(e.prompt_ids) for e in exs)
-    # positions shortest_prompt - 1 .. T - 2 predict the tokens that can be completion tokens
-    assert seen == [batch.input_ids.shape[1] - shortest_prompt]
+        reward.score(model, reward.collate(exs))
+    completion_tokens = sum(len(e.chosen_ids) + len(e.rejected_ids) for e in exs)
+    assert seen == [(completion_tokens, model.config.vocab_size)]  # no prompt, no padding positions
+
+
+def test_log_probs_are_chunked_and_recomputed_with_equal_gradients(tokenizer_dir, monkeypatch):
+    """More targets than one chunk holds: the head runs per chunk (recomputed in the backward), and
+    scores and gradients equal those of a single chunk."""
+    import mmalign_text.logps as logps
+
+    reward, model = make(tokenizer_dir)
+    batch = reward.collate(examples(reward))
+
+    def run():
+        model.zero_grad()
+        s = reward.score(model, batch)
+        (s.chosen.sum() - 0.5 * s.rejected.sum()).backward()
+        return torch.cat([s.chosen, s.rejected]), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    whole, g_whole = run()
+    calls = []
+    hook = model.lm_head.register_forward_hook(lambda m, a, out: calls.append(out.shape[0]))
+    monkeypatch.setattr(logps, "CHUNK_ELEMENTS", 4 * model.config.vocab_size)  # 4 positions a chunk
+    chunked, g_chunked = run()
+    hook.remove()
+    n = len(batch.targets)
+    forward_chunks = -(-n // 4)
+    assert calls[:forward_chunks] == [4] * (n // 4) + ([n % 4] if n % 4 else [])
+    assert len(calls) == 2 * forward_chunks  # each chunk recomputed once in the backward
+    assert torch.allclose(whole, chunked, atol=1e-6)
+    for name in g_whole:
+        assert torch.allclose(g_whole[name], g_chunked[name], atol=1e-6), name
 
 
 def test_truncation_and_eos(tokenizer_dir):
@@ -166,17 +194,26 @@ def test_lora_save_loads_with_peft_and_reference_has_no_copy(tokenizer_dir, tmp_
         assert loaded.generate(torch.tensor([[5, 6]]), max_new_tokens=3, do_sample=False).shape[1] == 5
 
 
+# Pair lengths 9, 11, 12, 5 and 6 tokens: first-fit decreasing into rows of 12 packs the two
+# short pairs into one row, so 5 pairs take 4 rows.
+PACKABLE = RECORDS + [{"prompt": "dull", "chosen": "great", "rejected": "awful"},
+                      {"prompt": "kaka lo", "chosen": "superb", "rejected": "dull"}]
+
+
+def one_row(lengths, pack):
+    return [list(range(len(lengths)))]
+
+
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_prefix_sharing_equals_the_plain_path_in_scores_and_gradients(tokenizer_dir, attn):
-    from mmalign_text.prefix_sharing import SharedPrefixBatch
+def test_prefix_sharing_and_packing_equal_the_plain_path_in_scores_and_gradients(tokenizer_dir, attn, monkeypatch):
+    import mmalign_text.prefix_sharing as ps
 
     reward, model = make(tokenizer_dir, options={"attn_implementation": attn})
-    exs = examples(reward)
-    shared = reward.collate(exs)
-    assert isinstance(shared, SharedPrefixBatch) and shared.input_ids.shape[0] == len(exs)
-    reward.cfg.options["prefix_sharing"] = False
-    plain = reward.collate(exs)
-    assert plain.input_ids.shape[0] == 2 * len(exs)
+    exs = examples(reward, PACKABLE)
+
+    def collate(**options):
+        reward.cfg.options.update(options)
+        return reward.collate(exs)
 
     def scores_and_grads(batch):
         model.zero_grad()
@@ -184,12 +221,42 @@ def test_prefix_sharing_equals_the_plain_path_in_scores_and_gradients(tokenizer_
         (s.chosen.sum() - 0.5 * s.rejected.sum()).backward()
         return s, {n: p.grad.clone() for n, p in model.named_parameters()}
 
-    s1, g1 = scores_and_grads(shared)
-    s2, g2 = scores_and_grads(plain)
-    assert torch.allclose(s1.chosen, s2.chosen, atol=1e-5) and torch.allclose(s1.rejected, s2.rejected, atol=1e-5)
-    assert torch.equal(s1.chosen_lengths, s2.chosen_lengths) and torch.equal(s1.rejected_lengths, s2.rejected_lengths)
-    for name in g1:
-        assert torch.allclose(g1[name], g2[name], atol=1e-5), name
+    packed = collate()
+    assert isinstance(packed, ps.SharedPrefixBatch) and packed.row_pairs == [[2], [1], [0], [3, 4]]
+    assert packed.input_ids.shape == (4, 12)
+    unpacked = collate(packing=False)
+    assert unpacked.input_ids.shape == (5, 12)
+    with monkeypatch.context() as m:  # every pair in one row: the mask alone keeps them apart
+        m.setattr(ps, "assign_rows", one_row)
+        single = collate(packing=True)
+    assert single.input_ids.shape == (1, 9 + 11 + 12 + 5 + 6)
+    plain = collate(prefix_sharing=False)
+    assert plain.input_ids.shape[0] == 2 * len(exs)
+
+    expected, expected_grads = scores_and_grads(plain)
+    for batch in (packed, unpacked, single):
+        s, g = scores_and_grads(batch)
+        assert torch.allclose(s.chosen, expected.chosen, atol=1e-5)
+        assert torch.allclose(s.rejected, expected.rejected, atol=1e-5)
+        assert torch.equal(s.chosen_lengths, expected.chosen_lengths)
+        assert torch.equal(s.rejected_lengths, expected.rejected_lengths)
+        for name in g:
+            assert torch.allclose(g[name], expected_grads[name], atol=1e-5), name
+    for i, r in enumerate(PACKABLE):  # and the plain path is the direct computation
+        assert expected.chosen[i].item() == pytest.approx(direct_score(model, reward.tokenizer, r["prompt"], r["chosen"]), abs=1e-5)
+
+
+def test_packing_rows_never_outgrow_one_pair_per_row():
+    from mmalign_text.prefix_sharing import assign_rows
+
+    lengths = [30, 5, 12, 30, 18, 7, 25, 1]
+    rows = assign_rows(lengths, pack=True)
+    assert sorted(i for r in rows for i in r) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in r) <= max(lengths) for r in rows)
+    assert all(r == sorted(r) for r in rows)
+    # first-fit decreasing (30, 30, 25, 18, 12, 7, 5, 1): 30 | 30 | 25+5 | 18+12 | 7+1
+    assert rows == [[0], [3], [1, 6], [2, 4], [5, 7]]
+    assert assign_rows(lengths, pack=False) == [[i] for i in range(len(lengths))]
 
 
 def test_ld_dpo_weights_tokens_beyond_the_public_length(tokenizer_dir):

@@ -44,6 +44,27 @@ def test_encode_once_equals_the_naive_path_and_encodes_each_image_once(vlm_world
         assert torch.allclose(grad, naive_grads[name], atol=1e-5), name
 
 
+def test_packed_pairs_equal_the_naive_path(vlm_world, tmp_path, monkeypatch):
+    """Several pairs (and their images) in one row: the mask keeps them apart and each row's image
+    features land in its own placeholders."""
+    import mmalign_text.prefix_sharing as ps
+
+    reward, model = make(vlm_world, tmp_path)
+    exs = examples(reward, vlm_world, n=4)
+    monkeypatch.setattr(ps, "assign_rows", lambda lengths, pack: [[0, 2], [1, 3]])
+    batch = reward.collate(exs)
+    assert batch.text.input_ids.shape[0] == 2 and batch.row_images == [[0, 2], [1, 3]]
+    packed = reward.score(model, batch)
+    packed_grads = _grads(model, packed)
+    reward.options.update(encode_once=False, prefix_sharing=False)
+    naive = reward.score(model, reward.collate(exs))
+    naive_grads = _grads(model, naive)
+    assert torch.allclose(packed.chosen, naive.chosen, atol=1e-5)
+    assert torch.allclose(packed.rejected, naive.rejected, atol=1e-5)
+    for name, grad in packed_grads.items():
+        assert torch.allclose(grad, naive_grads[name], atol=1e-5), name
+
+
 def _grads(model, scores):
     model.zero_grad()
     (scores.chosen.sum() - 0.5 * scores.rejected.sum()).backward()
