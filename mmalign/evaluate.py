@@ -37,7 +37,7 @@ def reward_accuracy(ctx: EvalContext) -> dict[str, float]:
     every evaluation sees the same ones."""
     if not ctx.loss.paired:
         return {}
-    from mmalign.engine import preference_loss
+    from mmalign.losses.objective import preference_loss
 
     generator = torch.Generator().manual_seed(ctx.seed)
     device = next(ctx.policy.parameters()).device

@@ -9,7 +9,8 @@ import torch
 
 from mmalign.config import load_config
 from mmalign.data import prepare_examples, read_records
-from mmalign.engine import disable_dropout, preference_loss, train
+from mmalign.engine import disable_dropout, train
+from mmalign.losses.objective import preference_loss
 from mmalign.errors import ConfigError
 from mmalign.plugins import registry
 from mmalign.reference import make_reference

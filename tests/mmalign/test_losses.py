@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from mmalign.engine import preference_loss
+from mmalign.losses.objective import preference_loss
 from mmalign.losses import BUILTIN_LOSSES, call_loss, hinge, ipo, nll_term, sft, sigmoid
 from mmalign.reward import PairScores
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from diffusion_helpers import examples, make_reward, pairs_file, perturbed
-from mmalign.engine import preference_loss
+from mmalign.losses.objective import preference_loss
 from mmalign.evaluate import EvalContext
 from mmalign.losses import LossSpec, sigmoid
 from mmalign.plugins import registry
