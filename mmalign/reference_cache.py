@@ -7,8 +7,9 @@ training example once before training, in batches, and answers later calls from 
 fingerprint of the reference model, the data, the tokenization settings and the plugin, so another
 run (or a resumed one) with the same fingerprint skips the pass.
 
-Only for plugins whose batches are deterministic (``deterministic_collate = True``: text, VLM).
-Diffusion draws noise per batch, so its reference scores are not reusable.
+Only for plugins whose batches are deterministic (``deterministic_collate = True``): text, VLM
+(without mDPO's random corruptions), and diffusion with ``model.options.noise: per_example`` (each
+pair's noise and timestep fixed); diffusion's default per-step noise makes reference scores single-use.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import binascii
 import hashlib
 import io
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -37,6 +37,7 @@ class ImageRef:
     data: Optional[bytes]
     size: tuple[int, int]  # (height, width) of the original image
     where: str  # "file:line key"
+    _digest: Optional[str] = field(default=None, init=False, repr=False, compare=False)
 
     def read(self) -> bytes:
         if self.data is not None:
@@ -47,7 +48,11 @@ class ImageRef:
             raise DataError(f"{self.where}: cannot read image '{self.path}' ({e}).") from None
 
     def digest(self) -> str:
-        return hashlib.sha256(self.read()).hexdigest()
+        """sha256 of the image's bytes: the cache key of its latents. Computed once per run (the
+        caches look it up every step), not re-read from disk."""
+        if self._digest is None:
+            self._digest = hashlib.sha256(self.read()).hexdigest()
+        return self._digest
 
 
 @dataclass

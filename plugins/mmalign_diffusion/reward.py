@@ -38,7 +38,8 @@ from mmalign_diffusion.records import (DiffusionExample, ImageRef, View, choose_
 
 SCORE_SCALE = 0.5  # s = -0.5 * mse: loss.beta == --beta_dpo of the diffusers scripts
 OPTIONS = {"resolution": None, "random_crop": False, "random_flip": False, "cache_dir": None,
-           "eval_draws": 4}
+           "eval_draws": 4, "noise": "per_step", "noise_seed": 0}
+NOISE_MODES = ("per_step", "per_example")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -67,6 +68,12 @@ def unwrap(model: nn.Module) -> nn.Module:
 class DiffusionReward:
     name = "diffusion"
 
+    @property
+    def deterministic_collate(self) -> bool:
+        """Per-example noise makes a pair's batch, and so its reference score, the same every time:
+        ``reference.cache`` may then score the reference once."""
+        return self.options["noise"] == "per_example"
+
     def __init__(self, model_cfg: ModelConfig, data_cfg: DataConfig):
         unknown = set(model_cfg.options) - set(OPTIONS)
         if unknown:
@@ -78,6 +85,10 @@ class DiffusionReward:
         self.cfg = model_cfg
         self.data = data_cfg
         self.options = {**OPTIONS, **model_cfg.options}
+        if self.options["noise"] not in NOISE_MODES:
+            raise ConfigError(f"model.options.noise: '{self.options['noise']}' is not a noise mode; use "
+                              f"per_step (a fresh draw every step, as the diffusers scripts) or "
+                              f"per_example (one fixed draw per pair, which lets reference.cache work).")
         self.eval_draws = int(self.options["eval_draws"])
         if model_cfg.name_or_path is not None:
             self.comps = C.load_components(model_cfg.name_or_path, self.options["resolution"])
@@ -157,16 +168,22 @@ class DiffusionReward:
     def prepare(self, record: Record, *, paired: bool) -> DiffusionExample:
         return parse_record(record, paired=paired)
 
-    def collate(self, examples: list[DiffusionExample], generator: torch.Generator) -> DiffusionBatch:
-        """All randomness of a step, from ``generator``: per pair one noise tensor, one timestep,
-        one horizontal flip and one crop position (used only with the random_* options)."""
+    def collate(self, examples: list[DiffusionExample], generator: Optional[torch.Generator] = None) -> DiffusionBatch:
+        """All randomness of a step: per pair one noise tensor, one timestep, one horizontal flip
+        and one crop position (used only with the random_* options). ``noise: per_step`` draws
+        them from ``generator``; ``per_example`` from a generator seeded by the pair's content and
+        ``noise_seed``, so a pair gets the same draw in every epoch and every batch."""
         paired = examples[0].rejected is not None
         b, res = len(examples), self.comps.resolution
-        shape = (b, self.comps.vae.config.latent_channels, self.comps.latent_size, self.comps.latent_size)
-        noise = torch.randn(shape, generator=generator)
-        timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (b,), generator=generator)
-        flips = torch.rand(b, generator=generator) < 0.5
-        crops = torch.rand(b, generator=generator)
+        shape = (self.comps.vae.config.latent_channels, self.comps.latent_size, self.comps.latent_size)
+        steps = self.scheduler.config.num_train_timesteps
+        if self.options["noise"] == "per_example":
+            draws = [self._draw(shape, steps, torch.Generator().manual_seed(self._pair_seed(e))) for e in examples]
+            noise, timesteps, flips, crops = (torch.stack(d) for d in zip(*draws))
+        else:
+            if generator is None:
+                raise ValueError("collate with noise: per_step needs the run's generator")
+            noise, timesteps, flips, crops = self._draw((b, *shape), steps, generator, b)
         images, views = [], []
         for side in ("chosen", "rejected") if paired else ("chosen",):
             for i, e in enumerate(examples):
@@ -180,6 +197,18 @@ class DiffusionReward:
                                      for ref, v in zip(images, views)], dtype=torch.float32)
         return DiffusionBatch([e.caption for e in examples], images, views, noise, timesteps,
                               time_ids, paired)
+
+    @staticmethod
+    def _draw(shape: tuple, steps: int, generator: torch.Generator, n: int | None = None):
+        """(noise, timestep, flip, crop position): one set, or ``n`` stacked, in this order."""
+        size = () if n is None else (n,)
+        return (torch.randn(shape, generator=generator), torch.randint(0, steps, size, generator=generator),
+                torch.rand(size, generator=generator) < 0.5, torch.rand(size, generator=generator))
+
+    def _pair_seed(self, e: DiffusionExample) -> int:
+        parts = [e.caption, e.chosen.digest(), e.rejected.digest() if e.rejected is not None else "",
+                 str(self.options["noise_seed"])]
+        return int(hashlib.sha256("\0".join(parts).encode()).hexdigest()[:15], 16)
 
     def _caches(self) -> tuple[TensorCache, TensorCache]:
         if self._latent_cache is None:
