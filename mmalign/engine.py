@@ -317,7 +317,8 @@ def _cached_reference(cfg: Config, spec: LossSpec, reward, reference, examples, 
     if cfg.reference.cache == "disk":
         files = [f for f in (cfg.data.train,) if f]
         root = Path(cfg.reference.cache_dir) if cfg.reference.cache_dir else out / "reference_cache"
-        path = root / f"ref-{fingerprint(cfg, files)}-rank{accelerator.process_index}.safetensors"
+        content = reward.content_fingerprint(examples) if hasattr(reward, "content_fingerprint") else ""
+        path = root / f"ref-{fingerprint(cfg, files, content)}-rank{accelerator.process_index}.safetensors"
     return CachedReference(reference, reward, examples, batch_size=cfg.eval.batch_size,
                            autocast=accelerator.autocast, device=accelerator.device, path=path, log=log)
 

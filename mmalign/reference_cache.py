@@ -27,9 +27,11 @@ from mmalign.reward import PairScores
 SCORE_KEYS = ("chosen", "rejected", "chosen_lengths", "rejected_lengths")
 
 
-def fingerprint(cfg, data_files: list[str]) -> str:
-    """Hash of everything the reference scores depend on."""
-    h = hashlib.sha256()
+def fingerprint(cfg, data_files: list[str], content: str = "") -> str:
+    """Hash of everything the reference scores depend on. ``content``: the plugin's hash of what
+    the records point to outside the data files (images), so an edited image is not served
+    scores of its old version."""
+    h = hashlib.sha256(content.encode())
     ref_model = cfg.reference.name_or_path or cfg.model.name_or_path
     h.update(json.dumps({
         "reward": cfg.model.reward, "reference": ref_model, "tiny": cfg.model.tiny,

@@ -71,3 +71,10 @@ class ImplicitReward(Protocol):
 
     def load_trained(self, directory: Path) -> nn.Module:
         """A fresh model from a directory written by ``save`` (``mmalign eval``)."""
+
+
+# Optional members the engine looks for (``getattr``), documented in docs/plugin-hooks.md:
+#   deterministic_collate: bool         collate draws no randomness, so ``reference.cache`` may
+#                                       score each record's reference once
+#   content_fingerprint(examples) -> str  a hash of what records point to outside the data file
+#                                       (image bytes), part of the on-disk reference-cache key

@@ -210,6 +210,14 @@ class DiffusionReward:
                  str(self.options["noise_seed"])]
         return int(hashlib.sha256("\0".join(parts).encode()).hexdigest()[:15], 16)
 
+    def content_fingerprint(self, examples: list[DiffusionExample]) -> str:
+        """The images' bytes (sha256 digests) in order: part of the on-disk reference-cache key."""
+        h = hashlib.sha256()
+        for e in examples:
+            for ref in (e.chosen, e.rejected):
+                h.update((ref.digest() if ref is not None else "-").encode())
+        return h.hexdigest()
+
     def _caches(self) -> tuple[TensorCache, TensorCache]:
         if self._latent_cache is None:
             directory = self.options["cache_dir"]

@@ -9,6 +9,7 @@ per model** and the features are placed into both rows (``encode_once``). Models
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -233,6 +234,14 @@ class VLMReward(TextReward):
         return VLMExample(prompt_ids, completion_ids(f[chosen_key], chosen_key),
                           completion_ids(f["rejected"], "rejected") if paired else None,
                           images, record.where, f)
+
+    def content_fingerprint(self, examples: list[VLMExample]) -> str:
+        """The images' bytes in order: part of the on-disk reference-cache key."""
+        h = hashlib.sha256()
+        for e in examples:
+            for image in e.images:
+                h.update(image.tobytes() if isinstance(image, Image.Image) else Path(image).read_bytes())
+        return h.hexdigest()
 
     def pixel_values(self, images: list[Image.Image]) -> Tensor:
         return torch.as_tensor(self.processor.image_processor(images, return_tensors="pt")["pixel_values"])

@@ -69,3 +69,18 @@ def test_cached_diffusion_reference_matches_the_live_one_and_is_not_rerun(tmp_pa
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-3)
         assert a["rewards/margins"] == pytest.approx(b["rewards/margins"], abs=2e-3)
     assert live[-1]["rewards/margins"] != 0.0  # the policy moved: the comparison is not trivial
+
+
+def test_disk_cache_key_follows_the_image_bytes(tmp_path):
+    from mmalign.config import load_config as load
+    from mmalign.reference_cache import fingerprint
+
+    path = pairs_file(tmp_path, n=2)
+    cfg = load(CONFIG, overrides=["model.options.noise=per_example"])
+    reward = make_reward("sdxl", noise="per_example")
+    before = fingerprint(cfg, [str(path)], reward.content_fingerprint(examples(reward, path)))
+    assert before == fingerprint(cfg, [str(path)], reward.content_fingerprint(examples(reward, path)))
+    image = next(tmp_path.rglob("*.png"))
+    image.write_bytes(image.read_bytes() + b"\0")  # same file name, same JSONL, other bytes
+    after = fingerprint(cfg, [str(path)], reward.content_fingerprint(examples(reward, path)))
+    assert after != before

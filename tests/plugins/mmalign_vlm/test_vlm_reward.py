@@ -185,3 +185,16 @@ def test_best_of_n_keeps_the_scorers_favourite(vlm_world, tmp_path):
     assert seen == [6] and len(picked) == 2
     for p in picked:
         assert len(p["responses"]) == 3 and p["best_score"] == max(p["scores"])
+
+
+def test_content_fingerprint_follows_the_image_bytes(vlm_world, tmp_path):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(vlm_world, root)
+    reward, _ = make(root, tmp_path)
+    before = reward.content_fingerprint(examples(reward, root))
+    assert before == reward.content_fingerprint(examples(reward, root))
+    first = json.loads((root / "pairs.jsonl").read_text().splitlines()[0])["image"]
+    shutil.copy(root / json.loads((root / "pairs.jsonl").read_text().splitlines()[1])["image"], root / first)
+    assert reward.content_fingerprint(examples(reward, root)) != before
