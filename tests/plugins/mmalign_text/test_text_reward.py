@@ -74,6 +74,45 @@ def test_lm_head_sees_only_the_positions_that_predict_completion_tokens(tokenize
     assert seen == [(completion_tokens, model.config.vocab_size)]  # no prompt, no padding positions
 
 
+@pytest.mark.parametrize("prefix_sharing", [True, False])
+def test_fused_log_probs_equal_full_logits_in_scores_and_gradients(tokenizer_dir, prefix_sharing):
+    """fused_logps (the head only at target positions) against the model's own logits at every
+    position, log-softmaxed and gathered."""
+    reward, model = make(tokenizer_dir, options={"prefix_sharing": prefix_sharing})
+    batch = reward.collate(examples(reward, PACKABLE))
+
+    def run(fused):
+        reward.cfg.options["fused_logps"] = fused
+        model.zero_grad()
+        s = reward.score(model, batch)
+        (s.chosen.sum() - 0.5 * s.rejected.sum()).backward()
+        return torch.cat([s.chosen, s.rejected]), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    fused, g_fused = run(True)
+    full, g_full = run(False)
+    assert torch.allclose(fused, full, atol=1e-5)
+    for name in g_fused:
+        assert torch.allclose(g_fused[name], g_full[name], atol=1e-5), name
+
+
+def test_models_that_post_process_logits_take_the_full_logits_path(tokenizer_dir):
+    """Gemma-2 soft-caps its logits after the head: the fused head would cap log-probs, so the
+    plugin takes the model's own logits, and scores still equal the direct computation."""
+    from mmalign_text.logps import fused_head_supported
+
+    cfg = load_config(data={"model": {"tiny": {**TINY, "model_type": "gemma2", "head_dim": 16,
+                                               "final_logit_softcapping": 5.0},
+                                      "tokenizer": str(tokenizer_dir)}})
+    torch.manual_seed(0)
+    reward = TextReward(cfg.model, cfg.data)
+    model = reward.load_policy().eval()
+    assert not fused_head_supported(model)
+    with torch.no_grad():
+        scores = reward.score(model, reward.collate(examples(reward)))
+    for i, r in enumerate(RECORDS):
+        assert scores.chosen[i].item() == pytest.approx(direct_score(model, reward.tokenizer, r["prompt"], r["chosen"]), abs=1e-5)
+
+
 def test_log_probs_are_chunked_and_recomputed_with_equal_gradients(tokenizer_dir, monkeypatch):
     """More targets than one chunk holds: the head runs per chunk (recomputed in the backward), and
     scores and gradients equal those of a single chunk."""
