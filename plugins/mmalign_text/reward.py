@@ -27,7 +27,7 @@ from mmalign_text.prefix_sharing import SharedPrefixBatch, collate_shared, share
 from mmalign_text.records import TextExample, tokenize_record
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
-# attn_implementation goes to from_pretrained; prefix_sharing picks the scoring path (plugin-only).
+# attn_implementation goes to from_pretrained; the others are the plugin's own (scoring path, LD-DPO, WPO).
 KNOWN_OPTIONS = {"attn_implementation", "prefix_sharing", "packing", "fused_logps", "ld_alpha", "wpo"}
 PLUGIN_OPTIONS = {"prefix_sharing", "packing", "fused_logps", "ld_alpha", "wpo"}
 
