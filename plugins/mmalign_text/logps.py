@@ -107,3 +107,15 @@ def target_logps(model: nn.Module, inputs: dict, rows: Tensor, positions: Tensor
         return logps, head.sum_sq
     logits = model(**inputs, use_cache=False).logits[rows, positions]
     return _log_softmax_at(nn.Identity(), logits, targets, with_sum_sq)
+
+
+def compile_layers(model: nn.Module) -> int:
+    """Regional ``torch.compile``: every module whose class a transformers (sub)model lists in
+    ``_no_split_modules`` (the decoder layers; a VLM's vision encoder layers too) is compiled on
+    its own, with dynamic shapes (packed rows change length every step). The head swap above stays
+    outside the compiled regions. Returns the number of modules compiled."""
+    names = {n for m in model.modules() for n in (getattr(m, "_no_split_modules", None) or [])}
+    layers = [m for m in model.modules() if type(m).__name__ in names]
+    for layer in layers:
+        layer.compile(dynamic=True)
+    return len(layers)

@@ -22,14 +22,14 @@ from mmalign.config import DataConfig, ModelConfig
 from mmalign.data import Record
 from mmalign.errors import ConfigError
 from mmalign.reward import PairScores
-from mmalign_text.logps import target_logps
+from mmalign_text.logps import compile_layers, target_logps
 from mmalign_text.prefix_sharing import SharedPrefixBatch, collate_shared, shared_token_logps
 from mmalign_text.records import TextExample, tokenize_record
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 # attn_implementation goes to from_pretrained; the others are the plugin's own (scoring path, LD-DPO, WPO).
-KNOWN_OPTIONS = {"attn_implementation", "prefix_sharing", "packing", "fused_logps", "ld_alpha", "wpo"}
-PLUGIN_OPTIONS = {"prefix_sharing", "packing", "fused_logps", "ld_alpha", "wpo"}
+KNOWN_OPTIONS = {"attn_implementation", "prefix_sharing", "packing", "fused_logps", "compile", "ld_alpha", "wpo"}
+PLUGIN_OPTIONS = {"prefix_sharing", "packing", "fused_logps", "compile", "ld_alpha", "wpo"}
 
 
 @dataclass
@@ -131,6 +131,8 @@ class TextReward:
             model = get_peft_model(model, LoraConfig(
                 r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                 target_modules=lora.target_modules, task_type="CAUSAL_LM"))
+        if self.cfg.options.get("compile", False):
+            compile_layers(model)
         return model
 
     def load_reference(self, name_or_path: str) -> nn.Module:

@@ -22,13 +22,13 @@ from mmalign.config import DataConfig, ModelConfig
 from mmalign.data import Record
 from mmalign.errors import ConfigError, DataError, SkipRecord
 from mmalign.reward import PairScores
-from mmalign_text.logps import target_logps, unwrap
+from mmalign_text.logps import compile_layers, target_logps, unwrap
 from mmalign_text.prefix_sharing import SharedPrefixBatch, collate_shared, shared_token_logps
 from mmalign_text.records import render
 from mmalign_text.reward import DTYPES, TextReward, pad_rows
 
 KNOWN_OPTIONS = {"attn_implementation", "train_vision_tower", "train_projector", "encode_once",
-                 "corrupted_image", "corruption_seed", "prefix_sharing", "packing", "fused_logps"}
+                 "corrupted_image", "corruption_seed", "prefix_sharing", "packing", "fused_logps", "compile"}
 LM_LINEAR = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 
@@ -125,7 +125,7 @@ class VLMReward(TextReward):
         self.cfg, self.data = model_cfg, data_cfg
         self.options = {"train_vision_tower": False, "train_projector": True, "encode_once": True,
                         "corrupted_image": "none", "corruption_seed": 0, "prefix_sharing": True,
-                        "packing": True, "fused_logps": True, **model_cfg.options}
+                        "packing": True, "fused_logps": True, "compile": False, **model_cfg.options}
         if self.options["corrupted_image"] not in ("none", "random_crop", "mask_patches"):
             raise ConfigError("model.options.corrupted_image must be none, random_crop or mask_patches.")
         path = model_cfg.tokenizer or model_cfg.name_or_path
@@ -187,6 +187,8 @@ class VLMReward(TextReward):
             model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha,
                                                      lora_dropout=lora.dropout, target_modules=targets,
                                                      modules_to_save=save))
+        if self.options["compile"]:
+            compile_layers(model)
         return model
 
     def save(self, model: nn.Module, directory: Path) -> None:

@@ -113,6 +113,37 @@ def test_models_that_post_process_logits_take_the_full_logits_path(tokenizer_dir
         assert scores.chosen[i].item() == pytest.approx(direct_score(model, reward.tokenizer, r["prompt"], r["chosen"]), abs=1e-5)
 
 
+@pytest.mark.slow
+def test_compiled_layers_give_the_same_scores_and_gradients(tokenizer_dir, tmp_path, pairs_file):
+    """model.options.compile: the decoder layers compiled one by one (dynamic shapes); scores and
+    gradients equal eager, also on a second batch of another shape, and training runs with a
+    frozen-copy reference."""
+    from conftest import base_config
+    from mmalign import train
+    from mmalign_text.logps import compile_layers
+
+    reward, model = make(tokenizer_dir)
+    batches = [reward.collate(examples(reward, PACKABLE)), reward.collate(examples(reward))]
+
+    def run(batch):
+        model.zero_grad()
+        s = reward.score(model, batch)
+        (s.chosen.sum() - 0.5 * s.rejected.sum()).backward()
+        return torch.cat([s.chosen, s.rejected]), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    eager = [run(b) for b in batches]
+    assert compile_layers(model) == TINY["num_hidden_layers"]
+    for batch, (scores, grads) in zip(batches, eager):
+        compiled, compiled_grads = run(batch)
+        assert torch.allclose(compiled, scores, atol=1e-5)
+        for name in grads:
+            assert torch.allclose(compiled_grads[name], grads[name], atol=1e-5), name
+    cfg = base_config(tmp_path, tokenizer_dir, pairs_file, model={"options": {"compile": True}},
+                      train={"max_steps": 2}, reference={"strategy": "copy"})
+    result = train(cfg, log=lambda *a: None)
+    assert result.history[0]["loss"] == pytest.approx(0.693147, abs=1e-5)
+
+
 def test_log_probs_are_chunked_and_recomputed_with_equal_gradients(tokenizer_dir, monkeypatch):
     """More targets than one chunk holds: the head runs per chunk (recomputed in the backward), and
     scores and gradients equal those of a single chunk."""
