@@ -183,7 +183,7 @@ class DiffusionReward:
         else:
             if generator is None:
                 raise ValueError("collate with noise: per_step needs the run's generator")
-            noise, timesteps, flips, crops = self._draw((b, *shape), steps, generator, b)
+            noise, timesteps, flips, crops = self._draw(shape, steps, generator, (b,))
         images, views = [], []
         for side in ("chosen", "rejected") if paired else ("chosen",):
             for i, e in enumerate(examples):
@@ -199,10 +199,9 @@ class DiffusionReward:
                               time_ids, paired)
 
     @staticmethod
-    def _draw(shape: tuple, steps: int, generator: torch.Generator, n: int | None = None):
-        """(noise, timestep, flip, crop position): one set, or ``n`` stacked, in this order."""
-        size = () if n is None else (n,)
-        return (torch.randn(shape, generator=generator), torch.randint(0, steps, size, generator=generator),
+    def _draw(shape: tuple, steps: int, generator: torch.Generator, size: tuple = ()):
+        """(noise, timestep, flip, crop position) drawn in this order: one set, or ``size`` of them."""
+        return (torch.randn((*size, *shape), generator=generator), torch.randint(0, steps, size, generator=generator),
                 torch.rand(size, generator=generator) < 0.5, torch.rand(size, generator=generator))
 
     def _pair_seed(self, e: DiffusionExample) -> int:
