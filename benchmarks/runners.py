@@ -73,7 +73,7 @@ def mmalign_config(w: Workload, precision: str, out_dir: str) -> dict:
         "output_dir": out_dir, "seed": 0,
         "model": {"reward": w.kind, "name_or_path": w.model_dir, "options": options},
         "reference": {"strategy": "copy", "cache": "none"},
-        "data": {"train": w.data_file, "max_prompt_length": 1024, "max_completion_length": 1024},
+        "data": {"train": w.data_file, "max_length": 1024},
         "loss": {"name": "sigmoid", "beta": BETA},
         "train": {"max_steps": w.total_steps, "batch_size": w.pairs, "lr": LR,
                   "precision": "bf16" if precision == "bf16" else "no", "log_every": 1,
@@ -120,7 +120,8 @@ def run_mmalign(w: Workload, precision: str, out_dir: str, log=print) -> dict:
     stamps: list[float] = []
     # The same registry that entry-point plugins' mmalign_register_callbacks hooks write into.
     registry().add("callbacks", "benchmark_timer", lambda output_dir: StepTimer(stamps), source="benchmarks")
-    mmalign.train(mmalign_config(w, precision, out_dir), log=log)
+    # scratch output: a rerun of the benchmarks replaces the previous one (moved aside, not deleted)
+    mmalign.train(mmalign_config(w, precision, out_dir), log=log, overwrite=True)
     return {**summarize(stamps, w.warmup), **_memory()}
 
 

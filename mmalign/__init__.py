@@ -8,14 +8,15 @@ from mmalign.hookspecs import hookimpl
 __version__ = "0.1.0"
 
 
-def train(config, *, resume=None, overrides=None, log=print):
-    """Train from a Config, a dict or a YAML path. Returns an :class:`mmalign.engine.TrainResult`."""
+def train(config, *, resume=None, overrides=None, log=print, overwrite=False, force_resume=False):
+    """Train from a Config, a dict or a YAML path. Returns an :class:`mmalign.engine.TrainResult`.
+    ``overwrite`` / ``force_resume``: as ``mmalign train --overwrite`` / ``--force-resume``."""
     from mmalign.engine import train as _train
 
     if not isinstance(config, Config):
         config = load_config(config, overrides) if not isinstance(config, dict) else load_config(
             data=config, overrides=overrides)
-    return _train(config, resume=resume, log=log)
+    return _train(config, resume=resume, log=log, overwrite=overwrite, force_resume=force_resume)
 
 
 def score(config, *, overrides=None):

@@ -1,4 +1,4 @@
-"""Atomic checkpoints and exact resume.
+"""Atomic, verified checkpoints and exact resume.
 
 A checkpoint is written into ``checkpoints/.tmp-step-N``, flushed to disk, then renamed to
 ``checkpoints/step-N`` in one ``os.replace``: a directory named ``step-N`` is always complete, and a
@@ -7,8 +7,16 @@ by the next save). Everything is safetensors or JSON: nothing written here is a 
 
 Layout of ``step-N/``: ``model/`` (the plugin's ``save``: loads with plain ``from_pretrained``),
 ``optimizer.safetensors`` + ``trainer_state.json`` (step, data position, scheduler, optimizer
-hyper-parameters) and ``rng.safetensors`` (every random generator; under multi-process training
-``rng-rank{r}.safetensors`` holds those of process r > 0).
+hyper-parameters), ``rng.safetensors`` (every random generator; under multi-process training
+``rng-rank{r}.safetensors`` holds those of process r > 0), ``run_identity.json`` (the run's id and
+settings, see :mod:`mmalign.run_identity`) and, written last, ``manifest.json``: the sha256 of
+every other file. Before a checkpoint is trusted (:func:`find_resume_checkpoint`) every file is
+checked against it: a damaged checkpoint is passed over for the newest intact one (with a message
+naming the bad file), and a file the manifest does not list (a planted pickle, say) is refused, as
+is any file that is not safetensors, JSON or tokenizer text (:data:`SAFE_SUFFIXES`) even if listed.
+
+Every safetensors file written is made byte-reproducible (:func:`canonical_safetensors`: the
+header's metadata keys sorted), so identical runs write identical bytes.
 
 Test hook: ``MMALIGN_TEST_CRASH_AT=POINT[@STEP]`` SIGKILLs the process at a named point of a save
 (``save:after_model``, ``save:after_optimizer``, ``save:before_rename``, ``save:after_rename``), so
@@ -29,8 +37,18 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from mmalign.errors import ConfigError
+from mmalign.run_files import writing
+from mmalign.run_identity import file_sha256
+
 STEP_DIR = re.compile(r"^step-(\d+)$")
 CRASH_ENV = "MMALIGN_TEST_CRASH_AT"
+MANIFEST = "manifest.json"
+IDENTITY = "run_identity.json"
+# What a checkpoint may hold: tensors as safetensors, everything else JSON or the plain text that
+# tokenizers and model cards save (vocab.txt, merges.txt, chat_template.jinja, README.md,
+# SentencePiece's protobuf .model). Nothing that unpickles (.bin, .pt, .pkl, .ckpt, .npy, ...).
+SAFE_SUFFIXES = frozenset({".safetensors", ".json", ".txt", ".jinja", ".md", ".model", ".tiktoken"})
 
 
 def _test_crash_point(point: str, step: int) -> None:
@@ -99,19 +117,75 @@ def _rng_file(rank: int) -> str:
     return "rng.safetensors" if rank == 0 else f"rng-rank{rank}.safetensors"
 
 
+def canonical_safetensors(path: Path) -> None:
+    """Rewrite the header of a safetensors file with its ``__metadata__`` keys sorted. The
+    writer (Rust) keeps metadata in a hash map whose order changes from one process to the next,
+    so two identical runs would otherwise write different bytes (e.g. diffusers' LoRA files, whose
+    metadata has two keys). Same keys, same length: only the order in the header changes."""
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        raw = f.read(size)
+        header = json.loads(raw)
+        meta = header.get("__metadata__")
+        if not isinstance(meta, dict) or len(meta) < 2:
+            return
+        header["__metadata__"] = dict(sorted(meta.items()))
+        new = json.dumps({"__metadata__": header.pop("__metadata__"), **header},
+                         separators=(",", ":"), ensure_ascii=False).encode()
+        if len(new) > size:  # cannot happen for a re-ordering; leave the file as written
+            return
+        f.seek(8)
+        f.write(new + b" " * (size - len(new)))
+
+
+def _write_manifest(directory: Path, step: int) -> None:
+    files = {str(p.relative_to(directory)): file_sha256(p)
+             for p in sorted(directory.rglob("*")) if p.is_file()}
+    (directory / MANIFEST).write_text(json.dumps({"format": 1, "step": step, "files": files},
+                                                 indent=1, sort_keys=True))
+
+
 def save_checkpoint(root: Path, step: int, *, save_model, optimizer, scheduler,
                     data_generator: torch.Generator, trainer_state: dict, keep_last: int,
-                    rng_states: list[dict[str, torch.Tensor]] | None = None) -> Path:
-    """Write ``root/step-{step}`` atomically; keep only the newest ``keep_last`` checkpoints.
+                    rng_states: list[dict[str, torch.Tensor]] | None = None,
+                    identity_json: str = "{}") -> Path:
+    """Write ``root/step-{step}`` atomically, with its manifest; then keep only the newest
+    ``keep_last`` checkpoints of this run (same ``run_id`` in ``identity_json``).
 
     ``rng_states``: the :func:`rng_state` of every process (index = rank), gathered by the caller
-    under multi-process training; default: this process's only."""
-    root.mkdir(parents=True, exist_ok=True)
+    under multi-process training; default: this process's only. A failed write (full disk,
+    read-only folder) removes the partial checkpoint and raises a ConfigError naming the path."""
     final = root / f"step-{step:07d}"
     tmp = root / f".tmp-step-{step:07d}"
-    for stale in root.glob(".tmp-step-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp.mkdir()
+    try:
+        with writing(root, "write a checkpoint"):
+            root.mkdir(parents=True, exist_ok=True)
+            for stale in root.glob(".tmp-step-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp.mkdir()
+            _write_files(tmp, step, save_model, optimizer, scheduler, data_generator, trainer_state,
+                         rng_states, identity_json)
+            _test_crash_point("save:before_rename", step)
+            replaced = None
+            if final.exists():  # the same step again (SIGTERM right after a periodic save; a resume)
+                replaced = _move_old_aside(final)
+            os.replace(tmp, final)
+            _fsync_dir(root)
+            if replaced is not None:  # only once the new one is in place: a crash never leaves neither
+                shutil.rmtree(replaced, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _test_crash_point("save:after_rename", step)
+    run_id = json.loads(identity_json).get("run_id")
+    own = [p for p in list_checkpoints(root) if _run_id(p) == run_id]
+    for old in own[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _write_files(tmp: Path, step: int, save_model, optimizer, scheduler, data_generator,
+                 trainer_state: dict, rng_states, identity_json: str) -> None:
     save_model(tmp / "model")
     _test_crash_point("save:after_model", step)
     tensors, opt_meta = optimizer_tensors(optimizer)
@@ -121,27 +195,50 @@ def save_checkpoint(root: Path, step: int, *, save_model, optimizer, scheduler,
     _test_crash_point("save:after_optimizer", step)
     state = dict(trainer_state, optimizer=opt_meta, scheduler=scheduler.state_dict())
     (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
+    (tmp / IDENTITY).write_text(identity_json)
+    for path in sorted(tmp.rglob("*.safetensors")):
+        canonical_safetensors(path)
+    _write_manifest(tmp, step)  # last: a checkpoint without one is incomplete
     _fsync_tree(tmp)
-    _test_crash_point("save:before_rename", step)
-    if final.exists():  # re-saving the same step (e.g. SIGTERM right after a periodic save)
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+
+
+def _move_old_aside(path: Path) -> Path | None:
+    """Make way for a new save of the same step. An intact old one is renamed ``step-N.replaced``
+    and returned, to be deleted once the new one is in place (it holds the same step of the same
+    run); a damaged one (passed over by a resume) is kept for inspection as ``step-N.damaged``.
+    Neither name is ever taken for a checkpoint."""
+    try:
+        damaged = isinstance(verify_checkpoint(path), str)
+    except ConfigError:  # holds a file mmalign did not write
+        damaged = True
+    suffix = ".damaged" if damaged else ".replaced"
+    aside, n = path.with_name(path.name + suffix), 1
+    while aside.exists():
+        aside, n = path.with_name(f"{path.name}{suffix}-{n}"), n + 1
+    os.replace(path, aside)
+    return None if damaged else aside
+
+
+def _fsync_dir(root: Path) -> None:
     dir_fd = os.open(root, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    _test_crash_point("save:after_rename", step)
-    for old in list_checkpoints(root)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+
+
+def _run_id(path: Path) -> str | None:
+    try:
+        return json.loads((path / IDENTITY).read_text()).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def list_checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
+    """Directories named ``step-N`` (renamed into place, so complete when written), oldest first."""
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name))]
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()]
     return [p for _, p in sorted(found)]
 
 
@@ -150,17 +247,140 @@ def latest_checkpoint(root: Path) -> Path | None:
     return found[-1] if found else None
 
 
+# --- verification ------------------------------------------------------------------------------------
+
+_STATE_TYPES = {"step": int, "consumed": int, "optimizer": dict, "scheduler": dict}
+
+
+def _check_state(state) -> str | None:
+    if not isinstance(state, dict):
+        return "is not a JSON object"
+    for key, kind in _STATE_TYPES.items():
+        value = state.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+            return f"'{key}' is {value!r}, expected {'a non-negative integer' if kind is int else 'an object'}"
+    opt = state["optimizer"]
+    if not isinstance(opt.get("param_groups"), list) or not isinstance(opt.get("scalars"), dict):
+        return "'optimizer' lacks its 'param_groups' list or 'scalars' object"
+    window = state.get("metrics_window", [])
+    if not isinstance(window, list) or not all(isinstance(m, dict) for m in window):
+        return "'metrics_window' is not a list of objects"
+    return None
+
+
+def verify_checkpoint(path: Path) -> tuple[dict, dict] | str:
+    """(trainer state, run identity) of an intact checkpoint, else why not (naming the file).
+    Raises ConfigError for a file that mmalign did not write (not in the manifest)."""
+    manifest_path = path / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+        assert isinstance(files, dict)
+    except FileNotFoundError:
+        return f"{manifest_path} is missing (a checkpoint of an older mmalign, or tampered with)"
+    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        return f"{manifest_path} is unreadable or not a manifest"
+    present = {str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()} - {MANIFEST}
+    foreign = sorted(present - set(files))
+    if foreign:
+        raise ConfigError(f"{path / foreign[0]}: this file is not in the checkpoint's manifest: "
+                          f"mmalign did not write it and will not load it (only the safetensors "
+                          f"and JSON files it wrote, checked by sha256). Remove it (and any other "
+                          f"file you did not put there: {', '.join(foreign[:4])}), then resume again.")
+    unsafe = sorted(name for name in files if Path(name).suffix.lower() not in SAFE_SUFFIXES)
+    if unsafe:  # listed by an edited manifest: still not loaded
+        raise ConfigError(f"{path / unsafe[0]}: mmalign loads only safetensors and JSON (and the "
+                          f"tokenizer's text files) from a checkpoint, never a file of another kind "
+                          f"(a pickle can run code), even one its manifest lists. Remove it and its "
+                          f"line in {manifest_path}, then resume again.")
+    for name in ("trainer_state.json", "optimizer.safetensors", _rng_file(0), IDENTITY):
+        if name not in files:
+            return f"{path / name} is missing"
+    if not any(name.startswith("model/") for name in files):
+        return f"{path / 'model'} holds no model files"
+    for name, digest in sorted(files.items()):
+        if name not in present:
+            return f"{path / name} is missing"
+        if file_sha256(path / name) != digest:
+            return f"{path / name} is damaged (its sha256 differs from the manifest's)"
+    try:
+        state = json.loads((path / "trainer_state.json").read_text())
+        identity = json.loads((path / IDENTITY).read_text())
+    except ValueError as err:
+        return f"{path}: a JSON file does not parse ({err})"
+    problem = _check_state(state)
+    if problem:
+        return f"{path / 'trainer_state.json'}: {problem}"
+    return state, identity if isinstance(identity, dict) else {}
+
+
+def find_resume_checkpoint(root: Path, explicit: Path | None, log) -> tuple[Path, dict, dict]:
+    """The checkpoint to resume from, verified: ``explicit`` or else the newest intact one under
+    ``root`` (a damaged newer one is passed over with a message). Exit 2 when there is none."""
+    if explicit is not None:
+        if not (explicit / "trainer_state.json").is_file() and not (explicit / MANIFEST).is_file():
+            raise ConfigError(f"--resume {explicit}: not a checkpoint directory (one holds "
+                              f"manifest.json, trainer_state.json and model/; they are under "
+                              f"OUTPUT_DIR/checkpoints/step-N). Pass one of those, or --resume alone.")
+        found = verify_checkpoint(explicit)
+        if isinstance(found, str):
+            raise ConfigError(f"--resume: {found}. Pass another checkpoint, or --resume alone "
+                              f"to take the newest intact one.")
+        return explicit, *found
+    problems = []
+    for path in reversed(list_checkpoints(root)):
+        found = verify_checkpoint(path)
+        if not isinstance(found, str):
+            for problem in problems:
+                log(f"warning: passed over a damaged checkpoint: {problem}")
+            return path, *found
+        problems.append(found)
+    if problems:
+        raise ConfigError(f"--resume: no intact checkpoint in {root}: " + "; ".join(problems)
+                          + ". Start without --resume (with --overwrite), or restore the files.")
+    raise ConfigError(f"--resume: no complete checkpoint in {root}. Start without --resume, or pass a "
+                      f"checkpoint directory.")
+
+
 def load_checkpoint(path: Path, *, load_model, optimizer, scheduler,
-                    data_generator: torch.Generator, rank: int = 0) -> dict:
+                    data_generator: torch.Generator, rank: int = 0, state: dict | None = None) -> dict:
     """Restore model weights, optimizer, scheduler and this process's RNGs; return the trainer
-    state. A process with no saved RNGs (more processes than when saved) keeps its own, and the
-    returned state has ``"rng_restored": False``."""
-    state = json.loads((path / "trainer_state.json").read_text())
-    load_model(path / "model")
-    load_optimizer(optimizer, load_file(str(path / "optimizer.safetensors")), state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    state (``state``: already read by :func:`verify_checkpoint`). A process with no saved RNGs
+    (more processes than when saved) keeps its own, and the returned state has
+    ``"rng_restored": False``. Weights or optimizer state that do not fit the model: ConfigError."""
+    state = dict(state) if state is not None else json.loads((path / "trainer_state.json").read_text())
+    try:
+        load_model(path / "model")
+        load_optimizer(optimizer, load_file(str(path / "optimizer.safetensors")), state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    except ConfigError:
+        raise
+    except Exception as err:  # a shape or key mismatch from torch / transformers / peft
+        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"--resume: {path} does not fit the model of this config ({first}). "
+                          f"Resume with the model settings (size, LoRA) it was written with, or "
+                          f"start a new run.") from err
     rng_path = path / _rng_file(rank)
     state["rng_restored"] = rng_path.is_file()
     if state["rng_restored"]:
         restore_rng(load_file(str(rng_path)), data_generator)
     return state
+
+
+def save_final(save_model, final: Path) -> None:
+    """Write the trained model into ``.tmp-final``, make its safetensors byte-reproducible, then
+    swap it in for ``final``; a failed write leaves any previous ``final`` in place."""
+    tmp, old = final.with_name(".tmp-final"), final.with_name(".old-final")
+    try:
+        with writing(final, "write the final model"):
+            shutil.rmtree(tmp, ignore_errors=True)
+            save_model(tmp)
+            for path in sorted(tmp.rglob("*.safetensors")):
+                canonical_safetensors(path)
+            if final.exists():
+                final.replace(old)
+            tmp.replace(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

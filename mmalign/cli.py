@@ -1,18 +1,27 @@
-"""``mmalign`` command line: plugins, train, eval, demo.
+"""``mmalign`` command line: plugins, check, train, eval, score, demo.
 
-Bad input (config, data, unknown names) prints a one-paragraph error and exits with code 2;
-nothing is printed as a traceback.
+Exit codes: 0 done; 2 bad input (config, data, unknown names) or a machine that refuses (disk full,
+read-only path), printed as one paragraph; 3 training stopped (non-finite loss); 130 interrupted;
+1 a bug: a short message and the path of a log file holding the traceback. Never a raw traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+import tempfile
+import time
+import traceback
 from pathlib import Path
 
-from mmalign.errors import MmalignError
+from mmalign.errors import MmalignError, user_error
+
+
+OVERWRITE_HELP = ("move what an earlier run left in --out aside (to OUT.previous-TIME) and "
+                  "start anew; without it a non-empty --out is refused")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -20,12 +29,22 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("plugins", help="list every registered reward, loss, dataset format, evaluator, "
                                    "callback and demo with the plugin that provides it")
+    c = sub.add_parser("check", help="validate a config (and read its data files) without loading "
+                                     "a model: exit 0 with a summary, or 2 with the error")
+    c.add_argument("config")
+    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     t = sub.add_parser("train", help="train from a YAML config")
     t.add_argument("config")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.lr=1e-5 (repeatable)")
     t.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
                    help="continue from the latest checkpoint in output_dir (or the one given)")
+    t.add_argument("--force-resume", action="store_true",
+                   help="with --resume: continue even from a checkpoint written with other settings "
+                        "(model, data, loss, batch, lr, seed, ...; the differences are printed)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start anew in an output_dir that holds files: they are moved (not deleted) "
+                        "to OUTPUT_DIR.previous-<time>")
     e = sub.add_parser("eval", help="evaluate output_dir/final (or eval.checkpoint) on data.eval")
     e.add_argument("config")
     e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -38,10 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--out", required=True)
     w.add_argument("--betas", type=float, nargs="+", default=[0.1, 0.5, 2.0, 8.0])
     w.add_argument("--quick", action="store_true")
+    w.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     d = sub.add_parser("demo", help="run an offline end-to-end demo")
     d.add_argument("name", help="text (more come from plugins: see `mmalign plugins`)")
     d.add_argument("--out", required=True, help="output directory")
     d.add_argument("--quick", action="store_true", help="a smaller, faster run (for smoke tests)")
+    d.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     return p
 
 
@@ -64,12 +85,35 @@ def cmd_plugins() -> None:
             print(f"  {name:<18} from {entry.source}{extra}")
 
 
-def cmd_train(args) -> None:
+def load_checked(args, command: str):
+    """The config of a command, validated whole (values, names, modality, hardware) before anything
+    loads; remembers output_dir for the crash log."""
     from mmalign.config import load_config
-    from mmalign.engine import train
+    from mmalign.run_validation import validate_for_run
 
     cfg = load_config(args.config, args.overrides)
-    result = train(cfg, resume=args.resume)
+    args.output_dir = cfg.output_dir
+    validate_for_run(cfg, args.config, command=command)
+    return cfg
+
+
+def cmd_check(args) -> None:
+    from mmalign.check import summary
+
+    cfg = load_checked(args, "check")
+    print(summary(cfg, args.config))
+
+
+def cmd_train(args) -> None:
+    from mmalign.engine import train
+
+    cfg = load_checked(args, "train")
+    if args.force_resume and not args.resume:
+        raise MmalignError("--force-resume needs --resume (it only relaxes the check of which run "
+                           "a checkpoint belongs to).")
+    if args.overwrite and args.resume:
+        raise MmalignError("--overwrite starts a new run and --resume continues one: pass one of them.")
+    result = train(cfg, resume=args.resume, overwrite=args.overwrite, force_resume=args.force_resume)
     from accelerate import PartialState
 
     if PartialState().is_main_process:  # once, not once per process
@@ -77,19 +121,17 @@ def cmd_train(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from mmalign.config import load_config
     from mmalign.evaluate_cli import evaluate_config
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_checked(args, "eval")
     results = evaluate_config(cfg)
     print(json.dumps(results, indent=1))
 
 
 def cmd_score(args) -> None:
-    from mmalign.config import load_config
     from mmalign.evaluate_cli import score_config
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_checked(args, "score")
     rows = score_config(cfg)
     margins = [r["margin"] for r in rows if "margin" in r]
     summary = f", accuracy {sum(m > 0 for m in margins) / len(margins):.3f}" if margins else ""
@@ -101,31 +143,94 @@ def cmd_demo(args) -> None:
 
     run = registry().get("demos", args.name)
     options = {"quick": True} if args.quick else {}
-    run(Path(args.out), **options)
+    _fresh_out(args)
+    with _one_thread():
+        run(Path(args.out), **options)
+
+
+def cmd_sweep(args) -> None:
+    from mmalign.plugins import registry
+
+    _fresh_out(args)
+    with _one_thread():
+        registry().get("demos", "text-frontier")(Path(args.out), betas=tuple(args.betas), quick=args.quick)
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """The demos' models are tiny: a second torch thread gains little, and on a busy machine a thread
+    waiting for a core costs far more (the text demo took 6x longer with 2 threads next to other jobs)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _fresh_out(args) -> None:
+    """A demo or sweep starts in an empty --out: one with files from an earlier run is refused, or
+    with --overwrite moved aside (nothing is deleted), as for ``mmalign train``."""
+    from mmalign.run_identity import existing_contents, prepare_fresh_output
+
+    out = Path(args.out)
+    if existing_contents(out) and not args.overwrite:
+        raise MmalignError(f"--out {out} already holds files from an earlier run. Pass --overwrite to "
+                           f"move them aside (into {out.name}.previous-<time>) and start anew, or "
+                           f"choose another --out.")
+    prepare_fresh_output(out, overwrite=args.overwrite, log=print)
+
+
+COMMANDS = {"plugins": lambda args: cmd_plugins(), "check": cmd_check, "train": cmd_train,
+            "eval": cmd_eval, "score": cmd_score, "sweep": cmd_sweep, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = _parser().parse_args(argv)
     try:
-        if args.command == "plugins":
-            cmd_plugins()
-        elif args.command == "train":
-            cmd_train(args)
-        elif args.command == "eval":
-            cmd_eval(args)
-        elif args.command == "score":
-            cmd_score(args)
-        elif args.command == "sweep":
-            from mmalign.plugins import registry
-
-            registry().get("demos", "text-frontier")(Path(args.out), betas=tuple(args.betas), quick=args.quick)
-        elif args.command == "demo":
-            cmd_demo(args)
-    except MmalignError as err:
-        print(f"mmalign: error: {err}", file=sys.stderr)
-        return err.exit_code
+        COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("mmalign: interrupted.", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader of stdout went away (`mmalign plugins | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as the shell reports for a command killed by it
+    except Exception as exc:  # the last resort: no raw traceback ever reaches the user
+        err = user_error(exc)
+        if err is not None:
+            print(f"mmalign: error: {err}", file=sys.stderr)
+            return err.exit_code
+        log = write_crash_log(exc, argv, getattr(args, "output_dir", None) or getattr(args, "out", None))
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        print(f"mmalign: internal error: {type(exc).__name__}: {first}\n"
+              f"This is a bug in mmalign or a plugin; please report it with the full log: {log}",
+              file=sys.stderr)
+        return 1
     return 0
+
+
+def write_crash_log(exc: BaseException, argv: list[str] | None, output_dir: str | None) -> Path:
+    """The traceback, command line and versions, in output_dir when it already exists (a new
+    folder is not created just for this), else in the temp directory."""
+    import platform
+
+    from mmalign import __version__
+
+    lines = [f"mmalign {__version__}, Python {platform.python_version()}, {platform.platform()}",
+             f"command: mmalign {' '.join(sys.argv[1:] if argv is None else argv)}", "",
+             *traceback.format_exception(type(exc), exc, exc.__traceback__)]
+    name = f"mmalign-crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    folders = [Path(output_dir)] if output_dir and Path(output_dir).is_dir() else []
+    for folder in folders + [Path(tempfile.gettempdir())]:
+        try:
+            (folder / name).write_text("\n".join(line.rstrip("\n") for line in lines) + "\n")
+            return folder / name
+        except OSError:
+            continue
+    return Path("(no log written: neither output_dir nor the temp directory is writable)")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,10 @@ name, the valid keys or the expected type, and the fix (exit code 2 from the CLI
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -52,11 +55,17 @@ class DataConfig:
     train: Optional[str] = None
     eval: Optional[str] = None
     format: str = "auto"  # a registered dataset format; auto picks by file suffix
-    max_prompt_length: int = 512  # prompts are truncated from the left (keep the end)
-    max_completion_length: int = 512  # completions are truncated from the right
+    # text records: "trl" tokenizes exactly as TRL 1.16 (the tokenizer's special tokens such as
+    # BOS, EOS after plain-string completions only, one max_length); "legacy": mmalign's older
+    # convention (no special tokens, EOS always appended, separate prompt / completion limits)
+    tokenization: Literal["trl", "legacy"] = "trl"
+    max_length: Optional[int] = 1024  # tokens of prompt + completion per row (TRL's); null: no limit
+    # which end of a row over max_length is kept (TRL's keep_start / keep_end)
+    truncation_mode: Literal["keep_start", "keep_end"] = "keep_start"
+    max_prompt_length: Optional[int] = None  # legacy only: prompts keep their last tokens
+    max_completion_length: Optional[int] = None  # legacy only: completions keep their first tokens
     strict: bool = False  # turn every skipped record into an error
-    # records longer than max_prompt_length / max_completion_length: truncate (TRL's default;
-    # counted in the data report) or skip (counted)
+    # rows over the length limit: truncate (TRL's; counted in the data report) or skip (counted)
     too_long: Literal["truncate", "skip"] = "truncate"
     # records equal in every field but "id": skip all but the first (counted), or keep them
     duplicates: Literal["skip", "keep"] = "skip"
@@ -86,7 +95,12 @@ class TrainConfig:
     warmup_steps: int = 0
     warmup_ratio: float = 0.0
     max_grad_norm: float = 1.0  # 0 disables clipping
+    # compute: autocast in bf16/fp16; "no" means model.dtype's autocast when that is bfloat16 or
+    # float16, else float32 (see mmalign/precision.py)
     precision: Literal["no", "bf16", "fp16"] = "no"
+    # dtype of the trainable weights the optimizer updates: float32 master weights, or model.dtype
+    # (pure low-precision training, with a warning)
+    master_weights: Literal["float32", "model_dtype"] = "float32"
     log_every: int = 10
     eval_every: int = 0  # 0: evaluate only at the end (when eval data exists)
     save_every: int = 0  # 0: only the final model
@@ -117,6 +131,23 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     source: Optional[str] = field(default=None, metadata={"internal": True})
+
+
+def data_length_problem(data: DataConfig, reward: str) -> Optional[tuple[str, str]]:
+    """(key, what is wrong) when the length keys contradict data.tokenization; else None."""
+    legacy_keys = [k for k in ("max_prompt_length", "max_completion_length") if getattr(data, k) is not None]
+    if data.tokenization == "trl" and legacy_keys:
+        return (f"data.{legacy_keys[0]}",
+                "only applies with data.tokenization: legacy (separate prompt and completion limits, "
+                "no special tokens, EOS always appended). The default data.tokenization: trl tokenizes "
+                "as TRL 1.16, with one limit on prompt + completion: set data.max_length (default "
+                "1024) and data.truncation_mode (keep_start | keep_end) instead, or set "
+                "data.tokenization: legacy to keep the older behaviour.")
+    if reward == "vlm" and data.tokenization == "trl" and data.truncation_mode == "keep_end":
+        return ("data.truncation_mode", "is keep_end, which vision-language models do not support (as "
+                "in TRL): it could cut image tokens out of the prompt. Use keep_start, or "
+                "data.max_length: null.")
+    return None
 
 
 def _type_name(tp: Any) -> str:
@@ -235,68 +266,57 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 data: dict | None = None) -> Config:
     """Read a YAML file (or a dict), apply ``--set`` overrides, validate, and return a Config.
 
-    Relative paths inside the file (data, model, tokenizer) are resolved against the config
-    file's directory if they exist there, else against the current directory.
+    Relative paths written in the file (PATH_KEYS) are relative to the file's directory; those of
+    a dict config and of ``--set`` overrides, to the current directory (see _resolve_paths).
     """
     where = str(path) if path is not None else "config"
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"Config file '{path}' does not exist. Pass the path of a YAML file, "
-                              f"e.g. configs/demo/text.yaml.")
-        try:
-            data = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            line = f" line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"{path}:{line} is not valid YAML ({getattr(e, 'problem', e)}). "
-                              f"Fix the syntax at that line.") from None
-    data = dict(data or {})
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: the top level must be a mapping of sections (model, data, ...).")
+    from mmalign.validation import check_top_level, read_config_file
+
+    # a deep copy: overrides must not write into the caller's dict
+    data = read_config_file(path) if path is not None else copy.deepcopy(check_top_level(data, where))
     data = apply_overrides(data, overrides or [])
     cfg = _build(Config, data, "", where)
     cfg.source = str(path) if path is not None else None
     if path is not None:
-        _resolve_paths(cfg, Path(path).parent)
+        from_cli = {".".join(parse_override(text)[0]) for text in overrides or []}
+        _resolve_paths(cfg, Path(path).parent.resolve(), skip=from_cli)
     validate(cfg, where)
     return cfg
 
 
-def _resolve_paths(cfg: Config, base: Path) -> None:
-    def resolve(value: str | None) -> str | None:
-        if value is None or Path(value).is_absolute() or Path(value).exists():
-            return value
-        candidate = base / value
-        return str(candidate) if candidate.exists() else value
+# Keys holding a file or directory. output_dir (and eval.checkpoint) are not among them: like
+# TRL's, they are relative to the current directory, where a run's outputs are expected.
+PATH_KEYS = ("data.train", "data.eval", "model.name_or_path", "model.tokenizer",
+             "reference.name_or_path", "reference.cache_dir")
+MODEL_KEYS = {"model.name_or_path", "model.tokenizer", "reference.name_or_path"}
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # name or org/name
 
-    cfg.data.train = resolve(cfg.data.train)
-    cfg.data.eval = resolve(cfg.data.eval)
-    cfg.model.name_or_path = resolve(cfg.model.name_or_path)
-    cfg.model.tokenizer = resolve(cfg.model.tokenizer)
-    cfg.reference.name_or_path = resolve(cfg.reference.name_or_path)
+
+def _resolve_paths(cfg: Config, base: Path, skip: set[str] = frozenset()) -> None:
+    """One rule, no fallback: a relative path written in a config file is relative to the file's
+    directory ``base``, whatever the current directory holds. Exceptions: a model key whose value
+    does not exist there and reads as a hub id (``name`` or ``org/name``) stays a hub id, and keys
+    in ``skip`` (given with --set on the command line) stay relative to the current directory."""
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value is None or key in skip:
+            continue
+        value = os.path.expanduser(value)
+        if not Path(value).is_absolute():
+            candidate = base / value
+            if key in MODEL_KEYS and not candidate.exists() and HUB_ID.fullmatch(value):
+                continue
+            value = str(candidate)
+        setattr(getattr(cfg, section), name, value)
 
 
 def validate(cfg: Config, where: str = "config") -> None:
-    """Checks across keys that types alone cannot express."""
-    def need(cond: bool, key: str, msg: str) -> None:
-        if not cond:
-            raise ConfigError(f"{where}: key '{key}' {msg}")
+    """Values and the rules across keys: see mmalign/validation.py (names are checked there too,
+    against the registry, by validate_for_run)."""
+    from mmalign.validation import validate as validate_values
 
-    need(cfg.model.name_or_path is not None or cfg.model.tiny is not None, "model.name_or_path",
-         "is required (a local path or hub id), unless model.tiny describes a model to build.")
-    need(cfg.train.batch_size >= 1, "train.batch_size", "must be at least 1.")
-    need(cfg.train.gradient_accumulation_steps >= 1, "train.gradient_accumulation_steps",
-         "must be at least 1.")
-    need(cfg.train.max_steps >= 0, "train.max_steps", "must be >= 0 (0 means use train.epochs).")
-    need(cfg.train.lr > 0, "train.lr", "must be positive.")
-    need(cfg.loss.beta > 0, "loss.beta", "must be positive.")
-    need(cfg.data.max_prompt_length >= 1, "data.max_prompt_length", "must be at least 1.")
-    need(cfg.data.max_completion_length >= 1, "data.max_completion_length", "must be at least 1.")
-    need(cfg.train.log_every >= 1, "train.log_every", "must be at least 1.")
-    need(0 <= cfg.train.warmup_ratio < 1, "train.warmup_ratio", "must be in [0, 1).")
-    need(cfg.train.keep_last >= 1, "train.keep_last", "must be at least 1.")
-    need(len(cfg.train.adam_betas) == 2, "train.adam_betas", "must be two numbers, e.g. [0.9, 0.999].")
+    validate_values(cfg, where)
 
 
 def to_dict(cfg: Config) -> dict:

@@ -8,8 +8,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmalign.errors import DataError
+from mmalign.errors import DataError, MmalignError
+from mmalign.files import resolve_data_path  # noqa: F401  (importable from here, its former home)
 from mmalign.hookspecs import hookimpl
+from mmalign.strict_json import UTF16, UTF16_BOMS, failing_element, json_problem, parse_json, utf8_problem
 
 
 @dataclass
@@ -24,6 +26,9 @@ class Record:
     # read_records returns such records, and prepare_examples reports them with the file's other
     # bad records, so that one run names every bad line
     problem: str | None = None
+    # data.allow_outside_paths: may paths inside this record leave ``root``? (set by
+    # prepare_examples; see mmalign.files.resolve_data_path)
+    allow_outside: bool = False
 
     def note(self, reason: str) -> None:
         """Count a change made to this record (truncation, say) in the run's data report."""
@@ -59,44 +64,72 @@ def _unreadable(path: Path, records: list[Record]) -> list[Record]:
     return records
 
 
+def _jsonl_record(path: Path, number: int, raw: bytes) -> Record | None:
+    """Line ``number`` of a JSONL file as a Record (with ``problem`` set if it is not a JSON
+    object); None for a blank line."""
+    where = f"{path}:{number}"
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return Record({}, where, path.parent, problem=f"{where}: {utf8_problem(raw, e)}")
+    if number == 1:
+        line = line.removeprefix("\ufeff")  # byte-order mark written by some editors
+    if not line.strip():
+        return None
+    try:
+        obj = parse_json(line)
+    except (ValueError, RecursionError) as e:
+        hint = (" This looks like a JSON list of records: name the file .json or set data.format: "
+                "json." if number == 1 and line.strip() == "[" else "")
+        return Record({}, where, path.parent, problem=(
+            f"{where}: {json_problem(e)}. Each line must be one JSON object; fix or remove "
+            f"that line.{hint}"))
+    if not isinstance(obj, dict):
+        hint = " (a JSON list of records belongs in a .json file)" if isinstance(obj, list) else ""
+        return Record({}, where, path.parent, problem=(
+            f"{where}: expected a JSON object with keys such as \"prompt\", \"chosen\", "
+            f"\"rejected\", got {type(obj).__name__}{hint}."))
+    return Record(obj, where, path.parent)
+
+
 def read_jsonl(path: str | Path) -> list[Record]:
-    """One JSON object per line; blank lines are ignored. Raises UnreadableRecords naming every
-    line that is not a JSON object."""
+    """One JSON object per line (``parse_json``'s rules); blank lines are ignored, a byte-order
+    mark and CRLF line ends are accepted. Raises UnreadableRecords naming every line that is not
+    a JSON object."""
     path = Path(path)
-    records = []
     with path.open("rb") as f:
-        for number, raw in enumerate(f, start=1):
-            where, problem = f"{path}:{number}", None
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                records.append(Record({}, where, path.parent, problem=(
-                    f"{where}: not valid UTF-8 (byte {e.start + 1} of the line). Save the file as "
-                    f"UTF-8.")))
-                continue
-            if number == 1:
-                line = line.removeprefix("\ufeff")  # byte-order mark written by some editors
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                obj, problem = {}, (f"{where}: invalid JSON ({e.msg} at column {e.colno}). Each line "
-                                    f"must be one JSON object; fix or remove that line.")
-            if not isinstance(obj, dict):
-                obj, problem = {}, (f"{where}: expected a JSON object with keys such as \"prompt\", "
-                                    f"\"chosen\", \"rejected\", got {type(obj).__name__}.")
-            records.append(Record(obj, where, path.parent, problem=problem))
-    return _unreadable(path, records)
+        if f.read(2) in UTF16_BOMS:  # every line would fail; say it once
+            raise DataError(f"{path}:1: {UTF16}")
+        f.seek(0)
+        records = [_jsonl_record(path, number, raw) for number, raw in enumerate(f, start=1)]
+    return _unreadable(path, [r for r in records if r is not None])
+
+
+def _json_file_problem(path: Path, text: str, error: Exception) -> str:
+    problem = json_problem(error)
+    if isinstance(error, json.JSONDecodeError):
+        hint = (" One JSON object per line is JSON Lines: name the file .jsonl or set data.format: "
+                "jsonl." if error.msg == "Extra data" else "")
+        return f"{path}:{error.lineno}: {problem}. Fix the file.{hint}"
+    element = failing_element(text)
+    where = f"{path}:record {element[0]} (line {element[1]})" if element else str(path)
+    return f"{where}: {problem}. Fix or remove the record."
 
 
 def read_json(path: str | Path) -> list[Record]:
-    """A JSON file holding a list of objects (record N is element N, counted from 1)."""
+    """A JSON file holding a list of objects (record N is element N, counted from 1), UTF-8 with
+    or without a byte-order mark; ``parse_json``'s rules."""
     path = Path(path)
+    raw = path.read_bytes()
     try:
-        items = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg}). Fix the file.") from None
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}:{line}: {utf8_problem(raw, e, 'file')}") from None
+    try:
+        items = parse_json(text)
+    except (ValueError, RecursionError) as e:
+        raise DataError(_json_file_problem(path, text, e)) from None
     if not isinstance(items, list):
         raise DataError(f"{path}: expected a JSON list of records; use .jsonl for one per line.")
     out = []
@@ -123,6 +156,9 @@ def read_records(path: str | None, fmt: str, key: str) -> list[Record]:
     if p.is_dir() and fmt in ("auto", "jsonl", "json"):
         raise DataError(f"Data path '{path}' (from '{key}') is a directory; '{key}' must name a "
                         f"data file (e.g. train.jsonl).")
+    if not p.is_dir() and not p.is_file():  # a pipe or device: reading it may never end
+        raise DataError(f"Data path '{path}' (from '{key}') is not a regular file (a device, pipe or "
+                        f"socket); '{key}' must name a data file (e.g. train.jsonl).")
     reg = registry()
     if fmt == "auto":
         # The latest registration wins, so an installed plugin can take over a suffix.
@@ -139,36 +175,19 @@ def read_records(path: str | None, fmt: str, key: str) -> list[Record]:
         records = reader(p)
     except UnreadableRecords as e:  # prepare_examples reports them with the other bad records
         records = e.records
+    except MmalignError:
+        raise
     except OSError as e:
         raise DataError(f"Cannot read data file '{path}' (from '{key}'): {e.strerror or e}. Check "
                         f"the file's permissions.") from None
+    except Exception as e:  # a reader's library (json, pyarrow, ...) raising on a bad file
+        raise DataError(f"Cannot read data file '{path}' (from '{key}'): {type(e).__name__}: "
+                        f"{str(e)[:300]}. Check that it is a valid {fmt if fmt != 'auto' else p.suffix} "
+                        f"file, or set data.format to the reader it needs.") from None
     if not records:
         raise DataError(f"Data file '{path}' (from '{key}') holds no records (it is empty or has "
                         f"only blank lines). Point '{key}' at a file with records.")
     return records
-
-
-def resolve_data_path(record: Record, value, key: str, *, allow_outside: bool = False) -> Path:
-    """The file that a record's ``key`` names (an image, say), resolved against the data file's
-    directory (``record.root``), symbolic links followed. Plugins read every file a record names
-    through this, so a data file cannot make a run read arbitrary files: a path that resolves
-    outside that directory is refused unless ``allow_outside`` (the config's
-    ``data.allow_outside_paths``). A value that is not a non-empty string, or a missing file, is a
-    DataError naming the record and the key."""
-    if not isinstance(value, str) or not value.strip():
-        raise DataError(f"{record.where}: \"{key}\" must be a file path (a non-empty string), got "
-                        f"{value!r}. Fix or remove the record.")
-    root = Path(record.root).resolve()
-    path = (root / value).resolve()  # an absolute value replaces root
-    if not allow_outside and not path.is_relative_to(root):
-        raise DataError(f"{record.where}: \"{key}\" = {value!r} resolves to {path}, outside the data "
-                        f"directory {root}. Move the file under that directory, or set "
-                        f"data.allow_outside_paths: true if you trust this data.")
-    if not path.is_file():
-        raise DataError(f"{record.where}: \"{key}\": file {value!r} not found (looked for {path}). "
-                        f"Paths are relative to the data file's directory; fix the path or remove "
-                        f"the record.")
-    return path
 
 
 @hookimpl
@@ -227,12 +246,13 @@ def _identity(record: Record) -> bytes:
 
 
 def prepare_examples(reward, records: list[Record], *, paired: bool, strict: bool, path: str,
-                     duplicates: str = "skip"):
+                     duplicates: str = "skip", allow_outside: bool = False):
     """Run the plugin's ``prepare`` on every record before training starts, so bad input fails
-    now rather than an hour in. Every bad record of the file is named in one DataError (the first
-    ``MAX_LISTED``); valid but unusable records (the plugin's SkipRecord, and duplicates unless
-    ``duplicates="keep"``) are counted with their reason and place, or are errors too with
-    ``strict``. Returns (examples, DataReport)."""
+    now rather than an hour in (plugins check every file a record names, images decoded in full).
+    Every bad record of the file is named in one DataError (the first ``MAX_LISTED``); valid but
+    unusable records (the plugin's SkipRecord, and duplicates unless ``duplicates="keep"``) are
+    counted with their reason and place, or are errors too with ``strict``. ``allow_outside`` is
+    ``data.allow_outside_paths`` (see mmalign.files). Returns (examples, DataReport)."""
     from mmalign.errors import SkipRecord
 
     report = DataReport(path, read=len(records), skipped={})
@@ -251,6 +271,7 @@ def prepare_examples(reward, records: list[Record], *, paired: bool, strict: boo
             problems.append(record.problem)
             continue
         record.notes.clear()  # prepare may run again on the same records (train, then eval)
+        record.allow_outside = allow_outside
         try:
             example = reward.prepare(record, paired=paired)
         except DataError as err:

@@ -8,11 +8,10 @@ log / eval / checkpoint. The engine never knows the modality: it sees only score
 from __future__ import annotations
 
 import inspect
-import json
 import math
 import signal
 import sys
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,21 +20,18 @@ import torch
 from torch import Tensor
 
 from mmalign import checkpoint as ckpt
+from mmalign import precision
 from mmalign.config import Config, dump_config
 from mmalign.data import prepare_examples, read_records
-from mmalign.errors import ConfigError, DataError, MmalignError
+from mmalign.errors import ConfigError, DataError
 from mmalign.losses import LossSpec
 from mmalign.losses.objective import preference_loss
+from mmalign.nonfinite import TrainingError, all_finite, check_before_save, trained
+from mmalign.nonfinite import message as nonfinite_message
 from mmalign.reference import make_reference
-from mmalign.run_files import read_metrics, summary_table, truncate_metrics, write_atomic
+from mmalign.run_files import append_metrics, read_metrics, summary_table, truncate_metrics, write_atomic
+from mmalign.run_identity import check_same_run, claim_output_dir, new_identity
 from mmalign.schedule import make_scheduler
-
-
-class TrainingError(MmalignError):
-    """The run cannot go on (non-finite loss or gradient). The last good checkpoint is intact.
-    Exit code 3."""
-
-    exit_code = 3
 
 
 @dataclass
@@ -74,14 +70,16 @@ class _Stop:
 def _load_data(cfg: Config, reward, spec: LossSpec, log):
     records = read_records(cfg.data.train, cfg.data.format, "data.train")
     train, report = prepare_examples(reward, records, paired=spec.paired, strict=cfg.data.strict,
-                                     path=cfg.data.train, duplicates=cfg.data.duplicates)
+                                     path=cfg.data.train, duplicates=cfg.data.duplicates,
+                                     allow_outside=cfg.data.allow_outside_paths)
     reports = [report]
     log(report.table())
     if cfg.data.eval:
         eval_records = read_records(cfg.data.eval, cfg.data.format, "data.eval")
         held_out, eval_report = prepare_examples(reward, eval_records, paired=spec.paired,
                                                  strict=cfg.data.strict, path=cfg.data.eval,
-                                                 duplicates=cfg.data.duplicates)
+                                                 duplicates=cfg.data.duplicates,
+                                                 allow_outside=cfg.data.allow_outside_paths)
         reports.append(eval_report)
         log(eval_report.table())
     elif cfg.data.eval_size:
@@ -91,42 +89,54 @@ def _load_data(cfg: Config, reward, spec: LossSpec, log):
     return train, held_out, reports
 
 
-def train(cfg: Config, *, resume: str | bool | None = None, log=print) -> TrainResult:
-    """Train the policy described by ``cfg``; write metrics, checkpoints and ``final/``."""
-    from accelerate import Accelerator
+def train(cfg: Config, *, resume: str | bool | None = None, log=print, overwrite: bool = False,
+          force_resume: bool = False) -> TrainResult:
+    """Train the policy described by ``cfg``; write metrics, checkpoints and ``final/``.
+
+    ``output_dir`` is locked for the run; a new run needs it empty unless ``overwrite`` (old
+    contents moved aside); ``resume`` refuses another run's checkpoint unless ``force_resume``
+    (see :mod:`mmalign.run_identity`)."""
+    with ExitStack() as cleanup:  # releases output_dir's lock however the run ends
+        return _train(cfg, resume, log, overwrite, force_resume, cleanup)
+
+
+def _train(cfg: Config, resume, log, overwrite: bool, force_resume: bool, cleanup: ExitStack) -> TrainResult:
     from accelerate.utils import set_seed
 
     from mmalign.evaluate import run_evaluators
     from mmalign.plugins import registry
+    from mmalign.run_validation import validate_for_run
 
     reg = registry()
+    validate_for_run(cfg, cfg.source or "config", reg=reg)  # names, options, modality: before anything loads
     spec: LossSpec = reg.get("losses", cfg.loss.name, "loss.name")
-    unknown = set(cfg.loss.options) - set(spec.options)
-    if unknown:
-        raise ConfigError(f"loss.options: '{sorted(unknown)[0]}' is not an option of loss "
-                          f"'{spec.name}'. Its options: {', '.join(spec.options) or '(none)'}.")
-    if spec.modalities is not None and cfg.model.reward not in spec.modalities:
-        raise ConfigError(f"loss '{spec.name}' does not apply to modality '{cfg.model.reward}' "
-                          f"(it supports: {', '.join(spec.modalities)}).")
-    for name in cfg.eval.evaluators:  # fail now, not after hours of training
-        reg.get("evaluators", name, "eval.evaluators")
-    accelerator = Accelerator(mixed_precision=cfg.train.precision, cpu=not torch.cuda.is_available())
+    mixed = precision.mixed_precision(cfg.model.dtype, cfg.train.precision)
+    accelerator = precision.make_accelerator(mixed, cpu=not torch.cuda.is_available())
     is_main = accelerator.is_main_process
-    out = Path(cfg.output_dir)
     set_seed(cfg.seed)
 
     reward = reg.get("rewards", cfg.model.reward, "model.reward")(cfg.model, cfg.data)
     train_examples, eval_examples, reports = _load_data(cfg, reward, spec, log if is_main else _quiet)
+    content = reward.content_fingerprint(train_examples) if hasattr(reward, "content_fingerprint") else ""
+    identity = new_identity(cfg, content)  # what must match for --resume
     world, bs, accum = accelerator.num_processes, cfg.train.batch_size, cfg.train.gradient_accumulation_steps
     per_step = bs * accum * world
     if len(train_examples) < per_step:
-        raise DataError(f"{cfg.data.train}: {len(train_examples)} usable records, fewer than one "
+        held = f" after data.eval_size held {len(eval_examples)} out" if cfg.data.eval_size else ""
+        raise DataError(f"{cfg.data.train}: {len(train_examples)} usable records{held}, fewer than one "
                         f"optimizer step needs ({per_step} = batch_size x gradient_accumulation_steps "
-                        f"x processes). Add data or lower train.batch_size.")
+                        f"x processes). Add data or lower train.batch_size"
+                        f"{' or data.eval_size' if held else ''}.")
+    # Bad data is refused above, before output_dir is touched (or --overwrite moves a run aside).
+    out = Path(cfg.output_dir)
+    claim_output_dir(out, is_main=is_main, fresh=not resume, overwrite=overwrite, cleanup=cleanup,
+                     vote=lambda failed: _on_any_process(accelerator, failed)[0], log=log)
     steps_per_epoch = len(train_examples) // per_step
     total_steps = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
 
     policy = reward.load_policy()
+    # fp32 master weights for what trains (before the reference copy: it then computes as the policy)
+    precision.set_master_weights(policy, cfg.train.master_weights, log if is_main else _quiet)
     disable_dropout(policy)
     policy.train()
     reference = make_reference(cfg.reference.strategy, policy, reward, cfg.reference.name_or_path,
@@ -144,14 +154,13 @@ def train(cfg: Config, *, resume: str | bool | None = None, log=print) -> TrainR
     step, consumed, skipped = 0, 0, 0
     window: list[dict[str, Tensor]] = []  # metrics of the micro-batches since the last logged row
     if resume:
-        root = out / "checkpoints"
-        path = ckpt.latest_checkpoint(root) if resume is True else Path(resume)
-        if path is None or not (path / "trainer_state.json").is_file():
-            raise ConfigError(f"--resume: no complete checkpoint in {root if resume is True else resume}. "
-                              f"Start without --resume, or pass a checkpoint directory.")
+        path, state, saved = ckpt.find_resume_checkpoint(
+            out / "checkpoints", None if resume is True else Path(resume), log if is_main else _quiet)
+        check_same_run(path, saved, identity, force=force_resume, log=log if is_main else _quiet)
+        identity.run_id = saved.get("run_id") or identity.run_id  # the same run, continued
         state = ckpt.load_checkpoint(path, load_model=lambda d: reward.load_weights(unwrapped, d),
                                      optimizer=optimizer, scheduler=scheduler, data_generator=data_gen,
-                                     rank=accelerator.process_index)
+                                     rank=accelerator.process_index, state=state)
         step, consumed, skipped = state["step"], state["consumed"], state.get("skipped_steps", 0)
         window = [{k: torch.tensor(v) for k, v in m.items()} for m in state.get("metrics_window", [])]
         if is_main:
@@ -160,7 +169,6 @@ def train(cfg: Config, *, resume: str | bool | None = None, log=print) -> TrainR
             log(f"note: the checkpoint was written by {state['processes']} processes and this run has "
                 f"{world}: training continues from the same data position, but not bit for bit.")
     if is_main:
-        out.mkdir(parents=True, exist_ok=True)
         write_atomic(out / "config.yaml", dump_config(cfg))
         truncate_metrics(out / "metrics.jsonl", step)
 
@@ -211,6 +219,7 @@ def train(cfg: Config, *, resume: str | bool | None = None, log=print) -> TrainR
             from accelerate.utils import gather_object
 
             rngs = gather_object(rngs)
+        check_before_save(unwrapped, optimizer, step, out, "saving a checkpoint")
         if is_main:
             trainer_state = {"step": step, "consumed": consumed, "total_steps": total_steps,
                              "processes": world, "skipped_steps": skipped,
@@ -218,7 +227,7 @@ def train(cfg: Config, *, resume: str | bool | None = None, log=print) -> TrainR
             ckpt.save_checkpoint(out / "checkpoints", step, save_model=lambda d: reward.save(unwrapped, d),
                                  optimizer=optimizer, scheduler=scheduler, data_generator=data_gen,
                                  trainer_state=trainer_state, keep_last=cfg.train.keep_last,
-                                 rng_states=rngs)
+                                 rng_states=rngs, identity_json=identity.to_json())
         accelerator.wait_for_everyone()
 
     def evaluate() -> dict[str, float]:
@@ -251,7 +260,7 @@ def train(cfg: Config, *, resume: str | bool | None = None, log=print) -> TrainR
             bad_loss, stop_requested = _on_any_process(accelerator, not loss_finite, stop.requested)
             bad = "loss" if bad_loss else None if math.isfinite(grad_norm) else "gradient norm"
             if bad and cfg.train.on_nonfinite == "stop":
-                raise TrainingError(_nonfinite(bad, step, out))
+                raise TrainingError(nonfinite_message(bad, step + 1, out))
             lr = scheduler.get_last_lr()[0]
             if bad:  # on_nonfinite: skip. The step, schedule and data position still advance.
                 skipped += 1
@@ -260,6 +269,8 @@ def train(cfg: Config, *, resume: str | bool | None = None, log=print) -> TrainR
                         f"train.on_nonfinite: skip)")
             else:
                 optimizer.step()
+                if _on_any_process(accelerator, not all_finite(trained(policy)))[0]:  # e.g. lr: .inf
+                    raise TrainingError(nonfinite_message("weights after the update", step + 1, out))
                 step_metrics[-1]["grad_norm"] = torch.tensor(grad_norm)
                 window.extend(step_metrics)
             scheduler.step()
@@ -278,8 +289,7 @@ def train(cfg: Config, *, resume: str | bool | None = None, log=print) -> TrainR
                 window = []
                 if is_main:
                     history.append(row)
-                    with (out / "metrics.jsonl").open("a") as f:
-                        f.write(json.dumps(row) + "\n")
+                    append_metrics(out / "metrics.jsonl", row)
                     for cb in callbacks:
                         getattr(cb, "on_log", _noop)(step, row)
                     bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "rewards/accuracies") if k in row})
@@ -294,8 +304,9 @@ def train(cfg: Config, *, resume: str | bool | None = None, log=print) -> TrainR
                 sys.exit(130)
     bar.close()
     final = out / "final"
+    check_before_save(unwrapped, optimizer, step, out, "saving final/")  # every process: none waits alone
     if is_main:
-        _save_final(reward, unwrapped, final)
+        ckpt.save_final(lambda d: reward.save(unwrapped, d), final)
         for cb in callbacks:
             getattr(cb, "on_train_end", _noop)(history)
         log(summary_table(history))
@@ -367,28 +378,6 @@ def _reduce(accelerator, window: list[dict[str, Tensor]], step: int, lr: float, 
     row["lr"] = lr
     row["records_seen"] = consumed  # already counts every process
     return row
-
-
-def _nonfinite(what: str, step: int, out: Path) -> str:
-    last = ckpt.latest_checkpoint(out / "checkpoints")
-    kept = (f"the last checkpoint, {last}, is intact: continue from it with --resume"
-            if last is not None else "no checkpoint was written yet (see train.save_every)")
-    return (f"Non-finite {what} at step {step + 1}; training stopped and {kept}. Lower train.lr or "
-            f"loss.beta, check the data, or use train.precision: no; or set train.on_nonfinite: "
-            f"skip to drop such updates (counted as skipped_steps in metrics.jsonl).")
-
-
-def _save_final(reward, model, final: Path) -> None:
-    import shutil
-
-    tmp = final.with_name(".tmp-final")
-    shutil.rmtree(tmp, ignore_errors=True)
-    reward.save(model, tmp)
-    old = final.with_name(".old-final")
-    if final.exists():
-        final.replace(old)
-    tmp.replace(final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _progress(cfg: Config, total: int, initial: int, is_main: bool):

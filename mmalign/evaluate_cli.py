@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from mmalign import precision
 from mmalign.config import Config
 from mmalign.data import prepare_examples, read_records
 from mmalign.errors import ConfigError
@@ -29,6 +31,7 @@ class Loaded:
     examples: list
     data_path: str
     checkpoint: Path
+    accelerator: object  # device and autocast, as in training (mmalign.precision)
 
 
 def load_trained_run(cfg: Config) -> Loaded:
@@ -50,27 +53,55 @@ def load_trained_run(cfg: Config) -> Loaded:
     key = "data.eval" if cfg.data.eval else "data.train"
     examples, _ = prepare_examples(reward, read_records(data_path, cfg.data.format, key),
                                    paired=spec.paired, strict=cfg.data.strict, path=data_path,
-                                   duplicates=cfg.data.duplicates)
+                                   duplicates=cfg.data.duplicates,
+                                   allow_outside=cfg.data.allow_outside_paths)
     if cfg.data.eval is None and cfg.data.eval_size:
         examples = examples[-cfg.data.eval_size:]
-    policy = reward.load_trained(checkpoint)
-    policy.eval()
+    # Computed as training computed them: the same autocast, on the same device kind, trainable
+    # weights in float32 (train.master_weights) and frozen ones in model.dtype.
+    accelerator = precision.make_accelerator(precision.mixed_precision(cfg.model.dtype, cfg.train.precision),
+                                             cpu=not torch.cuda.is_available())
+    quiet = lambda message: None  # noqa: E731 (training already warned about model_dtype weights)
+    policy = _trained_policy(reward, cfg, checkpoint)
+    precision.set_master_weights(policy, cfg.train.master_weights, quiet)
+    policy.to(accelerator.device).eval()
     if hasattr(policy, "disable_adapter"):
         reference = make_reference("disable_adapters", policy, reward, None, spec.needs_reference,
-                                   torch.device("cpu"))
+                                   accelerator.device)
     elif spec.needs_reference:
         path = cfg.reference.name_or_path
-        reference = FrozenCopy(reward.load_reference(path) if path else reward.load_policy())
+        if path:  # frozen in training too: stays in model.dtype
+            model = reward.load_reference(path)
+        else:  # training's copy of the policy, made after the upcast
+            model = reward.load_policy()
+            precision.set_master_weights(model, cfg.train.master_weights, quiet)
+        reference = FrozenCopy(model.to(accelerator.device))
     else:
         reference = None
-    return Loaded(reg, spec, reward, policy, reference, examples, data_path, checkpoint)
+    return Loaded(reg, spec, reward, policy, reference, examples, data_path, checkpoint, accelerator)
+
+
+def _trained_policy(reward, cfg: Config, checkpoint: Path) -> torch.nn.Module:
+    """The checkpoint's policy with the weights training computed with. A fully fine-tuned model
+    trained on float32 master weights and was saved so; loaded in model.dtype its weights would be
+    rounded (norms and embeddings compute with them outside autocast), so it loads in float32. An
+    adapter's base stays in model.dtype, as it was frozen in training."""
+    policy = reward.load_trained(checkpoint)
+    adapters = hasattr(policy, "disable_adapter")  # as make_reference tells a LoRA policy
+    if (cfg.train.master_weights != "float32" or cfg.model.dtype == "float32" or adapters
+            or not dataclasses.is_dataclass(getattr(reward, "cfg", None))):
+        return policy
+    del policy
+    as_saved = copy.copy(reward)
+    as_saved.cfg = dataclasses.replace(reward.cfg, dtype="float32")
+    return as_saved.load_trained(checkpoint)
 
 
 def evaluate_config(cfg: Config) -> dict:
     """``mmalign eval``: run the configured evaluators; write ``output_dir/eval.json``."""
     run = load_trained_run(cfg)
     results = run_evaluators(cfg, run.reg, run.reward, run.policy, run.reference, run.examples, run.spec,
-                             nullcontext)
+                             run.accelerator.autocast)
     results = {"checkpoint": str(run.checkpoint), "data": run.data_path, **results}
     write_atomic(Path(cfg.output_dir) / "eval.json", json.dumps(results, indent=1))
     return results
@@ -86,8 +117,10 @@ def score_config(cfg: Config) -> list[dict]:
         for start in range(0, len(run.examples), cfg.eval.batch_size):
             chunk = run.examples[start:start + cfg.eval.batch_size]
             batch = run.reward.collate(chunk, torch.Generator().manual_seed(cfg.seed + start))
-            pol = run.reward.score(run.policy, batch)
-            ref = run.reference.scores(run.reward, batch) if run.reference else None
+            batch = run.reward.to_device(batch, run.accelerator.device)
+            with run.accelerator.autocast():
+                pol = run.reward.score(run.policy, batch)
+            ref = run.reference.scores(run.reward, batch, run.accelerator.autocast) if run.reference else None
             r_c = beta * (pol.chosen - (ref.chosen if ref else 0.0))
             r_r = beta * (pol.rejected - (ref.rejected if ref else 0.0)) if pol.rejected is not None else None
             for i, e in enumerate(chunk):

@@ -24,7 +24,10 @@ def mmalign_register_rewards(register: Callable[..., None]) -> None:
 
     Call ``register(name, factory)`` where ``factory(model_cfg, data_cfg)`` returns an object that
     follows :class:`mmalign.reward.ImplicitReward`: it loads the policy, turns records into batches
-    and batches into per-response scores. Built-in names: ``text``.
+    and batches into per-response scores. The factory may define a static
+    ``check_config(model_cfg, data_cfg)`` that checks the plugin's own keys (``model.options``,
+    ``model.tiny``) without loading anything; mmalign calls it before any model loads.
+    Built-in names: ``text``.
     """
 
 
@@ -54,6 +57,8 @@ def mmalign_register_evaluators(register: Callable[..., None]) -> None:
 
     Call ``register(name, evaluator)`` where ``evaluator(ctx) -> dict[str, float]`` receives an
     :class:`mmalign.evaluate.EvalContext` (policy, reference, modality plugin, held-out examples).
+    ``register(name, evaluator, modalities=("vlm",))`` declares the modalities it applies to, so a
+    config that names it for another modality is refused before training (default: every one).
     Built-in: ``reward_accuracy`` (implicit-reward accuracy and margin on held-out pairs).
     """
 

@@ -37,7 +37,8 @@ def fingerprint(cfg, data_files: list[str], content: str = "") -> str:
         "reward": cfg.model.reward, "reference": ref_model, "tiny": cfg.model.tiny,
         "seed": cfg.seed if ref_model is None else None, "dtype": cfg.model.dtype,
         "tokenizer": cfg.model.tokenizer, "options": cfg.model.options,
-        "lengths": [cfg.data.max_prompt_length, cfg.data.max_completion_length],
+        "lengths": [cfg.data.tokenization, cfg.data.max_length, cfg.data.truncation_mode,
+                    cfg.data.max_prompt_length, cfg.data.max_completion_length],
         "precision": cfg.train.precision,
     }, sort_keys=True, default=str).encode())
     for path in ([ref_model] if ref_model and Path(ref_model).is_dir() else []):

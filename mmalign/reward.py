@@ -78,3 +78,5 @@ class ImplicitReward(Protocol):
 #                                       score each record's reference once
 #   content_fingerprint(examples) -> str  a hash of what records point to outside the data file
 #                                       (image bytes), part of the on-disk reference-cache key
+# and on the factory, for ``mmalign check`` (mmalign/check.py):
+#   record_checker(model_cfg, data_cfg)  an object with ``prepare``, built without loading weights

@@ -1,30 +1,71 @@
 """The files a run writes beside its checkpoints: atomic text writes, metrics.jsonl (read back
-tolerating a line cut short by a killed run, truncated on resume) and the end-of-run summary table."""
+tolerating a line cut short by a killed run, truncated on resume), the end-of-run summary table,
+and :func:`writing`, which turns a failed write (a full disk, a read-only folder, a path that is
+a file) into a one-paragraph error naming the path and the fix (exit code 2)."""
 
 from __future__ import annotations
 
+import errno
 import json
+from contextlib import contextmanager
 from pathlib import Path
+
+from mmalign.errors import ConfigError
+
+_FIXES = {
+    errno.ENOSPC: "the disk is full: free space (or point output_dir at another disk), then continue "
+                  "with --resume",
+    errno.EDQUOT: "the disk quota is used up: free space, then continue with --resume",
+    errno.EACCES: "it is not writable: fix its permissions or choose another output_dir",
+    errno.EPERM: "it is not writable: fix its permissions or choose another output_dir",
+    errno.EROFS: "it is on a read-only file system: choose another output_dir",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: choose another output_dir",
+    errno.EEXIST: "a file of that name is in the way: move it or choose another output_dir",
+}
+
+
+@contextmanager
+def writing(path: Path, what: str = "write"):
+    """Run a block that writes under ``path``; an OSError becomes a :class:`ConfigError` naming
+    ``path``, the system's reason and the fix. Checkpoints already written are never touched by
+    the block's caller before its write succeeds, so the message can say they are intact."""
+    try:
+        yield
+    except OSError as err:
+        where = err.filename or path
+        fix = _FIXES.get(err.errno, "check the path and its disk")
+        raise ConfigError(f"{where}: cannot {what} ({err.strerror or err}); {fix}. Checkpoints "
+                          f"already written under {path} are left as they were.") from err
 
 
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename: never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+
+
+def append_metrics(path: Path, row: dict) -> None:
+    """One row of metrics.jsonl."""
+    with writing(path), path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
 
 
 def metric_rows(path: Path) -> list[tuple[str, dict]]:
-    """(line, row) of every complete row; a line cut short by a killed run is dropped."""
-    if not path.exists():
+    """(line, row) of every complete row; a line cut short by a killed run (or any line that is
+    not a JSON object with an integer "step") is dropped."""
+    if not path.is_file():
         return []
     rows = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
-            rows.append((line, json.loads(line)))
+            row = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append((line, row))
     return rows
 
 
@@ -46,6 +87,8 @@ def summary_table(history: list[dict]) -> str:
     keys = [k for k in ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen",
                         "rewards/rejected", "logps/chosen", "eval/reward_accuracy", "eval/margin")
             if any(k in row for row in history)]
+    if not keys:
+        return "no metrics logged"
     first, last = history[0], history[-1]
     width = max(len(k) for k in keys)
     lines = [f"{'metric':<{width}}  {'step ' + str(first['step']):>12}  {'step ' + str(last['step']):>12}"]

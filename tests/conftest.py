@@ -40,7 +40,7 @@ def base_config(tmp_path: Path, tokenizer_dir: Path, train_file: Path, **section
     cfg = {
         "output_dir": str(tmp_path / "run"),
         "model": {"reward": "text", "tiny": dict(TINY), "tokenizer": str(tokenizer_dir)},
-        "data": {"train": str(train_file), "max_prompt_length": 16, "max_completion_length": 16},
+        "data": {"train": str(train_file), "max_length": 32},
         "loss": {"name": "sigmoid", "beta": 0.1},
         "train": {"max_steps": 4, "batch_size": 4, "lr": 1e-3, "log_every": 1, "progress": False},
     }

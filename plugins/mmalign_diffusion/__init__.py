@@ -36,7 +36,7 @@ def mmalign_register_losses(register):
 def mmalign_register_evaluators(register):
     from mmalign_diffusion.evaluate import diffusion_accuracy
 
-    register("diffusion_accuracy", diffusion_accuracy)
+    register("diffusion_accuracy", diffusion_accuracy, modalities=("diffusion",))  # checked before training
 
 
 @hookimpl

@@ -55,6 +55,9 @@ class Components:
     resolution: int  # image side in pixels
     source: Optional[str] = None  # the pipeline directory, None for tiny
     extra: dict = field(default_factory=dict)
+    # the pipeline's own (sampling) scheduler, class and config as loaded, written back on save;
+    # None for tiny components, whose pipelines keep the training DDPMScheduler
+    pipeline_scheduler: Any = None
 
     @property
     def vae_scale_factor(self) -> int:
@@ -80,22 +83,38 @@ def load_components(path: str, resolution: Optional[int]) -> Components:
     from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
     try:
-        arch = detect_architecture(DiffusionPipeline.load_config(path))
+        index = DiffusionPipeline.load_config(path)  # model_index.json
+        arch = detect_architecture(index)
         tokenizers = [AutoTokenizer.from_pretrained(path, subfolder="tokenizer")]
         encoders: list[nn.Module] = [CLIPTextModel.from_pretrained(path, subfolder="text_encoder")]
         if arch == "sdxl":
             tokenizers.append(AutoTokenizer.from_pretrained(path, subfolder="tokenizer_2"))
             encoders.append(CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder_2"))
         vae = AutoencoderKL.from_pretrained(path, subfolder="vae")
-        scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
+        sampler = load_pipeline_scheduler(path, index)
         unet_config = UNet2DConditionModel.load_config(path, subfolder="unet")
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, KeyError) as e:
         raise ConfigError(f"model.name_or_path: cannot load a Stable Diffusion pipeline from '{path}' "
                           f"({e}). Pass a diffusers pipeline directory with subfolders unet, vae, "
                           f"text_encoder(_2), tokenizer(_2) and scheduler.") from None
-    comps = Components(arch, tokenizers, encoders, vae, scheduler, 0, source=path)
+    # Training adds noise with the DDPM forward process of the same betas and prediction type
+    # (Diffusion-DPO trains as the model was trained); the saved pipeline keeps its own sampler.
+    scheduler = DDPMScheduler.from_config(sampler.config)
+    comps = Components(arch, tokenizers, encoders, vae, scheduler, 0, source=path,
+                       pipeline_scheduler=sampler)
     comps.resolution = resolution or unet_config["sample_size"] * comps.vae_scale_factor
     return _freeze(comps)
+
+
+def load_pipeline_scheduler(path: str, model_index: dict):
+    """The pipeline's scheduler with the class its model_index.json names (EulerDiscreteScheduler
+    for SDXL base, PNDMScheduler for SD 1.5, ...), as ``DiffusionPipeline.from_pretrained`` loads it."""
+    import diffusers
+
+    library, name = model_index["scheduler"]
+    if library != "diffusers" or not hasattr(diffusers, name):
+        raise ValueError(f"model_index.json names the scheduler {library}.{name}, not a diffusers scheduler")
+    return getattr(diffusers, name).from_pretrained(path, subfolder="scheduler")
 
 
 def _freeze(comps: Components) -> Components:
@@ -203,16 +222,18 @@ def load_unet(path: str) -> nn.Module:
 
 
 def make_pipeline(comps: Components, unet: nn.Module):
-    """A diffusers StableDiffusion(XL)Pipeline over these components and ``unet``."""
+    """A diffusers StableDiffusion(XL)Pipeline over these components and ``unet``, with the input
+    pipeline's own scheduler (the training DDPMScheduler only for tiny components)."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
+    scheduler = comps.pipeline_scheduler or comps.scheduler
     if comps.architecture == "sdxl":
         return StableDiffusionXLPipeline(vae=comps.vae, text_encoder=comps.text_encoders[0],
                                          text_encoder_2=comps.text_encoders[1],
                                          tokenizer=comps.tokenizers[0], tokenizer_2=comps.tokenizers[1],
-                                         unet=unet, scheduler=comps.scheduler)
+                                         unet=unet, scheduler=scheduler)
     return StableDiffusionPipeline(vae=comps.vae, text_encoder=comps.text_encoders[0],
-                                   tokenizer=comps.tokenizers[0], unet=unet, scheduler=comps.scheduler,
+                                   tokenizer=comps.tokenizers[0], unet=unet, scheduler=scheduler,
                                    safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
 

@@ -73,6 +73,9 @@ def save_lora(model: LoraUNet, directory: Path, architecture: str) -> None:
     # load_lora_weights leaves the injected LoRA layers in train mode, so a saved dropout would
     # stay active at inference: the adapter is saved for inference, without dropout.
     metadata["lora_dropout"] = 0.0
+    # sets (target_modules) in a fixed order: diffusers writes list(set), whose order follows the
+    # process's string hash seed, so identical runs would write different bytes
+    metadata = {k: sorted(v) if isinstance(v, set) else v for k, v in metadata.items()}
     pipeline_cls.save_lora_weights(str(directory), unet_lora_layers=get_peft_model_state_dict(unet),
                                    unet_lora_adapter_metadata=metadata, weight_name=WEIGHT_NAME)
 

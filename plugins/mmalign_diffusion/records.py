@@ -1,6 +1,9 @@
-"""Diffusion records -> validated examples (images checked, not yet decoded into tensors).
+"""Diffusion records -> validated examples. Every image is decoded in full when its record is
+prepared (before step 1) and dropped again: an example keeps the image's path or bytes, its size
+and the sha256 of its bytes; pixels are decoded when a batch needs them.
 
-Accepted records (a JSONL line each; image paths are relative to the data file):
+Accepted records (a JSONL line each; image paths are relative to the data file, and must stay
+inside its directory unless ``data.allow_outside_paths``: see mmalign.files):
 
 - ``{"prompt": str, "chosen": IMAGE, "rejected": IMAGE}``
 - Pick-a-Pic columns: ``{"caption": str, "jpg_0": IMAGE, "jpg_1": IMAGE, "label_0": 0 | 0.5 | 1}``;
@@ -9,6 +12,8 @@ Accepted records (a JSONL line each; image paths are relative to the data file):
 - SFT (unpaired losses): ``{"prompt": str, "image": IMAGE}``, or any of the above (the preferred image).
 
 IMAGE is a path, or the image file's bytes in base64 (as Pick-a-Pic's ``jpg_*`` bytes become in JSON).
+A pair whose two images are the same bytes (under two names, say) is skipped and counted as
+"chosen identical to rejected", as text pairs are.
 """
 
 from __future__ import annotations
@@ -16,7 +21,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +31,9 @@ from torch import Tensor
 
 from mmalign.data import Record
 from mmalign.errors import DataError, SkipRecord
+from mmalign.files import URL, MissingDataFile, candidate_path, decode_image, resolve_data_path
+
+IDENTICAL = "chosen identical to rejected"  # the same reason as the text plugin's, counted alike
 
 
 @dataclass
@@ -74,10 +81,44 @@ def _caption(record: Record, key: str) -> str:
     return value
 
 
-def image_ref(record: Record, key: str) -> ImageRef:
-    """Resolve ``record[key]`` (a path or base64 bytes) and check that it is a readable image."""
-    from PIL import Image, UnidentifiedImageError
+def _base64_image(value: str) -> Optional[bytes]:
+    """The bytes that ``value`` encodes in base64, or None if it is not base64."""
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return data or None
 
+
+def _image_source(record: Record, key: str, value: str) -> tuple[Optional[Path], Optional[bytes]]:
+    """(path, None) for a value naming a file, (None, bytes) for base64 image bytes. A value that
+    names an existing file is a path (and must lie inside the data directory unless allowed); only
+    a value naming no file is tried as base64 (a JPEG's base64 starts with "/9j/", which would
+    otherwise read as an absolute path)."""
+    candidate = candidate_path(record.root, value) if len(value) < 4096 else None
+    try:
+        exists = candidate is not None and candidate.exists()
+    except OSError:  # a base64 string too long for a file name
+        exists = False
+    data = None if exists or URL.match(value) else _base64_image(value)
+    if data is not None:
+        return None, data
+    try:
+        return resolve_data_path(record, value, key), None
+    except MissingDataFile:
+        raise DataError(f"{record.where} \"{key}\": '{value[:80]}' is neither an existing image file "
+                        f"(looked for {candidate}; paths are relative to the data file's directory) "
+                        f"nor base64 image bytes. Fix the value or remove the record.") from None
+
+
+def _name(ref: ImageRef) -> str:
+    return f"image '{ref.path}'" if ref.path is not None else "the base64 value (no file has that name)"
+
+
+def image_ref(record: Record, key: str) -> ImageRef:
+    """Resolve ``record[key]`` (a path or base64 bytes) and decode the image in full now, before
+    training: its size (after the EXIF orientation) and the sha256 of its bytes are kept, the
+    pixels are not (they are decoded again when a batch needs them)."""
     value = record.fields.get(key)
     where = f"{record.where} \"{key}\""
     if value is None:
@@ -85,24 +126,14 @@ def image_ref(record: Record, key: str) -> ImageRef:
                         f"file, or base64 image bytes).")
     if not isinstance(value, str) or not value:
         raise DataError(f"{where} must be an image path or base64 image bytes, got "
-                        f"{type(value).__name__}.")
-    path = Path(value) if Path(value).is_absolute() else record.root / value
-    data = None
-    if not (len(value) < 4096 and path.is_file()):
-        try:
-            data = base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            raise DataError(f"{where}: '{value[:80]}' is neither an existing image file (paths are "
-                            f"relative to the data file) nor base64 image bytes.") from None
-        path = None
-    try:
-        with Image.open(io.BytesIO(data) if data is not None else path) as img:
-            img.verify()  # integrity check without a full decode
-            size = (img.height, img.width)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{where}: not a readable image ({type(e).__name__}: {e}). The bytes are "
-                        f"corrupt or not an image format Pillow reads; fix or remove the record.") from None
-    return ImageRef(path, data, size, where)
+                        f"{type(value).__name__ if value != '' else 'an empty string'}.")
+    path, data = _image_source(record, key, value)
+    ref = ImageRef(path, data, (0, 0), where)
+    raw = ref.read()
+    image = decode_image(raw, where, _name(ref))
+    ref.size = (image.height, image.width)
+    ref._digest = hashlib.sha256(raw).hexdigest()  # the cache key of its latents: computed once
+    return ref
 
 
 def parse_record(record: Record, *, paired: bool) -> DiffusionExample:
@@ -116,6 +147,8 @@ def parse_record(record: Record, *, paired: bool) -> DiffusionExample:
         first, second = image_ref(record, "jpg_0"), image_ref(record, "jpg_1")
         if label == 0.5:
             raise SkipRecord("tie (label_0 = 0.5)")
+        if first.digest() == second.digest():
+            raise SkipRecord(IDENTICAL)
         chosen, rejected = (first, second) if label == 1 else (second, first)
         return DiffusionExample(caption, chosen, rejected if paired else None, record.where)
     caption = _caption(record, "prompt")
@@ -123,8 +156,8 @@ def parse_record(record: Record, *, paired: bool) -> DiffusionExample:
         return DiffusionExample(caption, image_ref(record, "image"), None, record.where)
     chosen = image_ref(record, "chosen")
     rejected = image_ref(record, "rejected") if paired else None
-    if rejected is not None and f["chosen"] == f["rejected"]:
-        raise SkipRecord("chosen identical to rejected")
+    if rejected is not None and chosen.digest() == rejected.digest():  # also under two names
+        raise SkipRecord(IDENTICAL)
     return DiffusionExample(caption, chosen, rejected, record.where)
 
 
@@ -160,11 +193,7 @@ def load_pixels(ref: ImageRef, resolution: int, view: View) -> Tensor:
     import numpy as np
     from PIL import Image
 
-    try:
-        with Image.open(io.BytesIO(ref.read())) as img:
-            img = img.convert("RGB")
-    except OSError as e:
-        raise DataError(f"{ref.where}: cannot decode the image ({e}); fix or remove the record.") from None
+    img = decode_image(ref.read(), ref.where, _name(ref))
     h, w = resized_size(ref.size, resolution)
     if (img.height, img.width) != (h, w):
         img = img.resize((w, h), Image.BILINEAR)

@@ -65,6 +65,14 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
+class _RecordsOnly:
+    """The ``prepare`` of :class:`DiffusionReward`, without its components."""
+
+    @staticmethod
+    def prepare(record: Record, *, paired: bool) -> DiffusionExample:
+        return parse_record(record, paired=paired)
+
+
 class DiffusionReward:
     name = "diffusion"
 
@@ -74,7 +82,16 @@ class DiffusionReward:
         ``reference.cache`` may then score the reference once."""
         return self.options["noise"] == "per_example"
 
-    def __init__(self, model_cfg: ModelConfig, data_cfg: DataConfig):
+    @staticmethod
+    def record_checker(model_cfg: ModelConfig, data_cfg: DataConfig):
+        """What ``mmalign check`` runs ``prepare`` with: records need no component (building the
+        factory would load the VAE and text encoders), so ``parse_record`` alone."""
+        DiffusionReward.check_config(model_cfg, data_cfg)
+        return _RecordsOnly()
+
+    @staticmethod
+    def check_config(model_cfg: ModelConfig, data_cfg: DataConfig) -> None:
+        """The plugin's keys, checked before anything loads (mmalign.validation calls it too)."""
         unknown = set(model_cfg.options) - set(OPTIONS)
         if unknown:
             raise ConfigError(f"model.options: unknown option '{sorted(unknown)[0]}' for the diffusion "
@@ -82,13 +99,21 @@ class DiffusionReward:
         if model_cfg.dtype not in DTYPES:
             raise ConfigError(f"model.dtype: '{model_cfg.dtype}' is not supported by the diffusion "
                               f"plugin; use one of {', '.join(DTYPES)}.")
+        options = {**OPTIONS, **model_cfg.options}
+        if options["noise"] not in NOISE_MODES:
+            raise ConfigError(f"model.options.noise: '{options['noise']}' is not a noise mode; use "
+                              f"per_step (a fresh draw every step, as the diffusers scripts) or "
+                              f"per_example (one fixed draw per pair, which lets reference.cache work).")
+        for name, low in (("eval_draws", 1), ("resolution", 8), ("noise_seed", 0)):
+            value = options[name]
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise ConfigError(f"model.options.{name} must be an integer >= {low}, got {value!r}.")
+
+    def __init__(self, model_cfg: ModelConfig, data_cfg: DataConfig):
+        self.check_config(model_cfg, data_cfg)
         self.cfg = model_cfg
         self.data = data_cfg
         self.options = {**OPTIONS, **model_cfg.options}
-        if self.options["noise"] not in NOISE_MODES:
-            raise ConfigError(f"model.options.noise: '{self.options['noise']}' is not a noise mode; use "
-                              f"per_step (a fresh draw every step, as the diffusers scripts) or "
-                              f"per_example (one fixed draw per pair, which lets reference.cache work).")
         self.eval_draws = int(self.options["eval_draws"])
         if model_cfg.name_or_path is not None:
             self.comps = C.load_components(model_cfg.name_or_path, self.options["resolution"])
@@ -108,9 +133,13 @@ class DiffusionReward:
 
     # --- models -------------------------------------------------------------------------------
     def _base_unet(self) -> nn.Module:
+        """The UNet in ``model.dtype`` (storage). The engine upcasts what trains to fp32 master
+        weights (mmalign.precision), so a LoRA base stays in model.dtype and adapters are fp32."""
         if self.cfg.name_or_path is not None:
-            return C.load_unet(self.cfg.name_or_path)
-        return C.build_tiny(dict(self.cfg.tiny))[1]
+            unet = C.load_unet(self.cfg.name_or_path)
+        else:
+            unet = C.build_tiny(dict(self.cfg.tiny))[1]
+        return unet.to(DTYPES[self.cfg.dtype])
 
     def load_policy(self) -> nn.Module:
         unet = self._base_unet()
@@ -118,16 +147,10 @@ class DiffusionReward:
             unet.enable_gradient_checkpointing()
         if self.cfg.lora is None:
             return unet
-        if self.cfg.dtype != "float32":  # the frozen base may be half precision; adapters stay fp32
-            unet.to(DTYPES[self.cfg.dtype])
-        model = add_lora(unet, self.cfg.lora)
-        for p in model.parameters():
-            if p.requires_grad:
-                p.data = p.data.float()
-        return model
+        return add_lora(unet, self.cfg.lora)
 
     def load_reference(self, name_or_path: str) -> nn.Module:
-        return C.load_unet(name_or_path)
+        return C.load_unet(name_or_path).to(DTYPES[self.cfg.dtype])
 
     def load_trained(self, directory: str | Path) -> nn.Module:
         """A model written by ``save``: a pipeline directory, or a LoRA adapter over the base."""

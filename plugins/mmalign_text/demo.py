@@ -81,7 +81,7 @@ def prepare_world(out: Path, sizes: dict, seed: int, log=print):
     train(load_config(data=_sft_config(out, sizes["sft_steps"], seed)), log=log)
 
     log(f"[2/4] sampling 2 completions for {sizes['pair_prompts']} prompts; gold-labelled pairs")
-    cfg = load_config(data=_dpo_config(out, 1, seed, 0.1, 1e-4))
+    cfg = load_config(data=_dpo_config(out, sizes["dpo_steps"], seed, 0.1, 1e-4))
     reward = registry().get("rewards", "text")(cfg.model, cfg.data)
     sft_model = reward.load_reference(str(out / "sft" / "final"))
     pair_prompts = sentiment.prompts(rng, sizes["pair_prompts"])
@@ -93,7 +93,8 @@ def prepare_world(out: Path, sizes: dict, seed: int, log=print):
         ta, tb = completion_text(tokenizer, ea), completion_text(tokenizer, eb)
         ga, gb = sentiment.gold_reward(ta), sentiment.gold_reward(tb)
         if ga != gb and ta.strip() and tb.strip():
-            pairs.append({"prompt": prompt, "chosen": ta if ga > gb else tb, "rejected": tb if ga > gb else ta})
+            chosen, rejected = (ta, tb) if ga > gb else (tb, ta)  # a space joins prompt and completion
+            pairs.append({"prompt": prompt, "chosen": " " + chosen, "rejected": " " + rejected})
     sentiment.write_jsonl(out / "data" / "pairs.jsonl", pairs)
     log(f"      {len(pairs)} pairs kept ({len(pair_prompts) - len(pairs)} ties or empty dropped)")
     return tokenizer, reward, sft_model, len(pairs)

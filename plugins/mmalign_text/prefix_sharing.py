@@ -11,6 +11,10 @@ the longest pair, so a batch never has more rows or a wider row than one pair pe
 mask keeping pairs apart (block-diagonal) and position ids restarting for every pair. Padding is
 what is left at the end of a row, not the difference to the longest pair of the batch.
 
+Windowed layers (sliding window, chunked attention) get the mask restricted to their pattern on the
+logical position ids, per layer type (:mod:`.layer_masks`); a model whose pattern that cannot
+reproduce is scored on the plain path instead, chosen automatically and logged once.
+
 Scores equal the plain two-rows-per-pair path (tested to 1e-5 in fp32, scores and gradients).
 Log-probs are computed only at the N positions that predict a completion token (:mod:`.logps`).
 """
@@ -18,10 +22,12 @@ Log-probs are computed only at the N positions that predict a completion token (
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
+from mmalign_text.layer_masks import mask_plan
 from mmalign_text.logps import target_logps, unwrap
 
 PROMPT, CHOSEN, REJECTED = 0, 1, 2
@@ -42,6 +48,12 @@ class SharedPrefixBatch:
     row_pairs: list[list[int]]  # the pairs of each row, in the order they stand in it
     pairs: int
     paired: bool = True
+    # The same pairs as 2B right-padded rows (chosen rows, then rejected rows), for models whose
+    # attention pattern the 4D mask cannot reproduce (:mod:`.layer_masks`): gathered from the rows above.
+    plain_index: Optional[Tensor] = None  # [2B, T'] index into input_ids.flatten() (0 at padding)
+    plain_mask: Optional[Tensor] = None  # [2B, T'] 1 at real tokens
+    plain_target_rows: Optional[Tensor] = None  # [N] plain row predicting each target
+    plain_target_positions: Optional[Tensor] = None  # [N] and the position in it
 
     def to(self, device: torch.device) -> "SharedPrefixBatch":
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -118,37 +130,64 @@ def collate_shared(examples: list, pad_id: int, pack: bool = True) -> SharedPref
     allowed = causal & (block[:, :, None] == block[:, None, :]) & (sk != PAD) & ((sk == PROMPT) | (sk == sq))
     allowed |= torch.eye(width, dtype=torch.bool)  # padding rows attend to themselves (no NaN)
     return SharedPrefixBatch(input_ids, allowed[:, None], position_ids, torch.cat(rows), torch.cat(positions),
-                             torch.cat(targets), layout, chosen_mask, rejected_mask, row_pairs, b)
+                             torch.cat(targets), layout, chosen_mask, rejected_mask, row_pairs, b, True,
+                             *_plain_layout(sizes, where, width))
 
 
-def _mask_for(model: nn.Module, allowed: Tensor) -> Tensor:
-    """sdpa takes the boolean mask as is; eager attention adds the mask to its scores, so it gets
-    an additive one (0 / most negative). Flash attention takes no 4D mask at all."""
-    base = unwrap(model)
-    impl = getattr(base.config, "_attn_implementation", "sdpa") or "sdpa"
-    if impl == "sdpa":
-        return allowed
-    if "flash" in impl:
-        from mmalign.errors import ConfigError
-
-        raise ConfigError(f"prefix sharing needs a 4D attention mask, which attn_implementation "
-                          f"'{impl}' does not take. Set model.options.prefix_sharing: false, or use sdpa.")
-    dtype = next(base.parameters()).dtype
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
-        ~allowed, torch.finfo(dtype).min)
+def _plain_layout(sizes: list[tuple[int, int, int]], where: list[tuple[int, int]], width: int):
+    """Pair i as plain rows: i = [prompt | chosen], B + i = [prompt | rejected], right-padded; each
+    token an index into the flattened shared rows. Target order as in the shared batch (pair 0's
+    chosen tokens, its rejected tokens, pair 1's, ...); token k of a completion is predicted at
+    plain position p + k - 1 (0 for an empty prompt's first token, which is masked out)."""
+    b = len(sizes)
+    length = max(p + max(c, n) for p, c, n in sizes)
+    index = torch.zeros((2 * b, length), dtype=torch.long)
+    mask = torch.zeros((2 * b, length), dtype=torch.long)
+    rows, positions = [], []
+    for i, ((p, c, n), (r, o)) in enumerate(zip(sizes, where)):
+        start = r * width + o
+        index[i, :p + c] = torch.arange(start, start + p + c)
+        rejected = start + p + c
+        index[b + i, :p + n] = torch.cat([torch.arange(start, start + p), torch.arange(rejected, rejected + n)])
+        mask[i, :p + c] = 1
+        mask[b + i, :p + n] = 1
+        rows += [torch.full((c,), i), torch.full((n,), b + i)]
+        positions += [torch.arange(p - 1, p + c - 1).clamp(min=0), torch.arange(p - 1, p + n - 1).clamp(min=0)]
+    return index, mask, torch.cat(rows).long(), torch.cat(positions)
 
 
 def shared_token_logps(model: nn.Module, batch: SharedPrefixBatch, inputs_embeds: Tensor | None = None,
                        with_sum_sq: bool = False, fused: bool = True):
     """log p(target) of every target token in the pair layout, [B, L] (zero where masked).
     ``inputs_embeds`` replaces the token embeddings (a VLM passes them with the image features in
-    place). With ``with_sum_sq`` also log sum_v p(v)^2 at each target's position, [B, L] (WPO)."""
-    inputs = {"input_ids": batch.input_ids} if inputs_embeds is None else {"inputs_embeds": inputs_embeds}
-    inputs.update(attention_mask=_mask_for(model, batch.attention_mask), position_ids=batch.position_ids)
-    flat, sum_sq = target_logps(model, inputs, batch.target_rows, batch.target_positions, batch.targets,
-                                with_sum_sq=with_sum_sq, fused=fused)
+    place). With ``with_sum_sq`` also log sum_v p(v)^2 at each target's position, [B, L] (WPO).
+
+    Each layer gets the shared mask restricted to its own attention pattern (sliding window,
+    chunks; :mod:`.layer_masks`). For a model whose pattern cannot be reproduced that way, the
+    pairs are scored as plain padded rows gathered from the batch: the same targets, the same layout."""
+    plan = mask_plan(model)
+    if plan is None:
+        inputs, rows, positions = _plain_inputs(batch, inputs_embeds)
+    else:
+        inputs = {"input_ids": batch.input_ids} if inputs_embeds is None else {"inputs_embeds": inputs_embeds}
+        dtype = next(unwrap(model).parameters()).dtype
+        inputs.update(attention_mask=plan.masks(batch.attention_mask, batch.position_ids, dtype),
+                      position_ids=batch.position_ids)
+        rows, positions = batch.target_rows, batch.target_positions
+    flat, sum_sq = target_logps(model, inputs, rows, positions, batch.targets, with_sum_sq=with_sum_sq, fused=fused)
     mask = batch.chosen_mask + batch.rejected_mask
     logps = flat[batch.layout] * mask
     if not with_sum_sq:
         return logps
     return logps, sum_sq[batch.layout] * mask
+
+
+def _plain_inputs(batch: SharedPrefixBatch, inputs_embeds: Tensor | None):
+    """The model inputs of the plain path (2B right-padded rows with a padding mask, the model's
+    own masks and positions), and where each target is predicted in them."""
+    if inputs_embeds is None:
+        inputs = {"input_ids": batch.input_ids.flatten()[batch.plain_index]}
+    else:
+        inputs = {"inputs_embeds": inputs_embeds.flatten(0, 1)[batch.plain_index]}
+    inputs["attention_mask"] = batch.plain_mask
+    return inputs, batch.plain_target_rows, batch.plain_target_positions

@@ -11,6 +11,8 @@ way log-probs are computed only at the positions that predict a completion token
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -22,6 +24,7 @@ from mmalign.config import DataConfig, ModelConfig
 from mmalign.data import Record
 from mmalign.errors import ConfigError
 from mmalign.reward import PairScores
+from mmalign_text.lengths import Limits, model_positions
 from mmalign_text.logps import compile_layers, target_logps
 from mmalign_text.prefix_sharing import SharedPrefixBatch, collate_shared, shared_token_logps
 from mmalign_text.records import TextExample, tokenize_record
@@ -75,14 +78,31 @@ class TextReward:
     name = "text"
     deterministic_collate = True  # batches draw no randomness: reference scores can be cached
 
-    def __init__(self, model_cfg: ModelConfig, data_cfg: DataConfig):
+    @staticmethod
+    def check_config(model_cfg: ModelConfig, data_cfg: DataConfig) -> None:
+        """The plugin's keys, checked before anything loads (mmalign.validation calls it too)."""
+        from mmalign.validation import check_transformers_config
+
         unknown = set(model_cfg.options) - KNOWN_OPTIONS
         if unknown:
             raise ConfigError(f"model.options: unknown option '{sorted(unknown)[0]}' for the text "
                               f"plugin. Known: {', '.join(sorted(KNOWN_OPTIONS))}.")
+        for name in ("prefix_sharing", "packing", "fused_logps", "compile", "wpo"):
+            if not isinstance(model_cfg.options.get(name, False), bool):
+                raise ConfigError(f"model.options.{name} must be true or false, got "
+                                  f"{model_cfg.options[name]!r}.")
+        alpha = model_cfg.options.get("ld_alpha", 1.0)
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+            raise ConfigError(f"model.options.ld_alpha must be a number in [0, 1], got {alpha!r}.")
+        if model_cfg.name_or_path is None and model_cfg.tiny is not None:
+            check_transformers_config(model_cfg.tiny, "llama")
+
+    def __init__(self, model_cfg: ModelConfig, data_cfg: DataConfig):
+        self.check_config(model_cfg, data_cfg)
         self.cfg = model_cfg
         self.data = data_cfg
         self.tokenizer = load_tokenizer(model_cfg)
+        self.limits = Limits.of(data_cfg, self.tokenizer, model_positions(model_cfg))
 
     def _model_options(self) -> dict:
         return {k: v for k, v in self.cfg.options.items() if k not in PLUGIN_OPTIONS}
@@ -173,8 +193,11 @@ class TextReward:
             set_peft_model_state_dict(model, load_file(str(directory / "adapter_model.safetensors")))
             return
         # Through from_pretrained, so transformers maps its on-disk key names (which differ from the
-        # module's for some architectures, LLaVA among them) exactly as a user's load would.
-        saved = self._from_pretrained(str(directory))
+        # module's for some architectures, LLaVA among them) exactly as a user's load would; in
+        # float32, so fp32 master weights come back bit for bit (bf16 ones too: the casts are exact).
+        saved = copy.copy(self)
+        saved.cfg = dataclasses.replace(self.cfg, dtype="float32")
+        saved = saved._from_pretrained(str(directory))
         missing, unexpected = model.load_state_dict(saved.state_dict(), strict=False)
         if unexpected or (set(missing) - _tied_names(model)):
             raise ConfigError(f"{directory}: weights do not match the model (missing {missing[:3]}, "
@@ -182,18 +205,17 @@ class TextReward:
 
     # --- data ---------------------------------------------------------------------------------
     def prepare(self, record: Record, *, paired: bool) -> TextExample:
-        return tokenize_record(self.tokenizer, record, paired=paired,
-                               max_prompt_length=self.data.max_prompt_length,
-                               max_completion_length=self.data.max_completion_length,
-                               too_long=self.data.too_long)
+        return tokenize_record(self.tokenizer, record, paired=paired, limits=self.limits)
 
     def collate(self, examples: list[TextExample], generator: Optional[torch.Generator] = None):
         paired = examples[0].rejected_ids is not None
-        if paired and self.cfg.options.get("prefix_sharing", True):
+        # keep_end truncation can leave a pair's two rows different prompts: no shared prefix then
+        if paired and self.cfg.options.get("prefix_sharing", True) and \
+                all(e.rejected_prompt_ids is None for e in examples):
             return collate_shared(examples, self.tokenizer.pad_token_id, pack=self.cfg.options.get("packing", True))
         rows = [(e.prompt_ids, e.chosen_ids) for e in examples]
         if paired:
-            rows += [(e.prompt_ids, e.rejected_ids) for e in examples]
+            rows += [(e.rejected_prompt, e.rejected_ids) for e in examples]
         kto = not paired and examples[0].label is not None
         if kto:  # KTO's reference point: each prompt with the next record's completion (mismatched)
             if len(examples) < 2:

@@ -81,7 +81,7 @@ class RewardModel(TextReward):
         paired = examples[0].rejected_ids is not None
         rows = [e.prompt_ids + e.chosen_ids for e in examples]
         if paired:
-            rows += [e.prompt_ids + e.rejected_ids for e in examples]
+            rows += [e.rejected_prompt + e.rejected_ids for e in examples]
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)

@@ -36,7 +36,8 @@ def _word(rng: random.Random, p: float) -> str:
 def review(rng: random.Random) -> tuple[str, str]:
     p = rng.betavariate(0.3, 0.3)
     words = [_word(rng, p) for _ in range(PROMPT_WORDS + COMPLETION_WORDS)]
-    return " ".join(words[:PROMPT_WORDS]), " ".join(words[PROMPT_WORDS:])
+    # the completion starts with its space: records join prompt + completion as they are (TRL)
+    return " ".join(words[:PROMPT_WORDS]), " " + " ".join(words[PROMPT_WORDS:])
 
 
 def prompts(rng: random.Random, n: int) -> list[str]:
@@ -79,7 +80,7 @@ def write_shipped_demo_data(directory: str | Path, n_train: int = 512, n_eval: i
     rows = []
     while len(rows) < n_train + n_eval:
         prompt, a = review(rng)
-        b = " ".join(_word(rng, rng.betavariate(0.3, 0.3)) for _ in range(COMPLETION_WORDS))
+        b = "".join(" " + _word(rng, rng.betavariate(0.3, 0.3)) for _ in range(COMPLETION_WORDS))
         if gold_reward(a) == gold_reward(b):
             continue
         chosen, rejected = (a, b) if gold_reward(a) > gold_reward(b) else (b, a)

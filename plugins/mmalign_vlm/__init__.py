@@ -22,8 +22,8 @@ def mmalign_register_losses(register):
 def mmalign_register_evaluators(register):
     from mmalign_vlm.evaluators import chair_evaluator, pope_evaluator
 
-    register("chair", chair_evaluator)
-    register("pope", pope_evaluator)
+    register("chair", chair_evaluator, modalities=("vlm",))  # checked before training starts
+    register("pope", pope_evaluator, modalities=("vlm",))
 
 
 @hookimpl

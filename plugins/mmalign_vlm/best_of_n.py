@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from mmalign_vlm.reward import generate, load_image
+from mmalign_vlm.examples import load_image
+from mmalign_vlm.generation import generate
 
 
 def best_of_n(reward, model, examples: list, *, n: int, scorer: Callable[..., list], max_new_tokens: int = 32,

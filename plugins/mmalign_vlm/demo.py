@@ -66,7 +66,7 @@ def _configs(out: Path, sizes: dict, seed: int, beta: float, sft_weight: float) 
 
 
 def _caption_scores(reward, model, examples) -> tuple[dict, list[str]]:
-    from mmalign_vlm.reward import generate
+    from mmalign_vlm.generation import generate
 
     captions = generate(reward, model, examples, max_new_tokens=24)
     scores = chair(captions, [e.fields["objects"] for e in examples], Vocabulary(shapes.vocabulary()))

@@ -27,7 +27,7 @@ def _labelled(ctx, name: str):
 
 def chair_evaluator(ctx) -> dict[str, float]:
     """CHAIR_i, CHAIR_s and recall of greedy captions of the held-out images."""
-    from mmalign_vlm.reward import generate
+    from mmalign_vlm.generation import generate
 
     examples, vocab, options = _labelled(ctx, "chair")
     captions = generate(ctx.reward, ctx.policy, examples, max_new_tokens=options.get("max_new_tokens", 32))
@@ -53,8 +53,11 @@ def pope_evaluator(ctx) -> dict[str, float]:
         absent = [o for o in vocab.synonyms if o not in truth]
         for obj, label in [(rng.choice(truth), True)] + ([(rng.choice(absent), False)] if absent else []):
             question = template.format(object=obj)
-            enc = reward.processor(text=reward.processor.image_token + "\n" + question,
-                                   images=[_image(e)], add_special_tokens=False, return_tensors="pt")
+            image = [_image(e)]
+            enc = reward.processor(text=reward.family.placeholder + question, add_special_tokens=False,
+                                   images=[image] if reward.family.nested_images else image, return_tensors="pt")
+            if reward.family.mrope and "mm_token_type_ids" not in enc:
+                enc["mm_token_type_ids"] = (enc["input_ids"] == reward.processor.image_token_id).int()
             logits = ctx.policy(**{k: v.to(device) for k, v in enc.items()}).logits[0, -1]
             answers.append(bool(logits[yes] > logits[no]))
             labels.append(label)
@@ -62,6 +65,6 @@ def pope_evaluator(ctx) -> dict[str, float]:
 
 
 def _image(example):
-    from mmalign_vlm.reward import load_image
+    from mmalign_vlm.examples import load_image
 
     return load_image(example.images[0], example.where)

@@ -108,7 +108,7 @@ def _config(tmp: Path, data: Path, train_file: Path) -> Path:
         "output_dir": str(tmp / "run"),
         "seed": 0,
         "model": {"reward": "text", "tiny": TINY_LLAMA, "tokenizer": str(data / "tokenizer")},
-        "data": {"train": str(train_file), "max_prompt_length": 32, "max_completion_length": 32},
+        "data": {"train": str(train_file), "max_length": 64},
         "loss": {"name": "exponential", "beta": 0.1},
         "train": {"max_steps": 5, "batch_size": 4, "lr": 1e-3, "log_every": 1, "progress": False,
                   "callbacks": []},

@@ -15,12 +15,12 @@ from conftest import DEMO_DATA, base_config
 from mmalign.cli import main
 
 GOOD = [json.loads(line) for line in (DEMO_DATA / "train.jsonl").read_text().splitlines()[:40]]
-LONG_PROMPT = " ".join(["didi"] * 20)  # 20 tokens > max_prompt_length 16 of base_config
-LONG_TEXT = " ".join(["great"] * 20)
+LONG_PROMPT = " ".join(["didi"] * 40)  # 40 tokens > max_length 32 of base_config
+LONG_TEXT = " great" * 40
 
 
 def pair(**fields):
-    return json.dumps({"prompt": "didi great", "chosen": "superb didi", "rejected": "awful didi", **fields})
+    return json.dumps({"prompt": "didi great", "chosen": " superb didi", "rejected": " awful didi", **fields})
 
 
 def write_data(tmp_path, lines: list, name="pairs.jsonl"):
@@ -117,6 +117,12 @@ FILE_ERRORS = [
     ("invalid JSON file", lambda t: _json_list(t, '[{"prompt": }]'), ["pairs.json:1: invalid JSON"]),
     ("unknown data.too_long", lambda t: {"data": {"too_long": "cut"}},
      ["key 'data.too_long' must be one of 'truncate', 'skip'"]),
+    ("legacy length key under trl tokenization", lambda t: {"data": {"max_completion_length": 16}},
+     ["key 'data.max_completion_length' only applies with data.tokenization: legacy",
+      "set data.max_length (default 1024)"]),
+    ("unknown data.truncation_mode", lambda t: {"data": {"truncation_mode": "left"}},
+     ["key 'data.truncation_mode' must be one of 'keep_start', 'keep_end'"]),
+    ("data.max_length 0", lambda t: {"data": {"max_length": 0}}, ["key 'data.max_length' must be at least 1"]),
 ]
 
 
@@ -139,10 +145,10 @@ SKIPS = [
      "chosen identical to rejected"),
     ("duplicate of line 3 (other id)", json.dumps({**GOOD[2], "id": "copy"}), {},
      "duplicate of an earlier record (same fields)"),
-    ("prompt too long, too_long: skip", pair(prompt=LONG_PROMPT), {"too_long": "skip"},
-     "prompt longer than data.max_prompt_length (16 tokens)"),
+    ("prompt fills max_length", pair(prompt=LONG_PROMPT), {},
+     "prompt fills data.max_length (32 tokens): no completion token would remain"),
     ("completion too long, too_long: skip", pair(rejected=LONG_TEXT), {"too_long": "skip"},
-     '"rejected" longer than data.max_completion_length (16 tokens)'),
+     'prompt + "rejected" longer than data.max_length (32 tokens)'),
 ]
 
 
@@ -158,13 +164,16 @@ def test_unusable_record_is_a_counted_skip_or_an_error_when_strict(tmp_path, cap
     assert code == 2 and f"{data}:8: {reason}" in err and "data.strict is true" in err, err
 
 
-@pytest.mark.parametrize("line,note", [
-    (pair(prompt=LONG_PROMPT), "prompt longer than data.max_prompt_length (16 tokens): its start truncated"),
-    (pair(chosen=LONG_TEXT), '"chosen" longer than data.max_completion_length (16 tokens): its end truncated'),
+@pytest.mark.parametrize("line,data_cfg,note", [
+    (pair(chosen=LONG_TEXT), {}, 'prompt + "chosen" longer than data.max_length (32 tokens): its end truncated'),
+    (pair(prompt=LONG_PROMPT), {"truncation_mode": "keep_end"},
+     'prompt + "chosen" longer than data.max_length (32 tokens): its start truncated'),
+    (pair(chosen=LONG_TEXT), {"tokenization": "legacy", "max_completion_length": 16},
+     '"chosen" longer than data.max_completion_length (16 tokens): its end truncated'),
 ])
-def test_truncation_is_the_default_and_is_counted(tmp_path, capsys, line, note):
+def test_truncation_is_the_default_and_is_counted(tmp_path, capsys, line, data_cfg, note):
     data = with_bad_line(tmp_path, line)
-    code, out, err = train_cli(tmp_path, data, capsys)
+    code, out, err = train_cli(tmp_path, data, capsys, data=data_cfg)
     assert code == 0, err
     assert f"data {data}: 8 read, 8 used, 0 skipped" in out and f"  note         1  {note} (lines 8)" in out
 
@@ -176,7 +185,7 @@ def test_every_bad_line_of_a_file_is_reported_at_once_and_only_those(tmp_path, c
     skips = {6: pair(chosen="same", rejected="same"), 12: lines[1]}
     for number, line in {**bad, **skips}.items():
         lines[number - 1] = line
-    lines[26] = pair(prompt=LONG_PROMPT)  # line 27: truncated, counted, used
+    lines[26] = pair(chosen=LONG_TEXT)  # line 27: truncated, counted, used
     data = write_data(tmp_path, lines)
     code, _, err = train_cli(tmp_path, data, capsys)
     assert code == 2 and "4 bad records" in err

@@ -46,3 +46,72 @@ def test_keep_last_and_round_trip(tmp_path):
         assert torch.equal(v, expected_state[k])
     assert torch.equal(torch.rand(2, generator=gen2), draw)  # generator restored exactly
     assert not any(f.suffix in (".pt", ".bin", ".pkl") for f in root.rglob("*"))  # no pickles
+
+
+def _model(d):
+    from safetensors.torch import save_file
+
+    d.mkdir()
+    save_file({"w": torch.ones(2)}, str(d / "w.safetensors"), metadata={"b": "1", "a": "2"})
+
+
+def _save(root, step, opt, sched, save_model=_model):
+    return ckpt.save_checkpoint(root, step, save_model=save_model, optimizer=opt, scheduler=sched,
+                                data_generator=torch.Generator().manual_seed(1), keep_last=5,
+                                trainer_state={"step": step, "consumed": 0},
+                                identity_json='{"run_id": "r"}')
+
+
+def test_the_manifest_lists_every_file_with_its_hash(tmp_path):
+    import json
+
+    p, opt, sched = _opt()
+    saved = _save(tmp_path, 1, opt, sched)
+    files = json.loads((saved / "manifest.json").read_text())["files"]
+    assert sorted(files) == sorted(str(f.relative_to(saved)) for f in saved.rglob("*")
+                                   if f.is_file() and f.name != "manifest.json")
+    state, identity = ckpt.verify_checkpoint(saved)
+    assert state["step"] == 1 and identity == {"run_id": "r"}
+    f = saved / "model" / "w.safetensors"
+    f.write_bytes(f.read_bytes()[:-1] + b"\x01")  # same size, another last byte
+    assert "model/w.safetensors is damaged" in ckpt.verify_checkpoint(saved)
+
+
+def test_a_save_that_fails_leaves_no_partial_checkpoint_and_the_previous_one_intact(tmp_path):
+    import errno
+
+    import pytest
+
+    from mmalign.errors import ConfigError
+
+    p, opt, sched = _opt()
+    first = _save(tmp_path, 1, opt, sched)
+
+    def full_disk(d):
+        d.mkdir()
+        raise OSError(errno.ENOSPC, "No space left on device", str(d / "model.safetensors"))
+
+    with pytest.raises(ConfigError, match="disk is full"):
+        _save(tmp_path, 2, opt, sched, save_model=full_disk)
+    assert [c.name for c in tmp_path.iterdir()] == [first.name]
+    assert not isinstance(ckpt.verify_checkpoint(first), str)
+
+
+def test_a_pickle_is_refused_even_when_the_manifest_lists_it(tmp_path):
+    """A planted file with its manifest line edited in (sha256 right): still never loaded."""
+    import hashlib
+    import json
+
+    import pytest
+
+    from mmalign.errors import ConfigError
+
+    p, opt, sched = _opt()
+    saved = _save(tmp_path, 1, opt, sched)
+    planted = saved / "model" / "pytorch_model.bin"
+    planted.write_bytes(b"\x80\x04K\x01.")  # pickle of the integer 1
+    manifest = json.loads((saved / "manifest.json").read_text())
+    manifest["files"]["model/pytorch_model.bin"] = hashlib.sha256(planted.read_bytes()).hexdigest()
+    (saved / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match="pytorch_model.bin: mmalign loads only safetensors and JSON"):
+        ckpt.verify_checkpoint(saved)

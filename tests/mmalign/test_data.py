@@ -1,8 +1,14 @@
+import io
+
+import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import write_jsonl
-from mmalign.data import prepare_examples, read_jsonl, read_records
+from mmalign.data import (Record, UnreadableRecords, parse_json, prepare_examples, read_json, read_jsonl,
+                          read_records)
 from mmalign.errors import DataError, SkipRecord
+from mmalign.files import decode_image, resolve_data_path, to_rgb8
 
 
 def test_read_jsonl_remembers_lines(tmp_path):
@@ -50,3 +56,119 @@ def test_prepare_counts_skips_and_strict_turns_them_into_errors(tmp_path):
     assert "skipped      2" in report.table()
     with pytest.raises(DataError, match=r"d.jsonl:2: chosen identical"):
         prepare_examples(_Plugin(), records, paired=True, strict=True, path=str(path))
+
+
+# --- the JSON rules of both readers ------------------------------------------------------------------
+
+@pytest.mark.parametrize("text,expected", [
+    ('{"a": NaN}', "NaN is not JSON"),
+    ('{"a": -Infinity}', "-Infinity is not JSON"),
+    ('{"a": 1e400}', "too large for a float"),
+    ('{"a": 1, "a": 2}', 'key "a" appears twice'),
+    ('{"a": ' + "9" * 5000 + "}", "4300"),
+])
+def test_parse_json_refuses_what_python_json_would_guess(text, expected):
+    with pytest.raises(ValueError, match=expected):
+        parse_json(text)
+    assert parse_json('{"a": 1.5, "b": [1, {"c": null}]}') == {"a": 1.5, "b": [1, {"c": None}]}
+
+
+def test_unreadable_lines_are_all_named_with_their_reason(tmp_path):
+    path = tmp_path / "d.jsonl"
+    lines = [b'{"a": 1}', b'{"a": NaN}', b"[" * 3000 + b"]" * 3000, b'{"a": "caf\xe9"}', b'{"a": 1, "a": 1}']
+    path.write_bytes(b"\r\n".join(lines) + b"\r\n")
+    with pytest.raises(UnreadableRecords) as err:
+        read_jsonl(path)
+    message = str(err.value)
+    assert "4 bad records" in message
+    for number, reason in [(2, "NaN"), (3, "nested deeper"), (4, "byte 0xe9 at byte 11 of the line"), (5, "twice")]:
+        assert f"d.jsonl:{number}: " in message and reason in message
+    assert [r.problem is None for r in err.value.records] == [True, False, False, False, False]
+
+
+def test_a_json_file_names_the_record_and_line_of_a_problem(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text('[\n {"a": 1},\n {"a": 2},\n {"a": Infinity}\n]')
+    with pytest.raises(DataError, match=r"d.json:record 3 \(line 4\): Infinity is not JSON"):
+        read_json(path)
+    path.write_bytes('[\n{"a": 1},\n{"a": "café"}]'.encode("latin-1"))
+    with pytest.raises(DataError, match=r"d.json:3: not valid UTF-8 \(byte 0xe9 at byte \d+ of the file"):
+        read_json(path)
+
+
+def test_boms_and_crlf_are_accepted(tmp_path):
+    (tmp_path / "d.jsonl").write_bytes(b'\xef\xbb\xbf{"a": 1}\r\n\r\n{"a": 2}\r\n')
+    assert [r.fields for r in read_jsonl(tmp_path / "d.jsonl")] == [{"a": 1}, {"a": 2}]
+    (tmp_path / "d.json").write_bytes(b'\xef\xbb\xbf[{"a": 1}]')
+    assert [r.fields for r in read_json(tmp_path / "d.json")] == [{"a": 1}]
+
+
+def test_a_reader_that_raises_a_library_error_is_a_data_error_naming_the_file(tmp_path, monkeypatch):
+    from mmalign.plugins import registry
+
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"a": 1}\n')
+    entry = registry().entry("datasets", "jsonl")
+    monkeypatch.setattr(entry, "obj", lambda p: (_ for _ in ()).throw(KeyError("row group 3")))
+    with pytest.raises(DataError, match=rf"Cannot read data file '{path}' \(from 'data.train'\): KeyError"):
+        read_records(str(path), "jsonl", "data.train")
+
+
+# --- mmalign.files -------------------------------------------------------------------------------------
+
+def test_tilde_is_the_home_directory_and_so_outside(tmp_path):
+    record = Record({}, "d.jsonl:1", tmp_path)
+    with pytest.raises(DataError, match="outside the data directory"):
+        resolve_data_path(record, "~/x.png", "image")
+    with pytest.raises(DataError, match="not found"):  # allowed out: then only missing
+        resolve_data_path(record, "~/surely-not-here.png", "image", allow_outside=True)
+
+
+def test_record_allow_outside_is_what_prepare_examples_was_given(tmp_path):
+    (tmp_path / "secret.png").write_bytes(b"x")
+    (tmp_path / "data").mkdir()
+    path = write_jsonl(tmp_path / "data" / "d.jsonl", [{"image": "../secret.png"}])
+
+    class Reads:
+        def prepare(self, record, paired):
+            return resolve_data_path(record, record.fields["image"], "image")
+
+    with pytest.raises(DataError, match="outside the data directory"):
+        prepare_examples(Reads(), read_jsonl(path), paired=True, strict=False, path=str(path))
+    examples, _ = prepare_examples(Reads(), read_jsonl(path), paired=True, strict=False,
+                                   path=str(path), allow_outside=True)
+    assert examples == [tmp_path / "secret.png"]
+
+
+def test_sixteen_bit_and_float_grey_are_scaled_not_clipped():
+    grey16 = Image.fromarray(np.array([[0, 257, 32768, 65535]], dtype=np.uint16))
+    assert np.asarray(to_rgb8(grey16))[0, :, 0].tolist() == [0, 1, 128, 255]
+    assert np.asarray(grey16.convert("RGB"))[0, :, 0].tolist() == [0, 255, 255, 255]  # Pillow clips
+    grey_float = Image.fromarray(np.array([[0.0, 0.5, 1.0, 7.0]], dtype=np.float32))
+    assert np.asarray(to_rgb8(grey_float))[0, :, 0].tolist() == [0, 128, 255, 255]
+
+
+def test_transparency_is_composited_on_white():
+    rgba = Image.new("RGBA", (2, 1), (255, 0, 0, 0))
+    rgba.putpixel((1, 0), (255, 0, 0, 255))
+    assert list(to_rgb8(rgba).getdata()) == [(255, 255, 255), (255, 0, 0)]
+    assert list(to_rgb8(Image.new("LA", (1, 1), (0, 128))).getdata()) == [(127, 127, 127)]
+
+
+def test_pillows_bomb_warning_range_is_refused_too(tmp_path, monkeypatch):
+    Image.new("RGB", (40, 40)).save(tmp_path / "a.png")  # 1600 pixels: more than the limit, < 2x
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(DataError, match="d.jsonl:4: image '.*a.png' is too large to decode safely"):
+        decode_image(tmp_path / "a.png", "d.jsonl:4")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # the user's choice: no limit
+    assert decode_image(tmp_path / "a.png", "t").size == (40, 40)
+
+
+def test_an_image_is_decoded_in_full_not_only_its_header(tmp_path):
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
+    (tmp_path / "cut.jpg").write_bytes(buf.getvalue()[:1500])
+    with Image.open(tmp_path / "cut.jpg") as img:
+        img.verify()  # what the diffusion plugin used to check: passes
+    with pytest.raises(DataError, match="t:1: not a readable image .*truncated"):
+        decode_image(tmp_path / "cut.jpg", "t:1")

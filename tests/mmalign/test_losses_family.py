@@ -77,6 +77,16 @@ def test_exo_pair_hand_computed_and_minimum():
         L.exo_pair(*three_pairs(), beta=beta, label_smoothing=0.0)
 
 
+def test_exo_pair_at_init_is_2_761_as_documented():
+    """At init (h = 0) q = (1/2, 1/2): L = 1/2 ln(1/2 / 0.999) + 1/2 ln(1/2 / 0.001) = 2.76123 nats,
+    the number docs/losses.md and the docstring give."""
+    zero = T([0.0, 0.0])
+    value = L.exo_pair(zero, zero, zero, zero, beta=0.1)  # default label_smoothing 1e-3
+    assert value.tolist() == pytest.approx([2.761231] * 2, abs=1e-6)
+    assert "about 2.761 for eps = 1e-3" in DOCS.read_text()
+    assert "2.761 nats for eps = 1e-3" in (L.exo_pair.__doc__ or "")
+
+
 def test_nca_pair_hand_computed():
     beta = 0.5
     out = L.nca_pair(*three_pairs(), beta=beta)

@@ -1,7 +1,7 @@
 """Exact resume after real kills: ``mmalign train`` runs as a subprocess, dies (SIGKILL at named
 points of a checkpoint save, SIGKILL from outside at an arbitrary moment, SIGTERM), and
-``--resume`` must end with final weights bitwise identical to an uninterrupted run, and the same
-metrics.jsonl. Parametrized by modality (a new one is one entry in train_processes.MODALITIES).
+``--resume`` must end with final weights bitwise identical to an uninterrupted run (every
+safetensors file byte for byte, metadata included), and the same metrics.jsonl. Parametrized by modality (a new one is one entry in train_processes.MODALITIES).
 
 The deterministic kills use the test hook MMALIGN_TEST_CRASH_AT of mmalign/checkpoint.py.
 """
@@ -104,16 +104,31 @@ def test_killed_at_every_kind_of_point_resumes_bitwise(modality, uninterrupted, 
     assert f"resumed from {ckpts / f'step-{stopped_at:07d}'}" in proc.stdout
     straight = uninterrupted(modality)
     assert_bitwise_equal(weights(run_dir / "final"), weights(straight / "final"))
+    assert_same_safetensors_bytes(run_dir, straight)
     assert (run_dir / "metrics.jsonl").read_text() == (straight / "metrics.jsonl").read_text()
     assert checkpoint_names(run_dir) == checkpoint_names(straight)  # no temporary left behind
 
 
+def assert_same_safetensors_bytes(a, b) -> None:
+    """Every safetensors file of final/ and of the kept checkpoints, byte for byte (header and
+    metadata included, not only the tensors)."""
+    files = sorted(str(p.relative_to(b)) for p in b.rglob("*.safetensors"))
+    assert files == sorted(str(p.relative_to(a)) for p in a.rglob("*.safetensors"))
+    different = [f for f in files if (a / f).read_bytes() != (b / f).read_bytes()]
+    assert not different, different
+
+
 @pytest.mark.slow
-def test_same_config_and_seed_give_the_same_metrics_across_processes(uninterrupted, tmp_path):
-    straight = uninterrupted("text")
-    config = write_config(tmp_path / "config.yaml", modality_config("text", tmp_path / "run", **TRAIN))
-    assert run(train_command(config)).returncode == 0
+@pytest.mark.parametrize("modality", MODALITIES)
+def test_identical_runs_write_identical_bytes_under_another_hash_seed(modality, uninterrupted, tmp_path):
+    """Same config and seed in a process with another PYTHONHASHSEED (set iteration order) and
+    another safetensors hash-map order: the same metrics and byte-identical safetensors files."""
+    straight = uninterrupted(modality)
+    config = write_config(tmp_path / "config.yaml", modality_config(modality, tmp_path / "run", **TRAIN))
+    proc = run(train_command(config), PYTHONHASHSEED="12345")
+    assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == (straight / "metrics.jsonl").read_text()
+    assert_same_safetensors_bytes(tmp_path / "run", straight)
 
 
 # --- fast unit tests of the pieces ---------------------------------------------------------------

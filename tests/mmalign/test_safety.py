@@ -62,11 +62,27 @@ def test_yaml_tags_that_run_code_are_refused(tmp_path):
     assert not marker.exists()
 
 
+def _safe_yaml_loader(path: Path, line: str) -> bool:
+    """``yaml.load(..., Loader=X)`` where X, looked up in the module, subclasses yaml.SafeLoader."""
+    import importlib
+
+    import yaml
+
+    match = re.search(r"yaml\.load\(.*Loader=(\w+)", line)
+    if not match:
+        return False
+    parts = path.relative_to(REPO).with_suffix("").parts
+    module = importlib.import_module(".".join(parts[1:] if parts[0] == "plugins" else parts))
+    loader = getattr(module, match.group(1), None)
+    return isinstance(loader, type) and issubclass(loader, yaml.SafeLoader)
+
+
 def test_no_unsafe_loaders_in_the_sources():
     unsafe = re.compile(r"yaml\.(unsafe_)?load\(|yaml\.Loader|import pickle|pickle\.load|"
                         r"trust_remote_code\s*=\s*True|weights_only\s*=\s*False")
     found = [f"{p.relative_to(REPO)}:{i}: {line.strip()}" for p in SOURCES
-             for i, line in enumerate(p.read_text().splitlines(), 1) if unsafe.search(line)]
+             for i, line in enumerate(p.read_text().splitlines(), 1)
+             if unsafe.search(line) and not _safe_yaml_loader(p, line)]
     assert found == []
     # torch.load only with weights_only=True (no pickle of arbitrary objects)
     loads = [f"{p.relative_to(REPO)}:{i}" for p in SOURCES
@@ -146,5 +162,27 @@ def test_missing_or_malformed_paths_are_clear_errors(data_root, value, expected)
         resolve_data_path(record(data_root), value, "image")
 
 
-def test_outside_paths_are_refused_by_default_in_the_config():
-    assert DataConfig().allow_outside_paths is False
+@pytest.mark.parametrize("value", ["../secret.txt", "images/link.png", "ABSOLUTE", "~/secret.txt"])
+def test_the_plugins_refuse_outside_paths_unless_the_config_allows_them(data_root, value):
+    from mmalign_diffusion.records import image_ref
+    from mmalign_vlm.reward import resolve_image
+
+    value = str(data_root.parent / "secret.txt") if value == "ABSOLUTE" else value
+    rec = Record({"prompt": "a", "chosen": value}, f"{data_root}/pairs.jsonl:3", data_root)
+    assert DataConfig().allow_outside_paths is False and rec.allow_outside is False
+    for read in (lambda: resolve_image(value, rec), lambda: image_ref(rec, "chosen")):
+        with pytest.raises(DataError, match="outside the data directory"):
+            read()
+    if value != "~/secret.txt":
+        rec.allow_outside = True  # what prepare_examples sets from data.allow_outside_paths: true
+        assert Path(resolve_image(value, rec)) == (data_root.parent / "secret.txt")
+        with pytest.raises(DataError, match="not a readable image"):  # read, then found no image
+            image_ref(rec, "chosen")
+
+
+def test_plugins_resolve_record_paths_only_through_mmalign_files():
+    """No plugin joins a record's directory with a value itself (which would skip the rules)."""
+    joins = [f"{p.relative_to(REPO)}:{i}" for p in SOURCES if p.name != "files.py"
+             for i, line in enumerate(p.read_text().splitlines(), 1)
+             if re.search(r"\.root\s*/|Path\(record\.root\)\s*/", line)]
+    assert joins == []

@@ -63,7 +63,8 @@ def process_env(**extra: str) -> dict:
     compared), no inherited crash hook."""
     env = {k: v for k, v in os.environ.items() if k != "MMALIGN_TEST_CRASH_AT"}
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
-               PYTHONHASHSEED="0", **extra)
+               PYTHONHASHSEED="0")
+    env.update(extra)  # may override the defaults above (e.g. another PYTHONHASHSEED)
     return env
 
 

@@ -46,7 +46,8 @@ def test_unknown_noise_mode_is_a_config_error():
 
 def _run(tmp_path, name, cache):
     cfg = load_config(CONFIG, overrides=[f"output_dir={tmp_path / name}", "model.options.noise=per_example",
-                                         f"reference.cache={cache}", "train.max_steps=4", "train.log_every=1",
+                                         f"reference.cache={cache}", "train.max_steps=4", "train.warmup_steps=0",
+                                         "train.log_every=1",
                                          "train.eval_every=0", "train.save_every=0", "train.progress=false",
                                          "data.eval=null", "eval.evaluators=[]"])
     result = train(cfg, log=lambda *a: None)

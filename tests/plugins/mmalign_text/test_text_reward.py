@@ -5,23 +5,25 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from conftest import TINY
 from mmalign.config import load_config
 from mmalign.data import Record
 from mmalign.errors import DataError, SkipRecord
+from mmalign_text.layer_masks import mask_plan
 from mmalign_text.reward import TextReward
 
 RECORDS = [
-    {"prompt": "great kaka lolo", "chosen": "superb mimi dull", "rejected": "awful"},
-    {"prompt": "dull", "chosen": "brilliant kalo kalo kalo mi", "rejected": "boring lomi tu"},
-    {"prompt": "kaka lo ren tu sa vo pel", "chosen": "great", "rejected": "dreadful kaka"},
+    {"prompt": "great kaka lolo", "chosen": " superb mimi dull", "rejected": " awful"},
+    {"prompt": "dull", "chosen": " brilliant kalo kalo kalo mi", "rejected": " boring lomi tu"},
+    {"prompt": "kaka lo ren tu sa vo pel", "chosen": " great", "rejected": " dreadful kaka"},
 ]
 
 
 def make(tokenizer_dir, **model):
     cfg = load_config(data={"model": {"tiny": dict(TINY), "tokenizer": str(tokenizer_dir), **model},
-                            "data": {"max_prompt_length": 64, "max_completion_length": 64}})
+                            "data": {"max_length": 64}})
     torch.manual_seed(0)
     reward = TextReward(cfg.model, cfg.data)
     return reward, reward.load_policy().eval()
@@ -33,9 +35,11 @@ def examples(reward, rows=RECORDS, paired=True):
 
 def direct_score(model, tokenizer, prompt, completion, first_n=None):
     """sum_t log softmax(logits)[y_t] over completion tokens (the first ``first_n`` only, if given),
-    with the plain HF model."""
-    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    with the plain HF model; ids as TRL 1.16 makes them (prompt + completion + EOS tokenized whole)."""
+    p = tokenizer(prompt)["input_ids"]
+    full = tokenizer(prompt + completion + tokenizer.eos_token)["input_ids"]
+    assert full[:len(p)] == p
+    c = full[len(p):]
     ids = torch.tensor([p + c])
     with torch.no_grad():
         logps = model(ids).logits.log_softmax(-1)[0]
@@ -55,6 +59,7 @@ def test_score_equals_direct_computation(tokenizer_dir):
 
 def test_chosen_and_rejected_in_one_forward_pass(tokenizer_dir):
     reward, model = make(tokenizer_dir)
+    mask_plan(model)  # the probe of the model's attention masks runs its own forwards, once per model
     calls = []
     model.register_forward_hook(lambda m, a, k: calls.append(1))
     with torch.no_grad():
@@ -65,6 +70,7 @@ def test_chosen_and_rejected_in_one_forward_pass(tokenizer_dir):
 @pytest.mark.parametrize("prefix_sharing", [True, False])
 def test_lm_head_sees_only_the_positions_that_predict_completion_tokens(tokenizer_dir, prefix_sharing):
     reward, model = make(tokenizer_dir, options={"prefix_sharing": prefix_sharing})
+    mask_plan(model)  # the probe's forwards (once per model) run the head on its 8 positions
     seen = []
     model.lm_head.register_forward_hook(lambda m, a, out: seen.append(tuple(out.shape)))
     exs = examples(reward)
@@ -174,16 +180,23 @@ def test_log_probs_are_chunked_and_recomputed_with_equal_gradients(tokenizer_dir
 
 
 def test_truncation_and_eos(tokenizer_dir):
-    cfg = load_config(data={"model": {"tiny": dict(TINY), "tokenizer": str(tokenizer_dir)},
-                            "data": {"max_prompt_length": 2, "max_completion_length": 3}})
-    reward = TextReward(cfg.model, cfg.data)
-    ex = reward.prepare(Record(RECORDS[1], "t:1", Path(".")), paired=True)
-    tok = reward.tokenizer
-    assert ex.prompt_ids == tok("dull", add_special_tokens=False)["input_ids"][-2:]
-    assert ex.chosen_ids == tok("brilliant kalo kalo", add_special_tokens=False)["input_ids"]
-    assert ex.rejected_ids[-1] != tok.eos_token_id  # truncated from the right
-    full = reward.prepare(Record(RECORDS[2], "t:2", Path(".")), paired=False)
+    """data.max_length: each row prompt + completion keeps its first tokens (TRL 1.16's keep_start);
+    legacy: the prompt keeps its last max_prompt_length tokens, a completion its first."""
+    def prepare(data: dict, record: dict, paired=True):
+        cfg = load_config(data={"model": {"tiny": dict(TINY), "tokenizer": str(tokenizer_dir)}, "data": data})
+        return TextReward(cfg.model, cfg.data).prepare(Record(record, "t:1", Path(".")), paired=paired)
+
+    ex = prepare({"max_length": 4}, RECORDS[1])  # prompt "dull": 1 token
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    assert ex.prompt_ids == tok("dull")["input_ids"]
+    assert ex.chosen_ids == tok(" brilliant kalo kalo")["input_ids"]
+    assert ex.rejected_ids == tok(" boring lomi tu")["input_ids"]  # its EOS cut
+    full = prepare({"max_length": 64}, RECORDS[2], paired=False)
     assert full.chosen_ids[-1] == tok.eos_token_id and full.rejected_ids is None
+    legacy = prepare({"tokenization": "legacy", "max_prompt_length": 2, "max_completion_length": 3},
+                     {**RECORDS[0], "prompt": "great kaka lolo"})
+    assert legacy.prompt_ids == tok("kaka lolo")["input_ids"]
+    assert legacy.chosen_ids == tok("superb mimi dull")["input_ids"]  # no room left for EOS
 
 
 @pytest.mark.parametrize("record,message", [
@@ -266,8 +279,8 @@ def test_lora_save_loads_with_peft_and_reference_has_no_copy(tokenizer_dir, tmp_
 
 # Pair lengths 9, 11, 12, 5 and 6 tokens: first-fit decreasing into rows of 12 packs the two
 # short pairs into one row, so 5 pairs take 4 rows.
-PACKABLE = RECORDS + [{"prompt": "dull", "chosen": "great", "rejected": "awful"},
-                      {"prompt": "kaka lo", "chosen": "superb", "rejected": "dull"}]
+PACKABLE = RECORDS + [{"prompt": "dull", "chosen": " great", "rejected": " awful"},
+                      {"prompt": "kaka lo", "chosen": " superb", "rejected": " dull"}]
 
 
 def one_row(lengths, pack):

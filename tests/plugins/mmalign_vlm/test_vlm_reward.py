@@ -53,7 +53,7 @@ def test_packed_pairs_equal_the_naive_path(vlm_world, tmp_path, monkeypatch):
     exs = examples(reward, vlm_world, n=4)
     monkeypatch.setattr(ps, "assign_rows", lambda lengths, pack: [[0, 2], [1, 3]])
     batch = reward.collate(exs)
-    assert batch.text.input_ids.shape[0] == 2 and batch.row_images == [[0, 2], [1, 3]]
+    assert batch.text.input_ids.shape[0] == 2 and batch.row_groups == [[0, 2], [1, 3]]
     packed = reward.score(model, batch)
     packed_grads = _grads(model, packed)
     reward.options.update(encode_once=False, prefix_sharing=False)
@@ -139,11 +139,12 @@ def test_mdpo_without_corruption_is_a_clear_error(vlm_world, tmp_path):
 
 
 @pytest.mark.parametrize("mutate,message", [
-    (lambda r, root: r.update(image="images/missing.png"), "does not exist"),
-    (lambda r, root: r.update(image="images/broken.png"), "cannot read image"),
+    (lambda r, root: r.update(image="images/missing.png"), "not found"),
+    (lambda r, root: r.update(image="images/broken.png"), "not a readable image"),
     (lambda r, root: r.update(prompt="<image> <image> describe"), "2 image placeholder(s)"),
     (lambda r, root: r.pop("image"), 'missing key "image"'),
-    (lambda r, root: r.update(image=7), '"image" must be a path'),
+    (lambda r, root: r.update(image=7), '"image" must be a file path'),
+    (lambda r, root: r.update(image=[]), '"image" is an empty list'),
 ])
 def test_bad_input_names_the_record(vlm_world, tmp_path, mutate, message):
     (vlm_world / "images" / "broken.png").write_bytes(b"not a png at all")
@@ -198,3 +199,41 @@ def test_content_fingerprint_follows_the_image_bytes(vlm_world, tmp_path):
     first = json.loads((root / "pairs.jsonl").read_text().splitlines()[0])["image"]
     shutil.copy(root / json.loads((root / "pairs.jsonl").read_text().splitlines()[1])["image"], root / first)
     assert reward.content_fingerprint(examples(reward, root)) != before
+
+
+def _record(root, **fields):
+    row = {"image": "images/img-00000.png", "prompt": "describe", "chosen": "a red circle", "rejected": "a blue cross"}
+    row.update(fields)
+    return read_jsonl(_write(root, row))[0]
+
+
+def _write(root, row):
+    path = root / f"one-{abs(hash(json.dumps(row, sort_keys=True)))}.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    return path
+
+
+def test_a_long_prompt_loses_text_only_never_image_tokens(vlm_world, tmp_path):
+    """data.tokenization legacy: a prompt over max_prompt_length keeps its end; the text before the
+    image can go, image tokens cannot (a DataError naming the record)."""
+    cfg = load_config(data=vlm_config(vlm_world, tmp_path, data={"tokenization": "legacy", "max_prompt_length": 20}))
+    reward = VLMReward(cfg.model, cfg.data)
+    image_id = reward.tokenizer.convert_tokens_to_ids("<image>")
+    full = reward.prepare(_record(vlm_world, prompt="a a a a a <image> describe"), paired=True)
+    assert len(full.prompt_ids) == 20 and full.prompt_ids.count(image_id) == 16  # 2 of the 5 "a" cut
+    cfg = load_config(data=vlm_config(vlm_world, tmp_path, data={"tokenization": "legacy", "max_prompt_length": 10}))
+    reward = VLMReward(cfg.model, cfg.data)
+    with pytest.raises(DataError, match="one-.*would cut image tokens"):
+        reward.prepare(_record(vlm_world, prompt="a a <image> describe"), paired=True)
+
+
+def test_trl_max_length_keeps_the_prompt_and_cuts_the_completion(vlm_world, tmp_path):
+    from mmalign.errors import SkipRecord
+
+    cfg = load_config(data=vlm_config(vlm_world, tmp_path, data={"max_length": 19}))
+    reward = VLMReward(cfg.model, cfg.data)
+    e = reward.prepare(_record(vlm_world), paired=True)
+    assert len(e.prompt_ids) == 17 and len(e.chosen_ids) == 2 and len(e.rejected_ids) == 2
+    cfg = load_config(data=vlm_config(vlm_world, tmp_path, data={"max_length": 10}))
+    with pytest.raises(SkipRecord, match="prompt fills data.max_length"):
+        VLMReward(cfg.model, cfg.data).prepare(_record(vlm_world), paired=True)

@@ -1,0 +1,189 @@
+"""The names a config uses, checked against the registry and the modality before a run: the
+loss (it fits the modality; its options' names, types and ranges, by a dry run on a fake batch),
+evaluators, callbacks, the data format, the data keys the command needs, hardware (fp16 needs a
+GPU), output_dir, and the modality plugin's own checks (``factory.check_config(model_cfg,
+data_cfg)``). Runs before training, eval, score and ``mmalign check``; it never loads a model and
+never downloads. The values themselves were checked when the config was built
+(:func:`mmalign.validation.validate`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from mmalign.config_file import short_repr
+from mmalign.errors import ConfigError, MmalignError
+from mmalign.validation import fail
+
+
+def validate_for_run(cfg: Any, where: str = "config", *, command: str = "train", reg: Any = None) -> None:
+    """Everything the run will look up, checked now: nothing is loaded, nothing downloaded."""
+    from mmalign.errors import RegistryError
+
+    try:
+        _validate_names(cfg, where, command, reg)
+    except RegistryError as e:  # name the config file too
+        raise RegistryError(f"{where}: {e}") from None
+
+
+def _validate_names(cfg: Any, where: str, command: str, reg: Any) -> None:
+    from mmalign.plugins import registry
+
+    reg = reg or registry()
+    factory_entry = reg.entry("rewards", cfg.model.reward, "model.reward")
+    modality = cfg.model.reward
+    spec = reg.get("losses", cfg.loss.name, "loss.name")
+    if spec.modalities is not None and modality not in spec.modalities:
+        raise fail(where, "loss.name", f"is '{spec.name}', which does not apply to modality "
+                                       f"'{modality}' (model.reward; it supports: "
+                                       f"{', '.join(spec.modalities)}). Choose another loss "
+                                       f"(`mmalign plugins` lists them).")
+    check_loss_options(spec, cfg.loss.options, cfg.loss.beta, where)
+    if spec.needs_reference and cfg.reference.strategy == "none":
+        raise fail(where, "reference.strategy", f"is 'none' but loss '{spec.name}' needs a reference "
+                                                f"model. Use a reference-free loss (e.g. simpo, sft) "
+                                                f"or strategy auto/copy.")
+    _check_evaluators(cfg, reg, modality, where)
+    for i, name in enumerate(cfg.train.callbacks):
+        reg.entry("callbacks", name, f"train.callbacks[{i}]")
+    if cfg.data.format != "auto":
+        reg.entry("datasets", cfg.data.format, "data.format")
+    _check_data_keys(cfg, command, where)
+    _check_hardware(cfg, where)
+    if command == "train":
+        _check_output_dir(cfg, where)
+    check = getattr(factory_entry.obj, "check_config", None)
+    if callable(check):  # the modality plugin's own keys (model.options, model.tiny)
+        try:
+            check(cfg.model, cfg.data)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+
+
+def check_loss_options(spec: Any, options: dict, beta: float, where: str = "config") -> None:
+    """``loss.options`` against the options the loss function declares (its keyword arguments):
+    names, types (those of the defaults) and ranges (the function's own checks, run on a fake batch
+    of two pairs)."""
+    declared = spec.options
+    listed = ", ".join(f"{k} (default {v!r})" for k, v in declared.items()) or "(none)"
+    for name, value in options.items():
+        key = f"loss.options.{name}"
+        if name not in declared:
+            raise fail(where, key, f"is not an option of loss '{spec.name}'. Its options: {listed}.")
+        default = declared[name]
+        if not _same_kind(value, default):
+            raise fail(where, key, f"must be {_kind_name(default)} like its default {default!r}, got "
+                                   f"{short_repr(value)} ({type(value).__name__}).")
+    _dry_run(spec, options, beta, where)
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    if default is None or default is Ellipsis:
+        return True  # no default to compare with: the dry run checks it
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    if isinstance(default, int):
+        return isinstance(value, int)
+    if isinstance(default, (str, dict, list, tuple)):
+        return isinstance(value, (list, tuple) if isinstance(default, (list, tuple)) else type(default))
+    return True
+
+
+def _kind_name(default: Any) -> str:
+    if isinstance(default, bool):
+        return "true/false"
+    return {float: "a number", int: "an integer", str: "a string", dict: "a mapping",
+            list: "a list", tuple: "a list"}.get(type(default), type(default).__name__)
+
+
+def _dry_run(spec: Any, options: dict, beta: float, where: str) -> None:
+    """Call the loss once on zero scores of two pairs: its own option checks (label_smoothing in
+    [0, 0.5), a registered term, ...) fire now, not at step 1. Failures that are not about the
+    config (a loss that needs extra scores a fake batch lacks) are left to the run."""
+    import torch
+
+    from mmalign.losses.spec import call_loss
+
+    if "extras" in _parameters(spec.fn):
+        return  # its checks are about the plugin's further scores, which a fake batch lacks
+    zeros, ones = torch.zeros(2), torch.ones(2)
+    pr = zeros if spec.paired else None
+    ref = zeros if spec.needs_reference else None
+    try:
+        call_loss(spec, zeros, pr, ref, ref if spec.paired else None, beta=beta,
+                  lengths=(ones, ones if spec.paired else None), options=dict(options))
+    except MmalignError as e:  # ConfigError, or RegistryError for a term of `weighted`
+        text = str(e)
+        key = "loss.options" if "loss.options" in text else "loss"
+        raise ConfigError(f"{where}: {text if key in text else f'{key}: {text}'}") from None
+    except Exception:  # noqa: BLE001 (not a config problem, see the docstring)
+        pass
+
+
+def _parameters(fn: Any) -> set[str]:
+    import inspect
+
+    try:
+        return set(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+def _check_evaluators(cfg: Any, reg: Any, modality: str, where: str) -> None:
+    for i, name in enumerate(cfg.eval.evaluators):
+        entry = reg.entry("evaluators", name, f"eval.evaluators[{i}]")
+        fits = entry.meta.get("modalities")
+        if fits is not None and modality not in fits:
+            others = [n for n in reg.names("evaluators")
+                      if modality in (reg.entry("evaluators", n).meta.get("modalities") or (modality,))]
+            raise fail(where, f"eval.evaluators[{i}]", f"is '{name}', which applies to model.reward "
+                                                       f"{', '.join(fits)}, not '{modality}'. Evaluators "
+                                                       f"for {modality}: {', '.join(others)}.")
+    for name in cfg.eval.options:
+        if name not in cfg.eval.evaluators:
+            raise fail(where, f"eval.options.{name}", f"gives options to '{name}', which is not in "
+                                                      f"eval.evaluators ({cfg.eval.evaluators}). Add it "
+                                                      f"there or remove its options.")
+
+
+def _check_data_keys(cfg: Any, command: str, where: str) -> None:
+    if command in ("train", "check") and cfg.data.train is None:
+        raise fail(where, "data.train", "is required to train: set 'data.train' in the config to a "
+                                        "data file (e.g. train.jsonl).")
+    if command in ("eval", "score") and cfg.data.train is None and cfg.data.eval is None:
+        raise fail(where, "data.eval", "is required (or data.train): the records to evaluate.")
+
+
+def _check_hardware(cfg: Any, where: str) -> None:
+    """fp16 compute needs a GPU: on a CPU accelerate would silently compute in float32."""
+    import torch
+
+    from mmalign.precision import mixed_precision
+
+    try:
+        mixed = mixed_precision(cfg.model.dtype, cfg.train.precision)  # model.dtype implies one too
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    if mixed == "fp16" and not torch.cuda.is_available():
+        key = "train.precision" if cfg.train.precision == "fp16" else "model.dtype"
+        raise fail(where, key, "asks for fp16 compute, which needs a CUDA GPU, and none is visible: "
+                               "fp16 compute is not available on cpu (accelerate would silently "
+                               "compute in float32). On CPU use train.precision: bf16 (or "
+                               "model.dtype: bfloat16), or float32 (precision no).")
+
+
+def _check_output_dir(cfg: Any, where: str) -> None:
+    out = Path(cfg.output_dir)
+    for parent in (out, *out.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise fail(where, "output_dir", f"'{cfg.output_dir}': '{parent}' is a file, not a "
+                                                f"directory. Choose another output_dir.")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise fail(where, "output_dir", f"'{cfg.output_dir}': '{parent}' is not writable. "
+                                                f"Choose a directory you can write to, or fix its "
+                                                f"permissions.")
+            break

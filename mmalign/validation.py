@@ -1,0 +1,254 @@
+"""Config values: every key's type was checked while the config was built; this checks values
+and the rules across keys (finite numbers, minimum sizes, probabilities, non-empty strings, the
+sizes in ``model.tiny``), with no registry: ``load_config`` runs :func:`validate`.
+
+Validation happens in three stages, each in its module, all before any model, tokenizer or data
+file is loaded:
+
+    mmalign.config_file.read_config_file(path)    the YAML file -> a mapping
+    mmalign.validation.validate(cfg, where)        values and cross-key rules (this module)
+    mmalign.run_validation.validate_for_run(cfg)   names against the registry and the modality
+
+Every failure is a :class:`mmalign.errors.ConfigError` naming the file and the dotted key, and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any
+
+# read_config_file and check_top_level lived here; mmalign/config.py still imports them from here
+from mmalign.config_file import check_top_level, read_config_file, short_repr  # noqa: F401
+from mmalign.errors import ConfigError
+
+INT64_MAX = 2 ** 63 - 1
+
+# key -> smallest allowed value (and largest, when the library that reads it has one)
+INT_RANGES: dict[str, tuple[int, int]] = {
+    "seed": (0, 2 ** 32 - 1),  # numpy's seed range (accelerate's set_seed seeds numpy too)
+    "model.lora.r": (1, INT64_MAX),
+    "data.max_length": (1, INT64_MAX),
+    "data.max_prompt_length": (1, INT64_MAX),
+    "data.max_completion_length": (1, INT64_MAX),
+    "data.eval_size": (0, INT64_MAX),
+    "train.max_steps": (0, INT64_MAX),
+    "train.batch_size": (1, INT64_MAX),
+    "train.gradient_accumulation_steps": (1, INT64_MAX),
+    "train.warmup_steps": (0, INT64_MAX),
+    "train.log_every": (1, INT64_MAX),
+    "train.eval_every": (0, INT64_MAX),
+    "train.save_every": (0, INT64_MAX),
+    "train.keep_last": (1, INT64_MAX),
+    "eval.batch_size": (1, INT64_MAX),
+}
+
+# key -> (test, what the value must be); every number must also be finite
+NUMBER_RULES: dict[str, tuple[Any, str]] = {
+    "model.lora.alpha": (lambda v: v > 0, "positive"),
+    "model.lora.dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "loss.beta": (lambda v: v > 0, "positive"),
+    "loss.sft_weight": (lambda v: v >= 0, ">= 0 (0 turns the NLL term off)"),
+    "train.epochs": (lambda v: v > 0, "positive (a number of passes over the data, e.g. 1 or 0.5)"),
+    "train.lr": (lambda v: v > 0, "positive"),
+    "train.weight_decay": (lambda v: v >= 0, ">= 0"),
+    "train.warmup_ratio": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "train.max_grad_norm": (lambda v: v >= 0, ">= 0 (0 disables clipping)"),
+}
+
+# keys whose string value must not be empty (an empty path would mean the current directory)
+NON_EMPTY = ("output_dir", "model.reward", "model.name_or_path", "model.tokenizer",
+             "reference.name_or_path", "reference.cache_dir", "data.train", "data.eval", "data.format",
+             "loss.name", "eval.checkpoint")
+
+# free-form mappings: string keys, finite numbers anywhere inside
+FREE_MAPPINGS = ("model.tiny", "model.options", "loss.options", "eval.options")
+
+
+def fail(where: str, key: str, message: str) -> ConfigError:
+    settable = key.split("[")[0]  # --set names a whole list, not one of its items
+    return ConfigError(f"{where}: key '{key}' {message} Fix it in the config file or with "
+                       f"--set {settable}=VALUE (see docs/configuration.md).")
+
+
+def warn(message: str) -> None:
+    """A setting that is legal but probably not meant: said once on stderr, the run goes on."""
+    print(f"mmalign: warning: {message}", file=sys.stderr)
+
+
+def lookup(cfg: Any, key: str) -> Any:
+    """The value of a dotted key (``train.lr``) in a Config; None inside an unset section."""
+    value = cfg
+    for part in key.split("."):
+        value = getattr(value, part, None) if value is not None else None
+    return value
+
+
+# --- values -------------------------------------------------------------------------------------
+
+
+def validate(cfg: Any, where: str = "config") -> None:
+    """Types are checked while the config is built; this checks values and the rules across keys."""
+    for key, (low, high) in INT_RANGES.items():
+        value = lookup(cfg, key)
+        if value is not None and not low <= value <= high:
+            bound = f"at least {low}" if high == INT64_MAX else f"in [{low}, {high}]"
+            raise fail(where, key, f"must be {bound}, got {value}.")
+    for key, (test, what) in NUMBER_RULES.items():
+        value = lookup(cfg, key)
+        if value is not None:
+            _finite(value, key, where)
+            if not test(value):
+                raise fail(where, key, f"must be {what}, got {value}.")
+    for key in NON_EMPTY:
+        value = lookup(cfg, key)
+        if isinstance(value, str) and not value.strip():
+            raise fail(where, key, "is an empty string; give a value or remove the key.")
+    for key in FREE_MAPPINGS:
+        value = lookup(cfg, key)
+        if value is not None:
+            _check_free(value, key, where)
+    if cfg.model.tiny is not None:
+        check_tiny_sizes(cfg.model.tiny, "model.tiny", where)
+    _check_lists(cfg, where)
+    _check_cross(cfg, where)
+
+
+def _finite(value: Any, key: str, where: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise fail(where, key, f"must be a finite number, got {value}.")
+
+
+def _check_free(value: Any, key: str, where: str) -> None:
+    """Inside free-form mappings (model.tiny, options): string keys and finite numbers."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise fail(where, key, f"has the key {k!r} ({type(k).__name__}); keys must be "
+                                       f"names (strings).")
+            _check_free(v, f"{key}.{k}", where)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_free(v, f"{key}[{i}]", where)
+    else:
+        _finite(value, key, where)
+
+
+# transformers config keys that are sizes or counts, wherever they appear in model.tiny (also in a
+# nested text_config / vision_config)
+SIZE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+             "num_key_value_heads", "max_position_embeddings", "vocab_size", "head_dim", "image_size",
+             "patch_size", "num_channels")
+
+
+def check_tiny_sizes(tiny: dict, key: str, where: str = "config") -> None:
+    """Sizes in model.tiny: positive integers, and hidden_size divisible by num_attention_heads,
+    num_attention_heads by num_key_value_heads (what attention reshapes need)."""
+    for name, value in tiny.items():
+        if isinstance(value, dict):
+            check_tiny_sizes(value, f"{key}.{name}", where)
+        elif name in SIZE_KEYS and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise fail(where, f"{key}.{name}", f"must be a positive integer, got {short_repr(value)}.")
+    hidden, heads, kv = (tiny.get(k) for k in ("hidden_size", "num_attention_heads", "num_key_value_heads"))
+    if hidden and heads and "head_dim" not in tiny and hidden % heads:
+        raise fail(where, f"{key}.num_attention_heads", f"({heads}) must divide {key}.hidden_size "
+                                                        f"({hidden}): each head gets hidden_size / "
+                                                        f"num_attention_heads dimensions.")
+    if heads and kv and heads % kv:
+        raise fail(where, f"{key}.num_key_value_heads", f"({kv}) must divide {key}.num_attention_heads "
+                                                        f"({heads}) (grouped-query attention).")
+
+
+def check_transformers_config(tiny: dict, default_type: str, key: str = "model.tiny") -> None:
+    """Build the transformers config of ``model.tiny`` (no model, no download), so that its own
+    validation speaks now, with the key named."""
+    from transformers import AutoConfig
+
+    kwargs = dict(tiny)
+    model_type = kwargs.pop("model_type", default_type)
+    try:
+        config = AutoConfig.for_model(model_type, **kwargs)
+    except Exception as e:  # noqa: BLE001 (ValueError, TypeError, huggingface_hub's StrictDataclassError)
+        reason = " ".join(str(e).split()).rstrip(".")
+        raise ConfigError(f"key '{key}' is not a valid '{model_type}' config: {reason[:300]}. model.tiny "
+                          f"holds the keyword arguments of the model's config class (e.g. LlamaConfig).") from None
+    params = _estimated_parameters(config)
+    if params > MAX_TINY_PARAMETERS:
+        raise ConfigError(f"key '{key}' describes a model of about {params / 1e9:.1f}B parameters (the "
+                          f"config class's defaults fill in what model.tiny leaves out). model.tiny builds "
+                          f"small models from scratch: set hidden_size, num_hidden_layers, ... (see "
+                          f"configs/demo/text.yaml), or load a checkpoint with model.name_or_path.")
+
+
+MAX_TINY_PARAMETERS = 2e9  # more than this, built from random weights on purpose, is a missed key
+
+
+def _estimated_parameters(config: Any) -> float:
+    """Transformer blocks (attention 4 h^2, MLP 3 h i) plus embeddings: enough to tell a tiny
+    model from the class's multi-billion-parameter defaults."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    h = getattr(text, "hidden_size", 0) or 0
+    i = getattr(text, "intermediate_size", 0) or 4 * h
+    layers = getattr(text, "num_hidden_layers", 0) or 0
+    vocab = getattr(text, "vocab_size", 0) or 0
+    return float(layers * (4 * h * h + 3 * h * i) + vocab * h)
+
+
+def _check_lists(cfg: Any, where: str) -> None:
+    betas = cfg.train.adam_betas
+    if len(betas) != 2:
+        raise fail(where, "train.adam_betas", f"must be two numbers, e.g. [0.9, 0.999]; got {betas}.")
+    for i, b in enumerate(betas):
+        _finite(b, f"train.adam_betas[{i}]", where)
+        if not 0 <= b < 1:
+            raise fail(where, f"train.adam_betas[{i}]", f"must be in [0, 1), got {b}.")
+    names = {"train.callbacks": cfg.train.callbacks, "eval.evaluators": cfg.eval.evaluators}
+    lora = cfg.model.lora
+    if lora is not None:
+        modules = lora.target_modules
+        names["model.lora.target_modules"] = [modules] if isinstance(modules, str) else modules
+        if not names["model.lora.target_modules"]:
+            raise fail(where, "model.lora.target_modules", "is empty; name the modules LoRA adapts, "
+                                                           "e.g. all-linear or [q_proj, v_proj].")
+    for key, items in names.items():
+        for i, item in enumerate(items):
+            if not item.strip():
+                raise fail(where, f"{key}[{i}]", "is an empty string; give a name.")
+        if len(set(items)) != len(items):
+            raise fail(where, key, f"names an entry twice ({items}); list each once.")
+    for name, options in cfg.eval.options.items():
+        if not isinstance(options, dict):
+            raise fail(where, f"eval.options.{name}", f"must be a mapping of that evaluator's "
+                                                      f"options, got {short_repr(options)}.")
+
+
+def _check_cross(cfg: Any, where: str) -> None:
+    """Rules that involve two keys."""
+    model, train, data = cfg.model, cfg.train, cfg.data
+    if model.name_or_path is None and model.tiny is None:
+        raise fail(where, "model.name_or_path", "is required (a local path or hub id), unless "
+                                                "model.tiny describes a model to build.")
+    if model.name_or_path is not None and model.tiny is not None:
+        raise fail(where, "model.tiny", "is set together with model.name_or_path: a model is either "
+                                        "loaded or built from model.tiny. Remove one of them.")
+    if train.warmup_steps and train.warmup_ratio:
+        raise fail(where, "train.warmup_ratio", f"is set together with train.warmup_steps "
+                                                f"({train.warmup_steps}); keep one of them.")
+    if train.max_steps and train.warmup_steps >= train.max_steps:
+        # a warning, not an error: short smoke runs (the demos' --quick) do this on purpose
+        warn(f"{where}: train.warmup_steps ({train.warmup_steps}) is not below train.max_steps "
+             f"({train.max_steps}): the learning rate never reaches train.lr and never decays.")
+    from mmalign.config import data_length_problem
+
+    if data_length_problem(data, model.reward):
+        raise fail(where, *data_length_problem(data, model.reward))
+    if data.eval_size and data.eval is not None:
+        raise fail(where, "data.eval_size", f"({data.eval_size}) is set together with data.eval; "
+                                            f"held-out records come from one of them. Remove one.")
+    if cfg.reference.strategy == "disable_adapters" and model.lora is None:
+        raise fail(where, "reference.strategy", "is 'disable_adapters', which needs a LoRA policy: "
+                                                "set model.lora, or use reference.strategy: copy.")
+    if cfg.reference.strategy == "disable_adapters" and cfg.reference.name_or_path is not None:
+        raise fail(where, "reference.name_or_path", "is set, but reference.strategy "
+                                                    "'disable_adapters' uses the policy itself; use "
+                                                    "strategy copy (or auto) for a separate model.")

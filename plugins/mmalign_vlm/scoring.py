@@ -1,0 +1,167 @@
+"""The scoring paths of the VLM reward (see docs/vlm.md), chosen per batch and logged once:
+
+- shared (default for pairs): one segment [images + prompt | chosen | rejected] per pair, packed
+  into rows with a 4D mask (:mod:`mmalign_text.prefix_sharing`); the vision tower runs once per
+  pair and the features are scattered into the placeholders. Qwen2-VL's M-RoPE positions are made
+  per segment with the model's own ``get_rope_index``.
+- once: two rows per pair, the image features computed once per pair and scattered into both.
+- plain (``encode_once: false``, and mDPO on families other than LLaVA): the model's own forward
+  with the processor's image outputs for every row.
+
+    s(x, y) = sum_t log p_theta(y_t | images, prompt, y_<t)     (image and prompt tokens masked)
+
+Mixed into :class:`mmalign_vlm.reward.VLMReward`, whose ``family`` and ``options`` it uses.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+import torch
+from torch import Tensor, nn
+
+from mmalign.errors import DataError
+from mmalign.reward import PairScores
+from mmalign_text.layer_masks import mask_plan
+from mmalign_text.logps import target_logps, unwrap
+from mmalign_text.prefix_sharing import shared_token_logps
+from mmalign_vlm.batches import Group, VLMBatch, VLMSharedBatch
+from mmalign_vlm.families import rope_positions
+
+log = logging.getLogger("mmalign")
+_logged: set[str] = set()
+
+
+def log_once(message: str) -> None:
+    if message not in _logged:
+        _logged.add(message)
+        log.info(message)
+
+
+class VLMScoring:
+    """score and the image-feature helpers of the VLM reward."""
+
+    def image_features(self, model: nn.Module, groups: list[Group]) -> list[Tensor]:
+        """Projected image features per example [n_tokens, H]: one vision-tower call for all."""
+        return self.family.features(unwrap(model), self.family.batch(groups), [_image_count(g) for g in groups])
+
+    def score(self, model: nn.Module, batch) -> PairScores:
+        if isinstance(batch, VLMSharedBatch):
+            return self._score_shared(model, batch)
+        once = self.options["encode_once"]
+        log_once(f"vlm plugin: {self.family.name} pairs scored on the {'once-per-pair' if once else 'plain'} path")
+        inputs = self._inputs_once(model, batch) if once else self._inputs_plain(model, batch)
+        flat, _ = target_logps(model, {**inputs, "attention_mask": batch.attention_mask}, batch.target_rows,
+                               batch.target_positions, batch.targets, fused=self.options["fused_logps"])
+        token_logps = flat[batch.layout] * batch.target_mask
+        seq, lengths, b = token_logps.sum(-1), batch.target_mask.sum(-1), batch.pairs
+        if not batch.paired:
+            return PairScores(seq, None, lengths, None)
+        extras = {"chosen_corrupted": seq[2 * b:3 * b]} if batch.corrupted_pixel_values is not None else {}
+        return PairScores(seq[:b], seq[b:2 * b], lengths[:b], lengths[b:2 * b], extras=extras)
+
+    def _score_shared(self, model: nn.Module, batch: VLMSharedBatch) -> PairScores:
+        t = batch.text
+        feats = self.image_features(model, batch.groups)
+        embeds = self._embeds_with_images(model, t.input_ids, feats, batch.row_groups)
+        if self.family.mrope:
+            if not _full_attention(model):  # 3D positions need the 4D-mask path; else two rows per pair
+                log_once(f"vlm plugin: {self.family.name} pairs scored on the once-per-pair path "
+                         f"(its attention pattern takes no shared 4D mask)")
+                return self._score_shared_as_rows(model, batch, embeds)
+            t = replace(t, position_ids=self._shared_rope(model, batch))
+        log_once(f"vlm plugin: {self.family.name} pairs scored on the shared (prefix sharing"
+                 f"{' + packing' if self.options['packing'] else ''}) path")
+        logps = shared_token_logps(model, t, inputs_embeds=embeds, fused=self.options["fused_logps"])
+        return PairScores((logps * t.chosen_mask).sum(-1), (logps * t.rejected_mask).sum(-1),
+                          t.chosen_mask.sum(-1), t.rejected_mask.sum(-1))
+
+    def _shared_rope(self, model: nn.Module, batch: VLMSharedBatch) -> Tensor:
+        """M-RoPE positions [3, R, T] of the shared rows: each segment's prompt + chosen and prompt +
+        rejected get the positions the model's own get_rope_index gives them as separate rows."""
+        ids, base = batch.text.input_ids, unwrap(model)
+        positions = torch.zeros((3,) + tuple(ids.shape), dtype=torch.long, device=ids.device)
+        for i, (r, o, p, c, n) in enumerate(batch.segments):
+            grid = batch.groups[i]["image_grid_thw"]
+            with_chosen = ids[r, o:o + p + c]
+            with_rejected = torch.cat([ids[r, o:o + p], ids[r, o + p + c:o + p + c + n]])
+            chosen = rope_positions(base, with_chosen[None], grid, torch.ones_like(with_chosen)[None],
+                                    base.config.image_token_id)
+            rejected = rope_positions(base, with_rejected[None], grid, torch.ones_like(with_rejected)[None],
+                                      base.config.image_token_id)
+            positions[:, r, o:o + p + c] = chosen[:, 0]
+            positions[:, r, o + p + c:o + p + c + n] = rejected[:, 0, p:]
+        return positions
+
+    def _score_shared_as_rows(self, model: nn.Module, batch: VLMSharedBatch, embeds: Tensor) -> PairScores:
+        """The shared batch's pairs as 2B padded rows (chosen rows, then rejected rows), with their
+        own M-RoPE positions."""
+        t, base = batch.text, unwrap(model)
+        ids = t.input_ids.flatten()[t.plain_index] * t.plain_mask
+        grids = [batch.groups[i % batch.pairs]["image_grid_thw"] for i in range(2 * batch.pairs)]
+        positions = rope_positions(base, ids, torch.cat(grids), t.plain_mask, base.config.image_token_id)
+        inputs = {"inputs_embeds": embeds.flatten(0, 1)[t.plain_index], "attention_mask": t.plain_mask,
+                  "position_ids": positions}
+        flat, _ = target_logps(model, inputs, t.plain_target_rows, t.plain_target_positions, t.targets,
+                               fused=self.options["fused_logps"])
+        mask = t.chosen_mask + t.rejected_mask
+        logps = flat[t.layout] * mask
+        return PairScores((logps * t.chosen_mask).sum(-1), (logps * t.rejected_mask).sum(-1),
+                          t.chosen_mask.sum(-1), t.rejected_mask.sum(-1))
+
+    def _embeds_with_images(self, model: nn.Module, input_ids: Tensor, feats: list[Tensor],
+                            row_groups: list[list[int]], extra: list[Tensor] | None = None) -> Tensor:
+        """Token embeddings with each row's image features (its examples' in order, then ``extra``
+        rows: mDPO's corrupted images) scattered into the image placeholder positions, as the
+        model's own forward does."""
+        base = unwrap(model)
+        rows = [feats[i] for idx in row_groups for i in idx] + list(extra or [])
+        row_feats = torch.cat(rows)
+        embeds = base.get_input_embeddings()(input_ids)
+        mask = (input_ids == base.config.image_token_id).unsqueeze(-1)
+        if int(mask.sum()) != row_feats.shape[0]:
+            raise DataError(f"{int(mask.sum())} image placeholder tokens but {row_feats.shape[0]} image "
+                            f"features: check the processor's image settings against the model's vision config.")
+        return embeds.masked_scatter(mask, row_feats.to(embeds.dtype))
+
+    def _inputs_once(self, model: nn.Module, batch: VLMBatch) -> dict:
+        feats = self.image_features(model, batch.groups)
+        extra = None
+        if batch.corrupted_pixel_values is not None:  # mDPO: one corrupted image per extra row
+            extra = self.image_features(model, [{"pixel_values": p[None]} for p in batch.corrupted_pixel_values])
+        inputs = {"inputs_embeds": self._embeds_with_images(model, batch.input_ids, feats, batch.row_groups, extra)}
+        if self.family.mrope:
+            base = unwrap(model)
+            grids = torch.cat([batch.groups[i]["image_grid_thw"] for idx in batch.row_groups for i in idx])
+            inputs["position_ids"] = rope_positions(base, batch.input_ids, grids, batch.attention_mask,
+                                                    base.config.image_token_id)
+        return inputs
+
+    def _inputs_plain(self, model: nn.Module, batch: VLMBatch) -> dict:
+        """The model's own forward: every row gets its images' processor outputs (the vision tower
+        runs for every row)."""
+        rows = [batch.groups[i] for idx in batch.row_groups for i in idx]
+        if batch.corrupted_pixel_values is not None:
+            rows += [{"pixel_values": p[None]} for p in batch.corrupted_pixel_values]
+        inputs = {"input_ids": batch.input_ids, **self.family.batch(rows)}
+        if self.family.mrope:
+            inputs["mm_token_type_ids"] = (batch.input_ids == unwrap(model).config.image_token_id).int()
+        return inputs
+
+
+def _image_count(group: Group) -> int:
+    if "image_grid_thw" in group:
+        return group["image_grid_thw"].shape[0]
+    if "image_sizes" in group:
+        return group["image_sizes"].shape[0]
+    return group["pixel_values"].shape[0]
+
+
+def _full_attention(model: nn.Module) -> bool:
+    """Whether the model takes the shared 4D mask as is in every layer (no windowed layers)."""
+    plan = mask_plan(model)
+    if plan is None:
+        return False
+    patterns = [plan.single] if plan.single is not None else list(plan.by_type.values())
+    return all(p.kind == "full" for p in patterns)
