@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+# No hub at test time: a hub id in a test fails at once instead of waiting on the network (set before
+# huggingface_hub is imported, which reads it once).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DATA = REPO / "configs" / "demo" / "data" / "text"

@@ -13,6 +13,7 @@ REPORT_KEYS = {"implicit_accuracy_reference", "implicit_accuracy_policy", "gold_
                "gold_score_policy", "win_rate_vs_reference"}
 
 
+@pytest.mark.slow  # several seconds: kept out of the quick set
 def test_quick_demo_writes_report_grid_and_pipelines(tmp_path):
     assert main(["demo", "diffusion", "--out", str(tmp_path), "--quick"]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
@@ -22,6 +23,7 @@ def test_quick_demo_writes_report_grid_and_pipelines(tmp_path):
     assert (tmp_path / "dpo" / "final" / "model_index.json").exists()  # a loadable pipeline
 
 
+@pytest.mark.slow  # several seconds: kept out of the quick set
 def test_shipped_config_trains_and_resumes(tmp_path):
     config = str(REPO / "configs" / "demo" / "diffusion.yaml")
     common = ["--set", f"output_dir={tmp_path}", "--set", "train.progress=false",

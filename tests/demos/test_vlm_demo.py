@@ -11,6 +11,7 @@ KEYS = {"chair_i_reference", "chair_i_policy", "chair_s_reference", "chair_s_pol
         "recall_reference", "recall_policy", "wellformed_reference", "wellformed_policy"}
 
 
+@pytest.mark.slow  # several seconds: kept out of the quick set
 def test_quick_vlm_demo_writes_report_and_plots(tmp_path):
     assert main(["demo", "vlm", "--out", str(tmp_path), "--quick"]) == 0
     report = json.loads((tmp_path / "report.json").read_text())

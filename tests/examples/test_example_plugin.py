@@ -121,6 +121,7 @@ def _config(tmp: Path, data: Path, train_file: Path) -> Path:
 # --------------------------------------------------------------------------- installed plugin
 
 
+@pytest.mark.slow  # several seconds: kept out of the quick set
 def test_plugins_lists_example_with_its_source(site, tmp_path):
     proc = _mmalign(site, "plugins", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -132,6 +133,7 @@ def test_plugins_lists_example_with_its_source(site, tmp_path):
     assert "from mmalign.losses" in lines["sigmoid"] and "from mmalign.data" in lines["jsonl"]
 
 
+@pytest.mark.slow  # several seconds: kept out of the quick set
 def test_train_exponential_on_tsv(site, demo_data, tmp_path):
     rows = [json.loads(line) for line in
             (demo_data / "train.jsonl").read_text().splitlines()[:24] if line.strip()]
@@ -150,6 +152,7 @@ def test_train_exponential_on_tsv(site, demo_data, tmp_path):
     assert (tmp_path / "run" / "final").is_dir()
 
 
+@pytest.mark.slow  # several seconds: kept out of the quick set
 def test_malformed_tsv_row_exits_2_naming_file_and_line(site, demo_data, tmp_path):
     bad = tmp_path / "bad.tsv"
     bad.write_text("prompt\tchosen\trejected\n"

@@ -314,6 +314,7 @@ def test_the_same_faults_under_eval_and_score(tmp_path, tokenizer_dir, pairs_fil
         _fails_cleanly(capsys, [command, str(path), "--set", "eval.batch_size=0"], out, ["eval.batch_size"])
 
 
+@pytest.mark.slow  # several seconds: kept out of the quick set
 def test_a_subprocess_run_exits_2_without_traceback(tmp_path, tokenizer_dir, pairs_file):
     import subprocess
     import sys

@@ -232,6 +232,7 @@ def test_dpo_trains_two_steps_saves_and_reloads_with_plain_transformers(arch, to
         assert getattr(loaded.config, key, None) == getattr(initial.config, key, None)
 
 
+@pytest.mark.slow  # several seconds: kept out of the quick set
 def test_the_probe_runs_compiled_layers_eagerly(tokenizer_dir):
     """model.options.compile: the probe's forward does not trace the compiled layers (with its
     hooks it did: 76 s of a 152 s first score for the tiny Gemma-3 on CPU, then a recompile)."""
