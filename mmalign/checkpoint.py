@@ -3,7 +3,8 @@
 A checkpoint is written into ``checkpoints/.tmp-step-N``, flushed to disk, then renamed to
 ``checkpoints/step-N`` in one ``os.replace``: a directory named ``step-N`` is always complete, and a
 run killed while saving leaves only a temporary directory that is never picked up (and is removed
-by the next save). Everything is safetensors or JSON: nothing written here is a pickle.
+by the next save). ``keep_last`` renames an old checkpoint to ``.pruned-step-N`` before deleting it,
+so a kill during the deletion never leaves a partial ``step-N`` either. Everything is safetensors or JSON: nothing written here is a pickle.
 
 Layout of ``step-N/``: ``model/`` (the plugin's ``save``: loads with plain ``from_pretrained``),
 ``optimizer.safetensors`` + ``trainer_state.json`` (step, data position, scheduler, optimizer
@@ -160,7 +161,7 @@ def save_checkpoint(root: Path, step: int, *, save_model, optimizer, scheduler,
     try:
         with writing(root, "write a checkpoint"):
             root.mkdir(parents=True, exist_ok=True)
-            for stale in root.glob(".tmp-step-*"):
+            for stale in [*root.glob(".tmp-step-*"), *root.glob(".pruned-step-*")]:
                 shutil.rmtree(stale, ignore_errors=True)
             tmp.mkdir()
             _write_files(tmp, step, save_model, optimizer, scheduler, data_generator, trainer_state,
@@ -180,7 +181,11 @@ def save_checkpoint(root: Path, step: int, *, save_model, optimizer, scheduler,
     run_id = json.loads(identity_json).get("run_id")
     own = [p for p in list_checkpoints(root) if _run_id(p) == run_id]
     for old in own[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        # Renamed first (one atomic step), then deleted: a kill in the middle of the deletion leaves
+        # a ``.pruned-`` folder that the next save removes, never a ``step-N`` husk.
+        pruned = old.with_name(f".pruned-{old.name}")
+        os.replace(old, pruned)
+        shutil.rmtree(pruned, ignore_errors=True)
     return final
 
 

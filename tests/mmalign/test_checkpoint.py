@@ -115,3 +115,35 @@ def test_a_pickle_is_refused_even_when_the_manifest_lists_it(tmp_path):
     (saved / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ConfigError, match="pytorch_model.bin: mmalign loads only safetensors and JSON"):
         ckpt.verify_checkpoint(saved)
+
+
+def test_a_kill_while_pruning_leaves_no_step_husk(tmp_path, monkeypatch):
+    """keep_last renames an old checkpoint aside before deleting it: a kill in the middle of the
+    deletion leaves a ``.pruned-`` folder (never taken for a checkpoint, removed by the next save),
+    not a ``step-N`` holding a few files."""
+    root = tmp_path / "ckpts"
+    p, opt, sched = _opt()
+    for step in (1, 2):
+        ckpt.save_checkpoint(root, step, save_model=_model, optimizer=opt, scheduler=sched,
+                             data_generator=torch.Generator().manual_seed(1), keep_last=1,
+                             trainer_state={"step": step, "consumed": 0}, identity_json='{"run_id": "r"}')
+    real_rmtree = ckpt.shutil.rmtree
+
+    def killed_midway(path, ignore_errors=False):  # deletes one file, then "dies"
+        if ".pruned-" in str(path):
+            next(f for f in sorted(path.rglob("*")) if f.is_file()).unlink()
+            raise KeyboardInterrupt
+        real_rmtree(path, ignore_errors=ignore_errors)
+
+    monkeypatch.setattr(ckpt.shutil, "rmtree", killed_midway)
+    try:
+        ckpt.save_checkpoint(root, 3, save_model=_model, optimizer=opt, scheduler=sched,
+                             data_generator=torch.Generator().manual_seed(1), keep_last=1,
+                             trainer_state={"step": 3, "consumed": 0}, identity_json='{"run_id": "r"}')
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.setattr(ckpt.shutil, "rmtree", real_rmtree)
+    assert sorted(p.name for p in root.iterdir()) == [".pruned-step-0000002", "step-0000003"]
+    assert [c.name for c in ckpt.list_checkpoints(root)] == ["step-0000003"]
+    _save(root, 4, opt, sched)
+    assert not (root / ".pruned-step-0000002").exists()
