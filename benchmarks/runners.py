@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from mmalign.callbacks import Callback
 from benchmarks.workloads import Workload, peer_records
 
 LR = 1e-5
@@ -102,7 +103,7 @@ def _diffusion_config(w: Workload, precision: str, out_dir: str) -> dict:
     }
 
 
-class StepTimer:
+class StepTimer(Callback):
     """mmalign callback: a timestamp at every logged step (log_every 1: every optimizer step)."""
 
     def __init__(self, stamps: list[float]):
@@ -115,13 +116,17 @@ class StepTimer:
 
 def run_mmalign(w: Workload, precision: str, out_dir: str, log=print) -> dict:
     import mmalign
-    from mmalign.plugins import registry
 
     stamps: list[float] = []
-    # The same registry that entry-point plugins' mmalign_register_callbacks hooks write into.
-    registry().add("callbacks", "benchmark_timer", lambda output_dir: StepTimer(stamps), source="benchmarks")
-    # scratch output: a rerun of the benchmarks replaces the previous one (moved aside, not deleted)
-    mmalign.train(mmalign_config(w, precision, out_dir), log=log, overwrite=True)
+
+    class TimerPlugin:  # registered in-process, exactly as a plugin's callback would be
+        @mmalign.hookimpl
+        def mmalign_register_callbacks(self, register):
+            register("benchmark_timer", lambda output_dir: StepTimer(stamps))
+
+    with mmalign.register(TimerPlugin(), name="benchmarks"):
+        # scratch output: a rerun of the benchmarks replaces the previous one (moved aside, not deleted)
+        mmalign.train(mmalign_config(w, precision, out_dir), log=log, overwrite=True)
     return {**summarize(stamps, w.warmup), **_memory()}
 
 

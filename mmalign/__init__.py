@@ -4,6 +4,8 @@ in one engine built on the implicit reward r = beta * (s_policy - s_reference)."
 from mmalign.config import Config, load_config
 from mmalign.errors import ConfigError, DataError, MmalignError
 from mmalign.hookspecs import hookimpl
+from mmalign.plugins import register
+from mmalign.scores import Scores, implicit_reward
 
 __version__ = "0.1.0"
 
@@ -31,5 +33,5 @@ def score(config, *, overrides=None):
     return score_config(config)
 
 
-__all__ = ["score", "Config", "ConfigError", "DataError", "MmalignError", "hookimpl", "load_config", "train",
+__all__ = ["score", "register", "Scores", "implicit_reward", "Config", "ConfigError", "DataError", "MmalignError", "hookimpl", "load_config", "train",
            "__version__"]

@@ -1,41 +1,18 @@
-"""Built-in training callbacks."""
+"""The base class of training callbacks. Callbacks themselves come from plugins (``plot`` from the
+built-in ``metrics`` plugin), registered by name through ``mmalign_register_callbacks``."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
-from mmalign.hookspecs import hookimpl
-from mmalign.plotting import plot_panels
-
-
-class PlotCallback:
-    """Writes ``training_curves.png`` (loss, reward accuracy, margins over steps) at the end of
-    training and every few logs, so a long run always has a current picture."""
-
-    def __init__(self, output_dir: Path, every: int = 10):
-        self.path = Path(output_dir) / "training_curves.png"
-        self.every = every
-        self.rows: list[dict] = []
+class Callback:
+    """Base class of training callbacks: override what you need (every method is a no-op here).
+    Called on the main process only."""
 
     def on_log(self, step: int, row: dict) -> None:
-        self.rows.append(row)
-        if len(self.rows) % self.every == 0:
-            self.on_train_end(self.rows)
+        """A metrics row was written to metrics.jsonl (every ``train.log_every`` steps)."""
+
+    def on_eval(self, step: int, metrics: dict) -> None:
+        """The evaluators ran; ``metrics`` holds their ``eval/...`` values."""
 
     def on_train_end(self, history: list[dict]) -> None:
-        def series(key: str, label: str | None = None) -> dict:
-            pts = [(r["step"], r[key]) for r in history if key in r]
-            return {label or key: ([p[0] for p in pts], [p[1] for p in pts])} if pts else {}
-
-        panels = {
-            "loss": {**series("loss", "train"), **series("eval/loss", "eval")},
-            "reward accuracy": {**series("rewards/accuracies", "train"),
-                                **series("eval/reward_accuracy", "eval")},
-            "reward margin": {**series("rewards/margins", "train"), **series("eval/margin", "eval")},
-        }
-        plot_panels(self.path, panels, title="mmalign training curves")
-
-
-@hookimpl
-def mmalign_register_callbacks(register):
-    register("plot", PlotCallback)
+        """Training finished; ``history`` holds every row."""

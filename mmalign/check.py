@@ -20,12 +20,10 @@ def is_local(cfg: Config) -> bool:
 
 def record_checker(cfg: Config, reg):
     """What runs the modality plugin's ``prepare`` on records, loading no model weights: the
-    factory's optional ``record_checker(model_cfg, data_cfg)`` when it has one (a factory whose
-    construction loads weights, diffusion's VAE and text encoders, must), else the factory itself
-    (text and VLM factories load only a tokenizer or processor)."""
+    factory's ``record_checker(model_cfg, data_cfg)``, by default the plugin itself (text and VLM
+    load only a tokenizer or processor; diffusion, whose construction loads weights, overrides it)."""
     factory = reg.get("rewards", cfg.model.reward, "model.reward")
-    make = getattr(factory, "record_checker", None)
-    return make(cfg.model, cfg.data) if callable(make) else factory(cfg.model, cfg.data)
+    return factory.record_checker(cfg.model, cfg.data)
 
 
 def read_data(cfg: Config) -> list[str]:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import shutil
 import signal
 from pathlib import Path
@@ -40,16 +39,12 @@ from safetensors.torch import load_file, save_file
 
 from mmalign.errors import ConfigError
 from mmalign.run_files import writing
+from mmalign.checkpoint_verify import (IDENTITY, MANIFEST, STEP_DIR, find_resume_checkpoint,  # noqa: F401
+                                       latest_checkpoint, list_checkpoints, rng_file, run_id_of,
+                                       verify_checkpoint)
 from mmalign.run_identity import file_sha256
 
-STEP_DIR = re.compile(r"^step-(\d+)$")
 CRASH_ENV = "MMALIGN_TEST_CRASH_AT"
-MANIFEST = "manifest.json"
-IDENTITY = "run_identity.json"
-# What a checkpoint may hold: tensors as safetensors, everything else JSON or the plain text that
-# tokenizers and model cards save (vocab.txt, merges.txt, chat_template.jinja, README.md,
-# SentencePiece's protobuf .model). Nothing that unpickles (.bin, .pt, .pkl, .ckpt, .npy, ...).
-SAFE_SUFFIXES = frozenset({".safetensors", ".json", ".txt", ".jinja", ".md", ".model", ".tiktoken"})
 
 
 def _test_crash_point(point: str, step: int) -> None:
@@ -114,10 +109,6 @@ def restore_rng(state: dict[str, torch.Tensor], data_generator: torch.Generator)
         torch.cuda.set_rng_state_all([state[k] for k in sorted(state) if k.startswith("cuda.")])
 
 
-def _rng_file(rank: int) -> str:
-    return "rng.safetensors" if rank == 0 else f"rng-rank{rank}.safetensors"
-
-
 def canonical_safetensors(path: Path) -> None:
     """Rewrite the header of a safetensors file with its ``__metadata__`` keys sorted. The
     writer (Rust) keeps metadata in a hash map whose order changes from one process to the next,
@@ -179,7 +170,7 @@ def save_checkpoint(root: Path, step: int, *, save_model, optimizer, scheduler,
         raise
     _test_crash_point("save:after_rename", step)
     run_id = json.loads(identity_json).get("run_id")
-    own = [p for p in list_checkpoints(root) if _run_id(p) == run_id]
+    own = [p for p in list_checkpoints(root) if run_id_of(p) == run_id]
     for old in own[:-keep_last]:
         # Renamed first (one atomic step), then deleted: a kill in the middle of the deletion leaves
         # a ``.pruned-`` folder that the next save removes, never a ``step-N`` husk.
@@ -196,7 +187,7 @@ def _write_files(tmp: Path, step: int, save_model, optimizer, scheduler, data_ge
     tensors, opt_meta = optimizer_tensors(optimizer)
     save_file(tensors, str(tmp / "optimizer.safetensors"))
     for rank, rng in enumerate(rng_states or [rng_state(data_generator)]):
-        save_file({k: v.contiguous() for k, v in rng.items()}, str(tmp / _rng_file(rank)))
+        save_file({k: v.contiguous() for k, v in rng.items()}, str(tmp / rng_file(rank)))
     _test_crash_point("save:after_optimizer", step)
     state = dict(trainer_state, optimizer=opt_meta, scheduler=scheduler.state_dict())
     (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
@@ -232,121 +223,6 @@ def _fsync_dir(root: Path) -> None:
         os.close(dir_fd)
 
 
-def _run_id(path: Path) -> str | None:
-    try:
-        return json.loads((path / IDENTITY).read_text()).get("run_id")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def list_checkpoints(root: Path) -> list[Path]:
-    """Directories named ``step-N`` (renamed into place, so complete when written), oldest first."""
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()]
-    return [p for _, p in sorted(found)]
-
-
-def latest_checkpoint(root: Path) -> Path | None:
-    found = list_checkpoints(root)
-    return found[-1] if found else None
-
-
-# --- verification ------------------------------------------------------------------------------------
-
-_STATE_TYPES = {"step": int, "consumed": int, "optimizer": dict, "scheduler": dict}
-
-
-def _check_state(state) -> str | None:
-    if not isinstance(state, dict):
-        return "is not a JSON object"
-    for key, kind in _STATE_TYPES.items():
-        value = state.get(key)
-        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
-            return f"'{key}' is {value!r}, expected {'a non-negative integer' if kind is int else 'an object'}"
-    opt = state["optimizer"]
-    if not isinstance(opt.get("param_groups"), list) or not isinstance(opt.get("scalars"), dict):
-        return "'optimizer' lacks its 'param_groups' list or 'scalars' object"
-    window = state.get("metrics_window", [])
-    if not isinstance(window, list) or not all(isinstance(m, dict) for m in window):
-        return "'metrics_window' is not a list of objects"
-    return None
-
-
-def verify_checkpoint(path: Path) -> tuple[dict, dict] | str:
-    """(trainer state, run identity) of an intact checkpoint, else why not (naming the file).
-    Raises ConfigError for a file that mmalign did not write (not in the manifest)."""
-    manifest_path = path / MANIFEST
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        files = manifest["files"]
-        assert isinstance(files, dict)
-    except FileNotFoundError:
-        return f"{manifest_path} is missing (a checkpoint of an older mmalign, or tampered with)"
-    except (OSError, ValueError, KeyError, TypeError, AssertionError):
-        return f"{manifest_path} is unreadable or not a manifest"
-    present = {str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()} - {MANIFEST}
-    foreign = sorted(present - set(files))
-    if foreign:
-        raise ConfigError(f"{path / foreign[0]}: this file is not in the checkpoint's manifest: "
-                          f"mmalign did not write it and will not load it (only the safetensors "
-                          f"and JSON files it wrote, checked by sha256). Remove it (and any other "
-                          f"file you did not put there: {', '.join(foreign[:4])}), then resume again.")
-    unsafe = sorted(name for name in files if Path(name).suffix.lower() not in SAFE_SUFFIXES)
-    if unsafe:  # listed by an edited manifest: still not loaded
-        raise ConfigError(f"{path / unsafe[0]}: mmalign loads only safetensors and JSON (and the "
-                          f"tokenizer's text files) from a checkpoint, never a file of another kind "
-                          f"(a pickle can run code), even one its manifest lists. Remove it and its "
-                          f"line in {manifest_path}, then resume again.")
-    for name in ("trainer_state.json", "optimizer.safetensors", _rng_file(0), IDENTITY):
-        if name not in files:
-            return f"{path / name} is missing"
-    if not any(name.startswith("model/") for name in files):
-        return f"{path / 'model'} holds no model files"
-    for name, digest in sorted(files.items()):
-        if name not in present:
-            return f"{path / name} is missing"
-        if file_sha256(path / name) != digest:
-            return f"{path / name} is damaged (its sha256 differs from the manifest's)"
-    try:
-        state = json.loads((path / "trainer_state.json").read_text())
-        identity = json.loads((path / IDENTITY).read_text())
-    except ValueError as err:
-        return f"{path}: a JSON file does not parse ({err})"
-    problem = _check_state(state)
-    if problem:
-        return f"{path / 'trainer_state.json'}: {problem}"
-    return state, identity if isinstance(identity, dict) else {}
-
-
-def find_resume_checkpoint(root: Path, explicit: Path | None, log) -> tuple[Path, dict, dict]:
-    """The checkpoint to resume from, verified: ``explicit`` or else the newest intact one under
-    ``root`` (a damaged newer one is passed over with a message). Exit 2 when there is none."""
-    if explicit is not None:
-        if not (explicit / "trainer_state.json").is_file() and not (explicit / MANIFEST).is_file():
-            raise ConfigError(f"--resume {explicit}: not a checkpoint directory (one holds "
-                              f"manifest.json, trainer_state.json and model/; they are under "
-                              f"OUTPUT_DIR/checkpoints/step-N). Pass one of those, or --resume alone.")
-        found = verify_checkpoint(explicit)
-        if isinstance(found, str):
-            raise ConfigError(f"--resume: {found}. Pass another checkpoint, or --resume alone "
-                              f"to take the newest intact one.")
-        return explicit, *found
-    problems = []
-    for path in reversed(list_checkpoints(root)):
-        found = verify_checkpoint(path)
-        if not isinstance(found, str):
-            for problem in problems:
-                log(f"warning: passed over a damaged checkpoint: {problem}")
-            return path, *found
-        problems.append(found)
-    if problems:
-        raise ConfigError(f"--resume: no intact checkpoint in {root}: " + "; ".join(problems)
-                          + ". Start without --resume (with --overwrite), or restore the files.")
-    raise ConfigError(f"--resume: no complete checkpoint in {root}. Start without --resume, or pass a "
-                      f"checkpoint directory.")
-
-
 def load_checkpoint(path: Path, *, load_model, optimizer, scheduler,
                     data_generator: torch.Generator, rank: int = 0, state: dict | None = None) -> dict:
     """Restore model weights, optimizer, scheduler and this process's RNGs; return the trainer
@@ -365,7 +241,7 @@ def load_checkpoint(path: Path, *, load_model, optimizer, scheduler,
         raise ConfigError(f"--resume: {path} does not fit the model of this config ({first}). "
                           f"Resume with the model settings (size, LoRA) it was written with, or "
                           f"start a new run.") from err
-    rng_path = path / _rng_file(rank)
+    rng_path = path / rng_file(rank)
     state["rng_restored"] = rng_path.is_file()
     if state["rng_restored"]:
         restore_rng(load_file(str(rng_path)), data_generator)

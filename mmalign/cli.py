@@ -1,4 +1,4 @@
-"""``mmalign`` command line: plugins, check, train, eval, score, demo.
+"""``mmalign`` command line: plugins, check, train, eval, score, demo, and the commands plugins add.
 
 Exit codes: 0 done; 2 bad input (config, data, unknown names) or a machine that refuses (disk full,
 read-only path), printed as one paragraph; 3 training stopped (non-finite loss); 130 interrupted;
@@ -52,18 +52,27 @@ def _parser() -> argparse.ArgumentParser:
                                      "output_dir/scores.jsonl")
     s.add_argument("config")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    w = sub.add_parser("sweep", help="the reward-KL frontier of the text demo: DPO at several betas "
-                                     "and the paper's baselines; writes frontier.json and frontier.png")
-    w.add_argument("--out", required=True)
-    w.add_argument("--betas", type=float, nargs="+", default=[0.1, 0.5, 2.0, 8.0])
-    w.add_argument("--quick", action="store_true")
-    w.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     d = sub.add_parser("demo", help="run an offline end-to-end demo")
     d.add_argument("name", help="text (more come from plugins: see `mmalign plugins`)")
     d.add_argument("--out", required=True, help="output directory")
     d.add_argument("--quick", action="store_true", help="a smaller, faster run (for smoke tests)")
     d.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    _add_plugin_commands(sub)
     return p
+
+
+def _add_plugin_commands(sub) -> None:
+    """The commands plugins register through ``mmalign_register_commands`` (e.g. ``sweep``)."""
+    from mmalign.plugins import registry
+
+    reg = registry()
+    for name in reg.names("commands"):
+        if name in COMMANDS:
+            continue  # a core command keeps its name
+        entry = reg.entry("commands", name)
+        parser = sub.add_parser(name, help=entry.meta.get("help", f"from {entry.source}"))
+        if entry.meta.get("arguments"):
+            entry.meta["arguments"](parser)
 
 
 def cmd_plugins() -> None:
@@ -143,21 +152,13 @@ def cmd_demo(args) -> None:
 
     run = registry().get("demos", args.name)
     options = {"quick": True} if args.quick else {}
-    _fresh_out(args)
-    with _one_thread():
+    fresh_out(args.out, args.overwrite)
+    with one_thread():
         run(Path(args.out), **options)
 
 
-def cmd_sweep(args) -> None:
-    from mmalign.plugins import registry
-
-    _fresh_out(args)
-    with _one_thread():
-        registry().get("demos", "text-frontier")(Path(args.out), betas=tuple(args.betas), quick=args.quick)
-
-
 @contextlib.contextmanager
-def _one_thread():
+def one_thread():
     """The demos' models are tiny: a second torch thread gains little, and on a busy machine a thread
     waiting for a core costs far more (the text demo took 6x longer with 2 threads next to other jobs)."""
     import torch
@@ -170,28 +171,36 @@ def _one_thread():
         torch.set_num_threads(before)
 
 
-def _fresh_out(args) -> None:
+def fresh_out(out: str | Path, overwrite: bool) -> None:
     """A demo or sweep starts in an empty --out: one with files from an earlier run is refused, or
     with --overwrite moved aside (nothing is deleted), as for ``mmalign train``."""
     from mmalign.run_identity import existing_contents, prepare_fresh_output
 
-    out = Path(args.out)
-    if existing_contents(out) and not args.overwrite:
+    out = Path(out)
+    if existing_contents(out) and not overwrite:
         raise MmalignError(f"--out {out} already holds files from an earlier run. Pass --overwrite to "
                            f"move them aside (into {out.name}.previous-<time>) and start anew, or "
                            f"choose another --out.")
-    prepare_fresh_output(out, overwrite=args.overwrite, log=print)
+    prepare_fresh_output(out, overwrite=overwrite, log=print)
 
 
 COMMANDS = {"plugins": lambda args: cmd_plugins(), "check": cmd_check, "train": cmd_train,
-            "eval": cmd_eval, "score": cmd_score, "sweep": cmd_sweep, "demo": cmd_demo}
+            "eval": cmd_eval, "score": cmd_score, "demo": cmd_demo}
+
+
+def _run(args) -> None:
+    from mmalign.plugins import registry
+
+    run = COMMANDS.get(args.command) or registry().get("commands", args.command)
+    run(args)
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = _parser().parse_args(argv)
+    args = None
     try:
-        COMMANDS[args.command](args)
+        args = _parser().parse_args(argv)
+        _run(args)
     except KeyboardInterrupt:
         print("mmalign: interrupted.", file=sys.stderr)
         return 130

@@ -15,6 +15,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from mmalign.config_file import apply_overrides, parse_override  # noqa: F401 (they lived here)
 from mmalign.errors import ConfigError
 
 
@@ -51,27 +52,26 @@ class ReferenceConfig:
 
 
 @dataclass
+class NoDataOptions:
+    """``data.options`` of a modality plugin that declares no ``data.*`` keys of its own."""
+
+
+@dataclass
 class DataConfig:
+    """The modality-neutral ``data.*`` keys. A modality plugin's own keys (the text plugin's
+    max_length, truncation_mode, ...) are written flat beside them in YAML; load_config checks
+    them against the ``data_options`` dataclass of the reward named by model.reward and stores the
+    instance in ``options`` (see mmalign/plugin_data_options.py)."""
     train: Optional[str] = None
     eval: Optional[str] = None
     format: str = "auto"  # a registered dataset format; auto picks by file suffix
-    # text records: "trl" tokenizes exactly as TRL 1.16 (the tokenizer's special tokens such as
-    # BOS, EOS after plain-string completions only, one max_length); "legacy": mmalign's older
-    # convention (no special tokens, EOS always appended, separate prompt / completion limits)
-    tokenization: Literal["trl", "legacy"] = "trl"
-    max_length: Optional[int] = 1024  # tokens of prompt + completion per row (TRL's); null: no limit
-    # which end of a row over max_length is kept (TRL's keep_start / keep_end)
-    truncation_mode: Literal["keep_start", "keep_end"] = "keep_start"
-    max_prompt_length: Optional[int] = None  # legacy only: prompts keep their last tokens
-    max_completion_length: Optional[int] = None  # legacy only: completions keep their first tokens
     strict: bool = False  # turn every skipped record into an error
-    # rows over the length limit: truncate (TRL's; counted in the data report) or skip (counted)
-    too_long: Literal["truncate", "skip"] = "truncate"
     # records equal in every field but "id": skip all but the first (counted), or keep them
     duplicates: Literal["skip", "keep"] = "skip"
     # file paths inside records (images) must resolve inside the data file's directory unless true
     allow_outside_paths: bool = False
     eval_size: int = 0  # hold out this many training records for eval when data.eval is unset
+    options: Any = field(default_factory=NoDataOptions, metadata={"internal": True})
 
 
 @dataclass
@@ -131,23 +131,6 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     source: Optional[str] = field(default=None, metadata={"internal": True})
-
-
-def data_length_problem(data: DataConfig, reward: str) -> Optional[tuple[str, str]]:
-    """(key, what is wrong) when the length keys contradict data.tokenization; else None."""
-    legacy_keys = [k for k in ("max_prompt_length", "max_completion_length") if getattr(data, k) is not None]
-    if data.tokenization == "trl" and legacy_keys:
-        return (f"data.{legacy_keys[0]}",
-                "only applies with data.tokenization: legacy (separate prompt and completion limits, "
-                "no special tokens, EOS always appended). The default data.tokenization: trl tokenizes "
-                "as TRL 1.16, with one limit on prompt + completion: set data.max_length (default "
-                "1024) and data.truncation_mode (keep_start | keep_end) instead, or set "
-                "data.tokenization: legacy to keep the older behaviour.")
-    if reward == "vlm" and data.tokenization == "trl" and data.truncation_mode == "keep_end":
-        return ("data.truncation_mode", "is keep_end, which vision-language models do not support (as "
-                "in TRL): it could cut image tokens out of the prompt. Use keep_start, or "
-                "data.max_length: null.")
-    return None
 
 
 def _type_name(tp: Any) -> str:
@@ -235,33 +218,6 @@ def _build(cls: type, data: dict, prefix: str, where: str) -> Any:
     return cls(**kwargs)
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``a.b=c`` -> (["a", "b"], yaml value of c)."""
-    if "=" not in text:
-        raise ConfigError(f"--set '{text}': expected KEY=VALUE, e.g. --set train.lr=1e-5.")
-    key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
-        value = raw
-    return key.strip().split("."), value
-
-
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    for text in overrides:
-        path, value = parse_override(text)
-        node = data
-        for part in path[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {text}: '{part}' is not a section.")
-            node = child
-        node[path[-1]] = value
-    return data
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 data: dict | None = None) -> Config:
     """Read a YAML file (or a dict), apply ``--set`` overrides, validate, and return a Config.
@@ -275,12 +231,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     # a deep copy: overrides must not write into the caller's dict
     data = read_config_file(path) if path is not None else copy.deepcopy(check_top_level(data, where))
     data = apply_overrides(data, overrides or [])
+    from mmalign.plugin_data_options import attach_data_options, split_plugin_keys
+
+    plugin_keys = split_plugin_keys(data)  # data.* keys of the modality plugin (data.max_length, ...)
     cfg = _build(Config, data, "", where)
     cfg.source = str(path) if path is not None else None
     if path is not None:
         from_cli = {".".join(parse_override(text)[0]) for text in overrides or []}
         _resolve_paths(cfg, Path(path).parent.resolve(), skip=from_cli)
+    unknown_reward = attach_data_options(cfg, plugin_keys, where)
     validate(cfg, where)
+    if unknown_reward is not None:
+        raise unknown_reward
     return cfg
 
 
@@ -320,7 +282,10 @@ def validate(cfg: Config, where: str = "config") -> None:
 
 
 def to_dict(cfg: Config) -> dict:
-    data = dataclasses.asdict(cfg)
+    """The config as users write it: the plugin's data options flat under ``data``."""
+    from mmalign.plugin_data_options import to_flat_dict
+
+    data = to_flat_dict(cfg)
     data.pop("source", None)
     return data
 

@@ -2,7 +2,8 @@
 directory, a missing or unreadable file, text that is not UTF-8, invalid YAML, a key given twice in
 one section, an alias bomb, a top level that is not a mapping) is a
 :class:`mmalign.errors.ConfigError` naming the file and, where there is one, the line. What the
-values mean is checked afterwards (:mod:`mmalign.validation`)."""
+values mean is checked afterwards (:mod:`mmalign.validation`). ``--set KEY=VALUE`` overrides are
+applied to that mapping here too (:func:`apply_overrides`)."""
 
 from __future__ import annotations
 
@@ -102,3 +103,33 @@ def short_repr(value: Any) -> str:
     """``repr(value)``, cut to 60 characters for an error message."""
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+# --- --set KEY=VALUE ------------------------------------------------------------------------------
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=c`` -> (["a", "b"], yaml value of c)."""
+    if "=" not in text:
+        raise ConfigError(f"--set '{text}': expected KEY=VALUE, e.g. --set train.lr=1e-5.")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text}: '{part}' is not a section.")
+            node = child
+        node[path[-1]] = value
+    return data

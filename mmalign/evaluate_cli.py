@@ -15,7 +15,9 @@ from mmalign.config import Config
 from mmalign.data import prepare_examples, read_records
 from mmalign.errors import ConfigError
 from mmalign.evaluate import run_evaluators
-from mmalign.reference import FrozenCopy, make_reference
+from mmalign.batches import Batch
+from mmalign.reference import FrozenCopy, is_peft, make_reference
+from mmalign.scores import implicit_reward
 from mmalign.run_files import write_atomic
 
 
@@ -65,9 +67,9 @@ def load_trained_run(cfg: Config) -> Loaded:
     policy = _trained_policy(reward, cfg, checkpoint)
     precision.set_master_weights(policy, cfg.train.master_weights, quiet)
     policy.to(accelerator.device).eval()
-    if hasattr(policy, "disable_adapter"):
+    if is_peft(policy):
         reference = make_reference("disable_adapters", policy, reward, None, spec.needs_reference,
-                                   accelerator.device)
+                                   accelerator.device, accelerator.autocast)
     elif spec.needs_reference:
         path = cfg.reference.name_or_path
         if path:  # frozen in training too: stays in model.dtype
@@ -75,7 +77,7 @@ def load_trained_run(cfg: Config) -> Loaded:
         else:  # training's copy of the policy, made after the upcast
             model = reward.load_policy()
             precision.set_master_weights(model, cfg.train.master_weights, quiet)
-        reference = FrozenCopy(model.to(accelerator.device))
+        reference = FrozenCopy(model.to(accelerator.device), reward, accelerator.autocast)
     else:
         reference = None
     return Loaded(reg, spec, reward, policy, reference, examples, data_path, checkpoint, accelerator)
@@ -87,7 +89,7 @@ def _trained_policy(reward, cfg: Config, checkpoint: Path) -> torch.nn.Module:
     rounded (norms and embeddings compute with them outside autocast), so it loads in float32. An
     adapter's base stays in model.dtype, as it was frozen in training."""
     policy = reward.load_trained(checkpoint)
-    adapters = hasattr(policy, "disable_adapter")  # as make_reference tells a LoRA policy
+    adapters = is_peft(policy)
     if (cfg.train.master_weights != "float32" or cfg.model.dtype == "float32" or adapters
             or not dataclasses.is_dataclass(getattr(reward, "cfg", None))):
         return policy
@@ -100,7 +102,11 @@ def _trained_policy(reward, cfg: Config, checkpoint: Path) -> torch.nn.Module:
 def evaluate_config(cfg: Config) -> dict:
     """``mmalign eval``: run the configured evaluators; write ``output_dir/eval.json``."""
     run = load_trained_run(cfg)
-    results = run_evaluators(cfg, run.reg, run.reward, run.policy, run.reference, run.examples, run.spec,
+    from mmalign.losses.objective import make_objective
+
+    objective = make_objective(run.spec, beta=cfg.loss.beta, options=cfg.loss.options,
+                               lookup=lambda name, key: run.reg.get("losses", name, key))
+    results = run_evaluators(cfg, run.reg, run.reward, run.policy, run.reference, run.examples, objective,
                              run.accelerator.autocast)
     results = {"checkpoint": str(run.checkpoint), "data": run.data_path, **results}
     write_atomic(Path(cfg.output_dir) / "eval.json", json.dumps(results, indent=1))
@@ -117,12 +123,13 @@ def score_config(cfg: Config) -> list[dict]:
         for start in range(0, len(run.examples), cfg.eval.batch_size):
             chunk = run.examples[start:start + cfg.eval.batch_size]
             batch = run.reward.collate(chunk, torch.Generator().manual_seed(cfg.seed + start))
-            batch = run.reward.to_device(batch, run.accelerator.device)
+            batch = Batch(run.reward.encode(run.reward.to_device(batch, run.accelerator.device)))
             with run.accelerator.autocast():
-                pol = run.reward.score(run.policy, batch)
-            ref = run.reference.scores(run.reward, batch, run.accelerator.autocast) if run.reference else None
-            r_c = beta * (pol.chosen - (ref.chosen if ref else 0.0))
-            r_r = beta * (pol.rejected - (ref.rejected if ref else 0.0)) if pol.rejected is not None else None
+                pol = run.reward.score(run.policy, batch.data)
+            ref = run.reference.scores(batch) if run.reference else None
+            rewards = implicit_reward(pol.sums, ref.sums if ref else None, beta)
+            r_c = rewards[:, 0]
+            r_r = rewards[:, 1] if pol.k > 1 else None
             for i, e in enumerate(chunk):
                 row = {"record": e.where, "reward_chosen": float(r_c[i])}
                 if r_r is not None:

@@ -4,8 +4,10 @@ All hooks take a ``register`` callback (as in simonw's llm): a plugin calls it o
 provides. Pluggy lets an implementation accept fewer arguments than the spec, so a hook can gain
 arguments later without breaking plugins written today.
 
-Built-in plugins register first, entry-point plugins (group ``mmalign``) after them, so an installed
-plugin can override a built-in by registering the same name.
+Every plugin comes from the entry-point group ``mmalign``: mmalign's own (text, vlm, diffusion,
+losses, metrics, formats) first, installed ones after them, then in-process ones
+(:func:`mmalign.register`); a later registration of a name wins, so a plugin can override a
+built-in by registering the same name.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ hookimpl = pluggy.HookimplMarker("mmalign")
 def mmalign_register_rewards(register: Callable[..., None]) -> None:
     """Register modality plugins (implicit-reward providers).
 
-    Call ``register(name, factory)`` where ``factory(model_cfg, data_cfg)`` returns an object that
-    follows :class:`mmalign.reward.ImplicitReward`: it loads the policy, turns records into batches
-    and batches into per-response scores. The factory may define a static
-    ``check_config(model_cfg, data_cfg)`` that checks the plugin's own keys (``model.options``,
-    ``model.tiny``) without loading anything; mmalign calls it before any model loads.
-    Built-in names: ``text``.
+    Call ``register(name, factory)`` where ``factory`` is a subclass of
+    :class:`mmalign.protocol.ModalityPlugin` built as ``factory(model_cfg, data_cfg)``: it loads
+    the policy, turns records into batches, batches into :class:`mmalign.scores.Scores`, and
+    samples responses. Its class attributes declare what it provides (``score_kind``,
+    ``provides_extras``, ``per_unit_scores``, ``deterministic_collate``, ``data_options``) and its
+    static ``check_config(model_cfg, data_cfg)`` checks the plugin's own keys before any model loads.
+    Built-in names: ``text``, ``reward_model`` (mmalign_text), ``vlm``, ``diffusion``.
     """
 
 
@@ -37,7 +40,13 @@ def mmalign_register_losses(register: Callable[..., None]) -> None:
 
     Call ``register(spec)`` with a :class:`mmalign.losses.LossSpec`: a pure function
     ``fn(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta, **options) -> [B]``
-    plus metadata (``needs_reference``, ``paired``). Built-in: sigmoid, ipo, hinge, sft.
+    (for ``responses="group"``: ``fn(policy_scores, reference_scores, *, beta, values,
+    **options) -> [C]`` with ``values`` the batch source's per-response values, e.g. advantages)
+    and what it needs: ``needs_reference``, ``responses`` (pair, single, group), ``lengths``,
+    ``per_unit``, ``extras``, ``score_kinds``; checked against the plugin once at start-up.
+    Built-in: the DPO family (``mmalign plugins`` lists them; docs/losses.md documents them),
+    ``kto``, ``bradley_terry``, ``unlikelihood`` (mmalign_text), ``mdpo`` (mmalign_vlm),
+    ``mapo`` (mmalign_diffusion).
     """
 
 
@@ -47,7 +56,8 @@ def mmalign_register_datasets(register: Callable[..., None]) -> None:
 
     Call ``register(name, reader, suffixes=(...))`` where ``reader(path) -> list[Record]`` reads a
     file and raises :class:`mmalign.errors.DataError` naming the file and line on bad input.
-    ``suffixes`` lets ``format: auto`` pick the reader from the file name. Built-in: ``jsonl``.
+    ``suffixes`` lets ``format: auto`` pick the reader from the file name. Built-in: ``jsonl``,
+    ``json`` (mmalign_formats).
     """
 
 
@@ -59,7 +69,8 @@ def mmalign_register_evaluators(register: Callable[..., None]) -> None:
     :class:`mmalign.evaluate.EvalContext` (policy, reference, modality plugin, held-out examples).
     ``register(name, evaluator, modalities=("vlm",))`` declares the modalities it applies to, so a
     config that names it for another modality is refused before training (default: every one).
-    Built-in: ``reward_accuracy`` (implicit-reward accuracy and margin on held-out pairs).
+    Built-in: ``reward_accuracy`` (implicit-reward accuracy and margin on held-out pairs),
+    ``chair``, ``pope`` (mmalign_vlm), ``diffusion_accuracy`` (mmalign_diffusion).
     """
 
 
@@ -67,8 +78,9 @@ def mmalign_register_evaluators(register: Callable[..., None]) -> None:
 def mmalign_register_callbacks(register: Callable[..., None]) -> None:
     """Register training callbacks (loggers, step observers).
 
-    Call ``register(name, factory)`` where ``factory(output_dir)`` returns an object with any of
-    ``on_log(step, metrics)``, ``on_eval(step, metrics)`` and ``on_train_end(history)``.
+    Call ``register(name, factory)`` where ``factory(output_dir)`` returns a
+    :class:`mmalign.callbacks.Callback` (``on_log(step, metrics)``, ``on_eval(step, metrics)``,
+    ``on_train_end(history)``; each a no-op unless overridden), called on the main process.
     Built-in: ``plot`` (PNG of loss, reward accuracy and margins).
     """
 
@@ -90,5 +102,17 @@ def mmalign_register_demos(register: Callable[..., None]) -> None:
     """Register offline end-to-end demos for ``mmalign demo NAME --out DIR``.
 
     Call ``register(name, run)`` where ``run(out_dir, **options) -> dict`` writes ``report.json``
-    and PNG plots into ``out_dir`` and returns the report. Built-in: ``text``.
+    and PNG plots into ``out_dir`` and returns the report. Built-in: ``text``, ``vlm``,
+    ``diffusion``, ``text-frontier`` (what ``mmalign sweep`` runs).
+    """
+
+
+@hookspec
+def mmalign_register_commands(register: Callable[..., None]) -> None:
+    """Register commands of the ``mmalign`` CLI.
+
+    Call ``register(name, run, arguments=add_arguments, help="...")`` where
+    ``add_arguments(parser)`` adds the command's arguments to its ``argparse`` sub-parser and
+    ``run(args)`` carries it out (raise :class:`mmalign.errors.MmalignError` for bad input: exit
+    code 2). Built-in: ``sweep`` (mmalign_text: the reward-KL frontier of the text demo).
     """

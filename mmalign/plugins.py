@@ -1,4 +1,5 @@
-"""The plugin manager: built-in core plugins first, then the ``mmalign`` entry-point group.
+"""The plugin manager: every plugin, the built-in ones included, comes from the ``mmalign``
+entry-point group (then in-process ones from :func:`register`); the core imports none of them.
 
 ``registry()`` collects everything the hooks register into one :class:`Registry`. Block a plugin
 by name with the environment variable ``MMALIGN_BLOCK_PLUGINS=name1,name2`` or ``block=[...]``.
@@ -14,15 +15,13 @@ import pluggy
 
 from mmalign import hookspecs
 from mmalign.errors import RegistryError
+from mmalign.protocol import ModalityPlugin
 
 ENTRY_POINT_GROUP = "mmalign"
-KINDS = ("rewards", "losses", "datasets", "evaluators", "callbacks", "scorers", "demos")
+KINDS = ("rewards", "losses", "datasets", "evaluators", "callbacks", "scorers", "demos", "commands")
 _SINGULAR = {"rewards": "reward", "losses": "loss", "datasets": "dataset format",
              "evaluators": "evaluator", "callbacks": "callback", "scorers": "scorer",
-             "demos": "demo"}
-
-# Core features are plugins too; they live in the core because the core's own loop needs them.
-_CORE_PLUGINS = ("mmalign.losses", "mmalign.data", "mmalign.evaluate", "mmalign.callbacks")
+             "demos": "demo", "commands": "command"}
 
 
 @dataclass
@@ -68,18 +67,30 @@ def _blocked(block: Iterable[str] | None) -> set[str]:
 
 
 def plugin_manager(block: Iterable[str] | None = None) -> pluggy.PluginManager:
-    """A fresh manager with the core plugins, then every entry point of the ``mmalign`` group."""
-    import importlib
-    import importlib.metadata
-
+    """A fresh manager with every entry point of the ``mmalign`` group, then the in-process plugins."""
     pm = pluggy.PluginManager("mmalign")
     pm.add_hookspecs(hookspecs)
     for name in _blocked(block):
         pm.set_blocked(name)
-    for module_name in _CORE_PLUGINS:
-        if not pm.is_blocked(module_name):
-            pm.register(importlib.import_module(module_name), name=module_name)
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+    _register_entry_points(pm)
+    for name, plugin in _IN_PROCESS.items():  # mmalign.register(...): last, so they override
+        if not pm.is_blocked(name):
+            pm.register(plugin, name=name)
+    return pm
+
+
+def _built_in(ep: Any) -> bool:
+    """An entry point of mmalign's own distribution (text, vlm, diffusion, losses, ...)."""
+    return ep.dist is not None and ep.dist.metadata["name"] == "mmalign"
+
+
+def _register_entry_points(pm: pluggy.PluginManager) -> None:
+    import importlib.metadata
+
+    # mmalign's own plugins first, then installed ones: a later registration of a name wins
+    points = sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP),
+                    key=lambda ep: (not _built_in(ep), ep.name))
+    for ep in points:
         if pm.is_blocked(ep.name) or pm.has_plugin(ep.name):
             continue
         dist = f"{ep.dist.metadata['name']} {ep.dist.version}" if ep.dist else None
@@ -89,7 +100,6 @@ def plugin_manager(block: Iterable[str] | None = None) -> pluggy.PluginManager:
             raise RegistryError(_broken(ep.name, dist, f"failed to import ({type(e).__name__}: {e})")) from None
         pm.register(plugin, name=ep.name)
         _DISTRIBUTIONS[id(plugin)] = dist
-    return pm
 
 
 _DISTRIBUTIONS: dict[int, str | None] = {}
@@ -129,12 +139,48 @@ def _register(reg: Registry, kind: str, source: str, *args: Any, **kwargs: Any) 
     if kind == "losses":  # a LossSpec carries its own name and metadata
         (spec,) = args
         reg.add(kind, spec.name, spec, source)
-    else:
-        name, obj = args
-        reg.add(kind, name, obj, source, **kwargs)
+        return
+    name, obj = args
+    if kind == "rewards" and not (isinstance(obj, type) and issubclass(obj, ModalityPlugin)):
+        raise TypeError(f"reward '{name}' must be a subclass of mmalign.protocol.ModalityPlugin "
+                        f"(got {obj!r})")
+    reg.add(kind, name, obj, source, **kwargs)
 
 
 _REGISTRY: Registry | None = None
+_IN_PROCESS: dict[str, Any] = {}
+
+
+class Registration:
+    """What :func:`register` returns: ``remove()`` (or leaving a ``with`` block) unregisters."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def remove(self) -> None:
+        _IN_PROCESS.pop(self.name, None)
+        registry(refresh=True)
+
+    def __enter__(self) -> "Registration":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()
+
+
+def register(plugin: Any, name: str | None = None) -> Registration:
+    """Register an in-process plugin (a module, class or object with ``@mmalign.hookimpl``
+    functions), e.g. in a test or a notebook, after the built-in and installed ones (it overrides
+    a name they registered). Returns a :class:`Registration`; use it as a context manager to
+    unregister on leaving the block."""
+    name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
+    _IN_PROCESS[name] = plugin
+    try:
+        registry(refresh=True)
+    except Exception:  # a broken plugin is not kept: the registry stays as it was
+        del _IN_PROCESS[name]
+        raise
+    return Registration(name)
 
 
 def registry(refresh: bool = False) -> Registry:

@@ -30,6 +30,9 @@ from torch import nn
 from mmalign.errors import ConfigError
 
 AUTOCAST_OF_DTYPE = {"bfloat16": "bf16", "float16": "fp16"}
+# model.dtype -> what from_pretrained takes as ``dtype`` ("auto": the checkpoint's own dtype). The one
+# table of every plugin; a plugin that cannot honour "auto" (diffusion) refuses it in check_config.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
 
 def mixed_precision(model_dtype: str, precision: str) -> str:

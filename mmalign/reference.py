@@ -4,6 +4,10 @@
 - ``disable_adapters``: the policy itself with its LoRA adapters switched off. There is no second
   copy of the weights in memory: with adapters off, a PEFT model *is* the base model.
 - ``none``: reference-free losses (SFT, SimPO, ...); the engine skips the reference pass.
+- ``reference.cache`` wraps either in :class:`mmalign.reference_cache.CachedReference`.
+
+A strategy is built with the plugin and the autocast it scores under; ``scores(batch)`` takes an
+engine :class:`mmalign.batches.Batch`.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from mmalign.batches import Batch
 from mmalign.errors import ConfigError
-from mmalign.reward import ImplicitReward, PairScores
+from mmalign.scores import Scores
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -26,18 +31,22 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
+def is_peft(model: nn.Module) -> bool:
+    """A PEFT model, whose adapters can be switched off."""
+    return hasattr(model, "disable_adapter")
+
+
 class FrozenCopy:
     """A reference model held apart from the policy; scored under no_grad."""
 
     name = "copy"
 
-    def __init__(self, model: nn.Module):
-        self.model = freeze(model)
+    def __init__(self, model: nn.Module, plugin: Any, autocast: Callable = nullcontext):
+        self.model, self.plugin, self.autocast = freeze(model), plugin, autocast
 
-    def scores(self, reward: ImplicitReward, batch: Any, autocast: Callable = nullcontext,
-               examples: list | None = None) -> PairScores:
-        with torch.no_grad(), autocast():
-            return reward.score(self.model, batch)
+    def scores(self, batch: Batch, per_unit: bool = False) -> Scores:
+        with torch.no_grad(), self.autocast():
+            return self.plugin.score(self.model, batch.data, per_unit=per_unit)
 
 
 class DisabledAdapters:
@@ -45,32 +54,30 @@ class DisabledAdapters:
 
     name = "disable_adapters"
 
-    def __init__(self, policy: nn.Module):
-        if not hasattr(policy, "disable_adapter"):
+    def __init__(self, policy: nn.Module, plugin: Any, autocast: Callable = nullcontext):
+        if not is_peft(policy):
             raise ConfigError("reference.strategy 'disable_adapters' needs a LoRA policy: set "
                               "model.lora, or use reference.strategy: copy.")
-        self.policy = policy
+        self.policy, self.plugin, self.autocast = policy, plugin, autocast
 
-    def scores(self, reward: ImplicitReward, batch: Any, autocast: Callable = nullcontext,
-               examples: list | None = None) -> PairScores:
-        with torch.no_grad(), autocast(), self.policy.disable_adapter():
-            return reward.score(self.policy, batch)
+    def scores(self, batch: Batch, per_unit: bool = False) -> Scores:
+        with torch.no_grad(), self.autocast(), self.policy.disable_adapter():
+            return self.plugin.score(self.policy, batch.data, per_unit=per_unit)
 
 
-def make_reference(strategy: str, policy: nn.Module, reward: ImplicitReward,
-                   name_or_path: str | None, needs_reference: bool, device: torch.device):
+def make_reference(strategy: str, policy: nn.Module, plugin: Any, name_or_path: str | None,
+                   needs_reference: bool, device: torch.device, autocast: Callable = nullcontext):
     """Choose and build the reference; ``None`` when the loss does not need one."""
     if not needs_reference or strategy == "none":
         if needs_reference:
             raise ConfigError("reference.strategy is 'none' but the loss needs a reference model. "
                               "Use a reference-free loss (e.g. sft) or strategy auto/copy.")
         return None
-    is_peft = hasattr(policy, "disable_adapter")
     if strategy == "auto":
-        strategy = "disable_adapters" if is_peft and name_or_path is None else "copy"
+        strategy = "disable_adapters" if is_peft(policy) and name_or_path is None else "copy"
     if strategy == "disable_adapters":
-        return DisabledAdapters(policy)
+        return DisabledAdapters(policy, plugin, autocast)
     if name_or_path is not None:
-        return FrozenCopy(reward.load_reference(name_or_path).to(device))
+        return FrozenCopy(plugin.load_reference(name_or_path).to(device), plugin, autocast)
     # A copy of a PEFT policy keeps its (initial) adapters: the reference is the policy at step 0.
-    return FrozenCopy(copy.deepcopy(policy).to(device))
+    return FrozenCopy(copy.deepcopy(policy).to(device), plugin, autocast)

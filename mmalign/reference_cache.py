@@ -17,28 +17,29 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from mmalign.reward import PairScores
-
-SCORE_KEYS = ("chosen", "rejected", "chosen_lengths", "rejected_lengths")
+from mmalign.batches import Batch
+from mmalign.scores import Scores
 
 
 def fingerprint(cfg, data_files: list[str], content: str = "") -> str:
     """Hash of everything the reference scores depend on. ``content``: the plugin's hash of what
     the records point to outside the data files (images), so an edited image is not served
     scores of its old version."""
+    import dataclasses
+
     h = hashlib.sha256(content.encode())
     ref_model = cfg.reference.name_or_path or cfg.model.name_or_path
     h.update(json.dumps({
         "reward": cfg.model.reward, "reference": ref_model, "tiny": cfg.model.tiny,
         "seed": cfg.seed if ref_model is None else None, "dtype": cfg.model.dtype,
         "tokenizer": cfg.model.tokenizer, "options": cfg.model.options,
-        "lengths": [cfg.data.tokenization, cfg.data.max_length, cfg.data.truncation_mode,
-                    cfg.data.max_prompt_length, cfg.data.max_completion_length],
+        # the modality plugin's data.* keys (how records become tokens: lengths, truncation)
+        "data_options": dataclasses.asdict(cfg.data.options),
         "precision": cfg.train.precision,
     }, sort_keys=True, default=str).encode())
     for path in ([ref_model] if ref_model and Path(ref_model).is_dir() else []):
@@ -50,22 +51,22 @@ def fingerprint(cfg, data_files: list[str], content: str = "") -> str:
 
 
 class CachedReference:
-    """Wraps a reference strategy; scores come from a per-example cache filled once."""
+    """Wraps a reference strategy; scores of training batches come from a per-example table
+    filled once (looked up by ``Batch.index``); other batches go to the strategy."""
 
     name = "cache"
 
-    def __init__(self, inner: Any, reward: Any, examples: list, *, batch_size: int,
-                 autocast: Callable, device: torch.device, path: Path | None = None, log=print):
+    def __init__(self, inner: Any, plugin: Any, examples: list, *, batch_size: int,
+                 device: torch.device, path: Path | None = None, log=print):
         self.inner = inner
-        self.index = {id(e): i for i, e in enumerate(examples)}
         if path is not None and path.is_file():
             self.table = load_file(str(path))
             log(f"reference scores: loaded {len(examples)} from {path}")
             return
         columns: dict[str, list[torch.Tensor]] = {}
         for start in range(0, len(examples), batch_size):
-            batch = reward.to_device(reward.collate(examples[start:start + batch_size]), device)
-            scores = inner.scores(reward, batch, autocast)
+            data = plugin.collate(examples[start:start + batch_size], torch.Generator())
+            scores = inner.scores(Batch(plugin.encode(plugin.to_device(data, device))))
             for key, value in _columns(scores).items():
                 columns.setdefault(key, []).append(value.detach().float().cpu())
         self.table = {k: torch.cat(v) for k, v in columns.items()}
@@ -76,19 +77,18 @@ class CachedReference:
             tmp.replace(path)
             log(f"reference scores: computed {len(examples)}, saved to {path}")
 
-    def scores(self, reward: Any, batch: Any, autocast: Callable, examples: list | None = None) -> PairScores:
-        if examples is None or any(id(e) not in self.index for e in examples):
-            return self.inner.scores(reward, batch, autocast)  # e.g. held-out data
-        rows = torch.tensor([self.index[id(e)] for e in examples])
-        device = _device_of(batch)
-        get = lambda k: self.table[k][rows].to(device) if k in self.table else None  # noqa: E731
+    def scores(self, batch: Batch, per_unit: bool = False) -> Scores:
+        if batch.index is None or per_unit:  # held-out data; per-unit scores are not cached
+            return self.inner.scores(batch, per_unit=per_unit)
+        rows = batch.index
+        device = _device_of(batch.data)
+        get = lambda k: self.table[k][rows].to(device)  # noqa: E731
         extras = {k.split("/", 1)[1]: get(k) for k in self.table if k.startswith("extras/")}
-        return PairScores(get("chosen"), get("rejected"), get("chosen_lengths"), get("rejected_lengths"),
-                          extras=extras)
+        return Scores(get("sums"), get("units"), extras=extras)
 
 
-def _columns(scores: PairScores) -> dict[str, torch.Tensor]:
-    out = {k: getattr(scores, k) for k in SCORE_KEYS if getattr(scores, k) is not None}
+def _columns(scores: Scores) -> dict[str, torch.Tensor]:
+    out = {"sums": scores.sums, "units": scores.units}
     out.update({f"extras/{k}": v for k, v in scores.extras.items()})
     return out
 

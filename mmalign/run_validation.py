@@ -34,11 +34,16 @@ def _validate_names(cfg: Any, where: str, command: str, reg: Any) -> None:
     factory_entry = reg.entry("rewards", cfg.model.reward, "model.reward")
     modality = cfg.model.reward
     spec = reg.get("losses", cfg.loss.name, "loss.name")
-    if spec.modalities is not None and modality not in spec.modalities:
+    kind = factory_entry.obj.score_kind
+    if spec.score_kinds is not None and kind not in spec.score_kinds:
+        fits = [n for n in reg.names("rewards")
+                if reg.get("rewards", n).score_kind in spec.score_kinds]
         raise fail(where, "loss.name", f"is '{spec.name}', which does not apply to modality "
-                                       f"'{modality}' (model.reward; it supports: "
-                                       f"{', '.join(spec.modalities)}). Choose another loss "
+                                       f"'{modality}' (model.reward; it supports: {', '.join(fits)}: "
+                                       f"it is defined on {' or '.join(spec.score_kinds)} scores and "
+                                       f"'{modality}' scores are {kind}). Choose another loss "
                                        f"(`mmalign plugins` lists them).")
+    _check_extras(spec, factory_entry.obj, modality, reg, where)
     check_loss_options(spec, cfg.loss.options, cfg.loss.beta, where)
     if spec.needs_reference and cfg.reference.strategy == "none":
         raise fail(where, "reference.strategy", f"is 'none' but loss '{spec.name}' needs a reference "
@@ -53,12 +58,23 @@ def _validate_names(cfg: Any, where: str, command: str, reg: Any) -> None:
     _check_hardware(cfg, where)
     if command == "train":
         _check_output_dir(cfg, where)
-    check = getattr(factory_entry.obj, "check_config", None)
-    if callable(check):  # the modality plugin's own keys (model.options, model.tiny)
-        try:
-            check(cfg.model, cfg.data)
-        except ConfigError as e:
-            raise ConfigError(f"{where}: {e}") from None
+    try:  # the modality plugin's own keys (model.options, model.tiny)
+        factory_entry.obj.check_config(cfg.model, cfg.data)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _check_extras(spec: Any, factory: Any, modality: str, reg: Any, where: str) -> None:
+    """The extra scores the loss needs against those the plugin can ever compute (the plugin
+    checks its settings once it is built: mmalign.losses.objective.check_fits)."""
+    missing = [e for e in spec.extras if e not in factory.provides_extras]
+    if missing:
+        providers = [n for n in reg.names("rewards")
+                     if missing[0] in reg.get("rewards", n).provides_extras]
+        raise fail(where, "loss.name", f"is '{spec.name}', which does not apply to modality '{modality}' "
+                                       f"(model.reward): it needs the '{missing[0]}' score, which only "
+                                       f"{', '.join(providers) or 'no installed plugin'} computes. "
+                                       f"Choose another loss (`mmalign plugins` lists them).")
 
 
 def check_loss_options(spec: Any, options: dict, beta: float, where: str = "config") -> None:
@@ -105,31 +121,24 @@ def _dry_run(spec: Any, options: dict, beta: float, where: str) -> None:
     config (a loss that needs extra scores a fake batch lacks) are left to the run."""
     import torch
 
-    from mmalign.losses.spec import call_loss
+    from mmalign.losses.objective import loss_values, make_objective
+    from mmalign.plugins import registry
+    from mmalign.scores import Scores
 
-    if "extras" in _parameters(spec.fn):
+    if spec.extras or spec.responses == "group":
         return  # its checks are about the plugin's further scores, which a fake batch lacks
-    zeros, ones = torch.zeros(2), torch.ones(2)
-    pr = zeros if spec.paired else None
-    ref = zeros if spec.needs_reference else None
+    k = 2 if spec.paired else 1
+    fake = Scores(torch.zeros(2, k), torch.ones(2, k))
     try:
-        call_loss(spec, zeros, pr, ref, ref if spec.paired else None, beta=beta,
-                  lengths=(ones, ones if spec.paired else None), options=dict(options))
+        obj = make_objective(spec, beta=beta, options=dict(options),
+                             lookup=lambda name, key: registry().get("losses", name, key))
+        loss_values(spec, fake, fake if spec.needs_reference else None, beta=beta, options=obj.options)
     except MmalignError as e:  # ConfigError, or RegistryError for a term of `weighted`
         text = str(e)
         key = "loss.options" if "loss.options" in text else "loss"
         raise ConfigError(f"{where}: {text if key in text else f'{key}: {text}'}") from None
     except Exception:  # noqa: BLE001 (not a config problem, see the docstring)
         pass
-
-
-def _parameters(fn: Any) -> set[str]:
-    import inspect
-
-    try:
-        return set(inspect.signature(fn).parameters)
-    except (TypeError, ValueError):
-        return set()
 
 
 def _check_evaluators(cfg: Any, reg: Any, modality: str, where: str) -> None:

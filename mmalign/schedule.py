@@ -1,25 +1,16 @@
-"""Learning-rate schedules: linear warm-up, then linear decay, cosine decay or constant."""
+"""Learning-rate schedules: transformers' ``get_scheduler`` (linear warm-up from 0, then linear
+decay, cosine decay or constant), as TRL and the diffusers scripts use them."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-
-def lr_lambda(kind: str, warmup_steps: int, total_steps: int):
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        if kind == "constant":
-            return 1.0
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        if kind == "linear":
-            return max(0.0, 1.0 - progress)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
+_NAMES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
 
 
-def make_scheduler(optimizer, kind: str, warmup_steps: int, total_steps: int):
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(kind, warmup_steps, total_steps))
+def make_scheduler(optimizer: torch.optim.Optimizer, kind: str, warmup_steps: int, total_steps: int):
+    """``train.lr_scheduler`` -> a LambdaLR from ``transformers.get_scheduler``."""
+    from transformers import get_scheduler
+
+    return get_scheduler(_NAMES[kind], optimizer, num_warmup_steps=warmup_steps,
+                         num_training_steps=total_steps)

@@ -1,6 +1,7 @@
 """Config values: every key's type was checked while the config was built; this checks values
 and the rules across keys (finite numbers, minimum sizes, probabilities, non-empty strings, the
-sizes in ``model.tiny``), with no registry: ``load_config`` runs :func:`validate`.
+sizes in ``model.tiny``, and the modality plugin's own ``data.*`` keys through their
+``problem()``), with no registry: ``load_config`` runs :func:`validate`.
 
 Validation happens in three stages, each in its module, all before any model, tokenizer or data
 file is loaded:
@@ -28,9 +29,6 @@ INT64_MAX = 2 ** 63 - 1
 INT_RANGES: dict[str, tuple[int, int]] = {
     "seed": (0, 2 ** 32 - 1),  # numpy's seed range (accelerate's set_seed seeds numpy too)
     "model.lora.r": (1, INT64_MAX),
-    "data.max_length": (1, INT64_MAX),
-    "data.max_prompt_length": (1, INT64_MAX),
-    "data.max_completion_length": (1, INT64_MAX),
     "data.eval_size": (0, INT64_MAX),
     "train.max_steps": (0, INT64_MAX),
     "train.batch_size": (1, INT64_MAX),
@@ -238,10 +236,7 @@ def _check_cross(cfg: Any, where: str) -> None:
         # a warning, not an error: short smoke runs (the demos' --quick) do this on purpose
         warn(f"{where}: train.warmup_steps ({train.warmup_steps}) is not below train.max_steps "
              f"({train.max_steps}): the learning rate never reaches train.lr and never decays.")
-    from mmalign.config import data_length_problem
-
-    if data_length_problem(data, model.reward):
-        raise fail(where, *data_length_problem(data, model.reward))
+    _check_data_options(data.options, where)
     if data.eval_size and data.eval is not None:
         raise fail(where, "data.eval_size", f"({data.eval_size}) is set together with data.eval; "
                                             f"held-out records come from one of them. Remove one.")
@@ -252,3 +247,12 @@ def _check_cross(cfg: Any, where: str) -> None:
         raise fail(where, "reference.name_or_path", "is set, but reference.strategy "
                                                     "'disable_adapters' uses the policy itself; use "
                                                     "strategy copy (or auto) for a separate model.")
+
+
+def _check_data_options(options: Any, where: str) -> None:
+    """The modality plugin's own data.* keys (mmalign/plugin_data_options.py): their ranges and
+    rules, said by the plugin's ``problem()`` as (dotted key, what is wrong)."""
+    problem = getattr(options, "problem", None)
+    found = problem() if callable(problem) else None
+    if found:
+        raise fail(where, *found)

@@ -1,50 +1,58 @@
-"""LossSpec, the built-in registry decorator, and the helpers every loss shares."""
+"""LossSpec: a loss function and what it needs, declared once; the one way every loss is called."""
 
 from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Callable
+from functools import cached_property
+from typing import Callable, Literal, Optional
 
 from torch import Tensor
 
 from mmalign.errors import ConfigError
 
+Responses = Literal["pair", "single", "group"]
+
 
 @dataclass(frozen=True)
 class LossSpec:
-    """A loss function and what the engine must know about it."""
+    """A loss function and what the engine must know about it, checked once at start-up against
+    what the modality plugin provides (:func:`mmalign.losses.objective.check_fits`).
+
+    responses:   "pair" (chosen, rejected), "single" (one response per context: SFT, KTO) or
+                 "group" (k responses per context: ``fn(policy, reference, *, beta, values,
+                 **options) -> [C]`` receives the two Scores objects and the batch's values)
+    lengths:     the function takes ``lengths=(units_chosen, units_rejected)``
+    per_unit:    it needs per-unit scores (``Scores.unit_scores``), e.g. per-token log-probs
+    extras:      names of further scores it needs (mDPO's "chosen_corrupted"); each arrives as the
+                 keyword argument ``name=(policy [C], reference [C] or None)``
+    score_kinds: the kinds of score it is defined on ("log_prob" for ORPO's odds); None: any
+    bind:        ``bind(options, lookup) -> options``, run once at start-up (``weighted`` parses its
+                 terms against the registry there, not on every call)
+    """
 
     name: str
     fn: Callable[..., Tensor]
-    needs_reference: bool = True  # False: the engine skips the reference pass entirely
-    paired: bool = True  # False: only the chosen / target response is scored (SFT, KTO-style data)
-    modalities: tuple[str, ...] | None = None  # None: every modality
+    needs_reference: bool = True
+    responses: Responses = "pair"
+    lengths: bool = False
+    per_unit: bool = False
+    extras: tuple[str, ...] = ()
+    score_kinds: Optional[tuple[str, ...]] = None
     summary: str = ""
+    bind: Optional[Callable[[dict, Callable], dict]] = None
 
     @property
+    def paired(self) -> bool:
+        return self.responses == "pair"
+
+    @cached_property
     def options(self) -> dict[str, object]:
-        """Keyword options the function accepts beyond beta/lengths, with their defaults."""
-        params = inspect.signature(self.fn).parameters.values()
-        return {
-            p.name: p.default
-            for p in params
-            if p.kind is p.KEYWORD_ONLY and p.name not in ("beta", "lengths")
-        }
-
-
-BUILTIN_LOSSES: list[LossSpec] = []
-
-
-def loss(name: str, *, needs_reference: bool = True, paired: bool = True, summary: str = "",
-         modalities: tuple[str, ...] | None = None):
-    """Decorator: register a built-in loss under ``name``."""
-
-    def wrap(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        BUILTIN_LOSSES.append(LossSpec(name, fn, needs_reference, paired, modalities, summary))
-        return fn
-
-    return wrap
+        """Keyword options of the function beyond what the engine passes, with their defaults
+        (read from the signature once)."""
+        engine = {"beta", "lengths", "values", *self.extras}
+        return {p.name: p.default for p in inspect.signature(self.fn).parameters.values()
+                if p.kind is p.KEYWORD_ONLY and p.name not in engine}
 
 
 def log_ratio_difference(pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor) -> Tensor:
@@ -62,11 +70,6 @@ class LossOptionError(ConfigError, ValueError):
     ValueError for code that calls the function directly."""
 
 
-def _check_label_smoothing(eps: float, high: float = 0.5) -> None:
-    if not 0.0 <= eps < high:
-        raise LossOptionError(f"loss.options.label_smoothing: must be in [0, {high}); got {eps}.")
-
-
 def nll_term(pc: Tensor, chosen_lengths: Tensor) -> Tensor:
     """The SFT/NLL term mixed into a preference loss with ``loss.sft_weight`` (as in RPO,
     Pang et al. 2024): L_total = L_pref + w * (-s_theta(x, y_w) / |y_w|). Returns [B]."""
@@ -74,9 +77,12 @@ def nll_term(pc: Tensor, chosen_lengths: Tensor) -> Tensor:
 
 
 def call_loss(spec: LossSpec, pc: Tensor, pr: Tensor | None, rc: Tensor | None, rr: Tensor | None,
-              *, beta: float, lengths: tuple[Tensor, Tensor | None], options: dict) -> Tensor:
-    """Call ``spec.fn`` passing ``lengths`` only to the functions that declare it."""
-    kwargs = dict(options)
-    if "lengths" in inspect.signature(spec.fn).parameters:
+              *, beta: float, lengths: tuple[Tensor, Tensor | None], options: dict,
+              extras: dict[str, tuple] | None = None) -> Tensor:
+    """The calling convention of pair and single losses:
+    ``fn(pc, pr, rc, rr, *, beta, [lengths], [<extra>=(policy, reference)], **options) -> [B]``,
+    with ``lengths`` and the extras passed only to the functions that declare them."""
+    kwargs = dict(options, **(extras or {}))
+    if spec.lengths:
         kwargs["lengths"] = lengths
     return spec.fn(pc, pr, rc, rr, beta=beta, **kwargs)

@@ -25,7 +25,7 @@ import torch
 from mmalign.config import load_config
 from mmalign.engine import train
 from mmalign.evaluate import EvalContext
-from mmalign.plotting import plot_panels
+from mmalign_metrics.plotting import plot_panels
 from mmalign.reference import FrozenCopy
 from mmalign_diffusion import world
 from mmalign_diffusion.autoencoder import train_autoencoder
@@ -77,9 +77,10 @@ def _base_pipeline(out: Path, sizes: dict, seed: int, log) -> None:
 
 
 def _implicit_accuracy(reward, policy, reference, examples, beta: float, draws: int, seed: int) -> float:
-    from mmalign.losses import LossSpec, sigmoid
+    from mmalign.losses import LossSpec
+    from mmalign_losses import sigmoid
 
-    ctx = EvalContext(policy, FrozenCopy(reference), reward, examples, LossSpec("sigmoid", sigmoid),
+    ctx = EvalContext(policy, FrozenCopy(reference, reward), reward, examples, LossSpec("sigmoid", sigmoid),
                       beta, 64, seed)
     margins = pair_margins(ctx, draws)
     return float(((margins > 0).float() + 0.5 * (margins == 0).float()).mean())

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import torch
 
+from mmalign.batches import Batch
 from mmalign.errors import ConfigError
+from mmalign.scores import implicit_reward
 
 
 def pair_margins(ctx, draws: int) -> torch.Tensor:
@@ -26,13 +28,12 @@ def pair_margins(ctx, draws: int) -> torch.Tensor:
         for _ in range(draws):
             for start in range(0, len(ctx.examples), ctx.batch_size):
                 chunk = ctx.examples[start:start + ctx.batch_size]
-                batch = ctx.reward.to_device(ctx.reward.collate(chunk, generator), device)
-                ref = ctx.reference.scores(ctx.reward, batch, ctx.autocast) if ctx.reference else None
+                batch = Batch(ctx.reward.encode(ctx.reward.to_device(ctx.reward.collate(chunk, generator), device)))
+                ref = ctx.reference.scores(batch) if ctx.reference else None
                 with ctx.autocast():
-                    pol = ctx.reward.score(ctx.policy, batch)
-                r_w = pol.chosen - (ref.chosen if ref else 0.0)
-                r_l = pol.rejected - (ref.rejected if ref else 0.0)
-                total[start:start + len(chunk)] += (ctx.beta * (r_w - r_l)).float().cpu()
+                    pol = ctx.reward.score(ctx.policy, batch.data)
+                rewards = implicit_reward(pol.sums, ref.sums if ref else None, ctx.beta)
+                total[start:start + len(chunk)] += (rewards[:, 0] - rewards[:, 1]).float().cpu()
     ctx.policy.train(was_training)
     return total / draws
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from torch import nn
 
 from mmalign.config import LoraConfig as MmalignLora
+from mmalign_text.causal_lm import lora_config
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
@@ -54,11 +55,10 @@ def target_modules(unet: nn.Module, spec: str | list[str]) -> list[str] | str:
 
 
 def add_lora(unet: nn.Module, lora: MmalignLora) -> LoraUNet:
-    from peft import LoraConfig
-
+    """The adapter from the shared ``model.lora`` -> peft LoraConfig builder, attached the
+    diffusers way (``add_adapter``: the UNet stays a UNet, no PeftModel around it)."""
     unet.requires_grad_(False)
-    unet.add_adapter(LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                target_modules=target_modules(unet, lora.target_modules)))
+    unet.add_adapter(lora_config(lora, target_modules=target_modules(unet, lora.target_modules)))
     return LoraUNet(unet)
 
 

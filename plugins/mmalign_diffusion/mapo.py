@@ -34,5 +34,5 @@ def mapo(pc: Tensor, pr: Tensor, rc: Tensor | None, rr: Tensor | None, *, beta: 
     return m_w - beta * F.logsigmoid(timesteps * margin)
 
 
-MAPO = LossSpec("mapo", mapo, needs_reference=False, paired=True, modalities=("diffusion",),
+MAPO = LossSpec("mapo", mapo, needs_reference=False, score_kinds=("denoising",),
                 summary="MaPO (Hong et al. 2024): reference-free margin-aware loss for diffusion")

@@ -3,7 +3,7 @@ prepared (before step 1) and dropped again: an example keeps the image's path or
 and the sha256 of its bytes; pixels are decoded when a batch needs them.
 
 Accepted records (a JSONL line each; image paths are relative to the data file, and must stay
-inside its directory unless ``data.allow_outside_paths``: see mmalign.files):
+inside its directory unless ``data.allow_outside_paths``: see mmalign_formats.files):
 
 - ``{"prompt": str, "chosen": IMAGE, "rejected": IMAGE}``
 - Pick-a-Pic columns: ``{"caption": str, "jpg_0": IMAGE, "jpg_1": IMAGE, "label_0": 0 | 0.5 | 1}``;
@@ -31,7 +31,7 @@ from torch import Tensor
 
 from mmalign.data import Record
 from mmalign.errors import DataError, SkipRecord
-from mmalign.files import URL, MissingDataFile, candidate_path, decode_image, resolve_data_path
+from mmalign_formats.files import URL, MissingDataFile, candidate_path, decode_image, resolve_data_path
 
 IDENTICAL = "chosen identical to rejected"  # the same reason as the text plugin's, counted alike
 

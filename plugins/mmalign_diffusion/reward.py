@@ -12,13 +12,15 @@ is then exactly Diffusion-DPO's eq. 14 as the diffusers DPO scripts implement it
 The 1/2 is folded into the score so that ``loss.beta`` means the scripts' ``--beta_dpo`` (2500 for
 SD 1.5, 5000 for SDXL): the paper's beta * T * omega(lambda_t) with a constant weight is beta_dpo / 2
 when the squared norm is a per-dimension mean. Chosen and rejected go through the UNet in one pass
-of 2B rows. SFT (``loss.name: sft``) minimises -s = mse / 2 on the chosen image.
+of 2B rows. SFT (``loss.name: sft``) minimises -s = mse / 2 on the chosen image. ``sample``
+(mmalign_diffusion.online) draws images by DDIM with the trajectory recorded; their groups score
+as [C, n] the same way.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -28,41 +30,21 @@ from torch import Tensor, nn
 from mmalign.config import DataConfig, ModelConfig
 from mmalign.data import Record
 from mmalign.errors import ConfigError
-from mmalign.reward import PairScores
+from mmalign.precision import DTYPES
+from mmalign.protocol import ModalityPlugin, Samples
+from mmalign.scores import Scores
 from mmalign_diffusion import components as C
+from mmalign_diffusion import online
+from mmalign_diffusion.batch import DiffusionBatch, DiffusionGroup
 from mmalign_diffusion.cache import TensorCache, fingerprint
+from mmalign_diffusion.encoding import caption_embeddings, image_latents
 from mmalign_diffusion.lora import (WEIGHT_NAME, LoraUNet, add_lora, load_lora_unet,
                                     load_lora_weights_into, save_lora)
-from mmalign_diffusion.records import (DiffusionExample, ImageRef, View, choose_view, load_pixels,
-                                       parse_record)
+from mmalign_diffusion.options import OPTIONS, SUPPORTED_DTYPES, check_options  # noqa: F401
+from mmalign_diffusion.records import DiffusionExample, choose_view, parse_record
+from mmalign_text.causal_lm import unwrap_wrappers
 
 SCORE_SCALE = 0.5  # s = -0.5 * mse: loss.beta == --beta_dpo of the diffusers scripts
-OPTIONS = {"resolution": None, "random_crop": False, "random_flip": False, "cache_dir": None,
-           "eval_draws": 4, "noise": "per_step", "noise_seed": 0}
-NOISE_MODES = ("per_step", "per_example")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass
-class DiffusionBatch:
-    """R = B rows (unpaired) or 2B rows (B chosen, then B rejected)."""
-
-    captions: list[str]  # [B]
-    images: list[ImageRef]  # [R]
-    views: list[View]  # [R] crop and flip of each image
-    noise: Tensor  # [B, C, h, w] one draw per pair, shared by its chosen and rejected rows
-    timesteps: Tensor  # [B] long, one per pair
-    time_ids: Optional[Tensor]  # [R, 6] SDXL micro-conditioning; None for SD 1.5
-    paired: bool
-    latents: Optional[Tensor] = None  # [R, C, h, w] set by to_device (cached VAE latents)
-    text: Optional[Tensor] = None  # [B, L, D] set by to_device (cached text embeddings)
-    pooled: Optional[Tensor] = None  # [B, P] SDXL pooled text embedding
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    while hasattr(model, "module"):  # DDP / accelerate wrappers
-        model = model.module
-    return model
 
 
 class _RecordsOnly:
@@ -73,7 +55,8 @@ class _RecordsOnly:
         return parse_record(record, paired=paired)
 
 
-class DiffusionReward:
+class DiffusionReward(ModalityPlugin):
+    score_kind = "denoising"  # s = -SCORE_SCALE * weighted denoising error
     name = "diffusion"
 
     @property
@@ -92,28 +75,13 @@ class DiffusionReward:
     @staticmethod
     def check_config(model_cfg: ModelConfig, data_cfg: DataConfig) -> None:
         """The plugin's keys, checked before anything loads (mmalign.validation calls it too)."""
-        unknown = set(model_cfg.options) - set(OPTIONS)
-        if unknown:
-            raise ConfigError(f"model.options: unknown option '{sorted(unknown)[0]}' for the diffusion "
-                              f"plugin. Known: {', '.join(sorted(OPTIONS))}.")
-        if model_cfg.dtype not in DTYPES:
-            raise ConfigError(f"model.dtype: '{model_cfg.dtype}' is not supported by the diffusion "
-                              f"plugin; use one of {', '.join(DTYPES)}.")
-        options = {**OPTIONS, **model_cfg.options}
-        if options["noise"] not in NOISE_MODES:
-            raise ConfigError(f"model.options.noise: '{options['noise']}' is not a noise mode; use "
-                              f"per_step (a fresh draw every step, as the diffusers scripts) or "
-                              f"per_example (one fixed draw per pair, which lets reference.cache work).")
-        for name, low in (("eval_draws", 1), ("resolution", 8), ("noise_seed", 0)):
-            value = options[name]
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-                raise ConfigError(f"model.options.{name} must be an integer >= {low}, got {value!r}.")
+        check_options(model_cfg)
 
     def __init__(self, model_cfg: ModelConfig, data_cfg: DataConfig):
         self.check_config(model_cfg, data_cfg)
         self.cfg = model_cfg
         self.data = data_cfg
-        self.options = {**OPTIONS, **model_cfg.options}
+        self.options = check_options(model_cfg)
         self.eval_draws = int(self.options["eval_draws"])
         if model_cfg.name_or_path is not None:
             self.comps = C.load_components(model_cfg.name_or_path, self.options["resolution"])
@@ -168,7 +136,7 @@ class DiffusionReward:
         loads, the trained UNet in ``unet/``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        model = unwrap(model)
+        model = unwrap_wrappers(model)
         if isinstance(model, LoraUNet):
             save_lora(model, directory, self.comps.architecture)
             if self.cfg.name_or_path is None:
@@ -180,7 +148,7 @@ class DiffusionReward:
         """Weights written by ``save`` into ``model`` in place (exact resume)."""
         from safetensors.torch import load_file
 
-        model = unwrap(model)
+        model = unwrap_wrappers(model)
         if isinstance(model, LoraUNet):
             load_lora_weights_into(model, directory)
             return
@@ -191,22 +159,18 @@ class DiffusionReward:
     def prepare(self, record: Record, *, paired: bool) -> DiffusionExample:
         return parse_record(record, paired=paired)
 
-    def collate(self, examples: list[DiffusionExample], generator: Optional[torch.Generator] = None) -> DiffusionBatch:
+    def collate(self, examples: list[DiffusionExample | DiffusionGroup],
+                generator: Optional[torch.Generator] = None) -> DiffusionBatch:
         """All randomness of a step: per pair one noise tensor, one timestep, one horizontal flip
         and one crop position (used only with the random_* options). ``noise: per_step`` draws
         them from ``generator``; ``per_example`` from a generator seeded by the pair's content and
-        ``noise_seed``, so a pair gets the same draw in every epoch and every batch."""
+        ``noise_seed``, so a pair gets the same draw in every epoch and every batch. Sampled groups
+        (mmalign_diffusion.online) get one draw per group, shared by its n images."""
+        if isinstance(examples[0], DiffusionGroup):
+            return online.collate_groups(self, examples, generator)
         paired = examples[0].rejected is not None
-        b, res = len(examples), self.comps.resolution
-        shape = (self.comps.vae.config.latent_channels, self.comps.latent_size, self.comps.latent_size)
-        steps = self.scheduler.config.num_train_timesteps
-        if self.options["noise"] == "per_example":
-            draws = [self._draw(shape, steps, torch.Generator().manual_seed(self._pair_seed(e))) for e in examples]
-            noise, timesteps, flips, crops = (torch.stack(d) for d in zip(*draws))
-        else:
-            if generator is None:
-                raise ValueError("collate with noise: per_step needs the run's generator")
-            noise, timesteps, flips, crops = self._draw(shape, steps, generator, (b,))
+        res = self.comps.resolution
+        noise, timesteps, flips, crops = self._draws(examples, generator)
         images, views = [], []
         for side in ("chosen", "rejected") if paired else ("chosen",):
             for i, e in enumerate(examples):
@@ -221,21 +185,36 @@ class DiffusionReward:
         return DiffusionBatch([e.caption for e in examples], images, views, noise, timesteps,
                               time_ids, paired)
 
+    def _draws(self, examples: list, generator: Optional[torch.Generator]) -> tuple[Tensor, ...]:
+        """(noise [B, C, h, w], timesteps [B], flips [B], crop positions [B]), per noise mode."""
+        shape = (self.comps.vae.config.latent_channels, self.comps.latent_size, self.comps.latent_size)
+        steps = self.scheduler.config.num_train_timesteps
+        if self.options["noise"] == "per_example":
+            draws = [self._draw(shape, steps, torch.Generator().manual_seed(self._pair_seed(e))) for e in examples]
+            return tuple(torch.stack(d) for d in zip(*draws))
+        if generator is None:
+            raise ValueError("collate with noise: per_step needs the run's generator")
+        return self._draw(shape, steps, generator, (len(examples),))
+
     @staticmethod
     def _draw(shape: tuple, steps: int, generator: torch.Generator, size: tuple = ()):
         """(noise, timestep, flip, crop position) drawn in this order: one set, or ``size`` of them."""
         return (torch.randn((*size, *shape), generator=generator), torch.randint(0, steps, size, generator=generator),
                 torch.rand(size, generator=generator) < 0.5, torch.rand(size, generator=generator))
 
-    def _pair_seed(self, e: DiffusionExample) -> int:
-        parts = [e.caption, e.chosen.digest(), e.rejected.digest() if e.rejected is not None else "",
-                 str(self.options["noise_seed"])]
+    def _pair_seed(self, e: DiffusionExample | DiffusionGroup) -> int:
+        content = [e.digest(), ""] if isinstance(e, DiffusionGroup) else \
+            [e.chosen.digest(), e.rejected.digest() if e.rejected is not None else ""]
+        parts = [e.caption, *content, str(self.options["noise_seed"])]
         return int(hashlib.sha256("\0".join(parts).encode()).hexdigest()[:15], 16)
 
     def content_fingerprint(self, examples: list[DiffusionExample]) -> str:
         """The images' bytes (sha256 digests) in order: part of the on-disk reference-cache key."""
         h = hashlib.sha256()
         for e in examples:
+            if isinstance(e, DiffusionGroup):
+                h.update(e.digest().encode())
+                continue
             for ref in (e.chosen, e.rejected):
                 h.update((ref.digest() if ref is not None else "-").encode())
         return h.hexdigest()
@@ -250,45 +229,39 @@ class DiffusionReward:
         return self._latent_cache, self._text_cache
 
     def to_device(self, batch: DiffusionBatch, device: torch.device) -> DiffusionBatch:
-        """Move to ``device``, with the VAE latents and text embeddings looked up in the caches
-        (computed on ``device`` by the frozen encoders on a miss)."""
+        """The batch's tensors moved to ``device`` (the image references stay as they are)."""
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return replace(batch, noise=move(batch.noise), timesteps=move(batch.timesteps),
+                       time_ids=move(batch.time_ids), latents=move(batch.latents), text=move(batch.text),
+                       pooled=move(batch.pooled))
+
+    def _encoders_to(self, device: torch.device) -> None:
+        """The frozen VAE and text encoders follow the batches (and the sampled model) to ``device``."""
         device = torch.device(device)
         if device != self.device:
             for module in self.comps.frozen():
                 module.to(device)
             self.device = device
+
+    def encode(self, batch: DiffusionBatch) -> DiffusionBatch:
+        """The VAE latents (kept when collate brought them: sampled groups) and text embeddings,
+        looked up in the caches and computed on a miss by the frozen encoders, on the batch's device."""
+        device = batch.noise.device
+        self._encoders_to(device)
         latent_cache, text_cache = self._caches()
-        res = self.comps.resolution
-        keys = [f"{ref.digest()}-{res}-{v.top}-{v.left}-{int(v.flip)}" for ref, v in zip(batch.images, batch.views)]
-
-        # One image per VAE call and one caption per text-encoder call: batched kernels round
-        # differently with the batch size (~1e-7, magnified by beta ~ 5000), and a record's cached
-        # encoding must not depend on which batch first missed the cache (exact resume, DDP).
-        def encode(indices: list[int]) -> list[tuple[Tensor, ...]]:
-            return [(C.encode_images(self.comps, load_pixels(batch.images[i], res, batch.views[i])[None].to(device))
-                     .float()[0],) for i in indices]
-
-        latents = torch.stack([v[0] for v in latent_cache.get_many(keys, encode)])
-
-        def embed(indices: list[int]) -> list[tuple[Tensor, ...]]:
-            out = []
-            for i in indices:
-                states, pooled = C.encode_text(self.comps, [batch.captions[i]], device)
-                out.append((states[0].float(),) if pooled is None else (states[0].float(), pooled[0].float()))
-            return out
-
-        text_keys = [hashlib.sha256(c.encode()).hexdigest() for c in batch.captions]
-        embedded = text_cache.get_many(text_keys, embed)
-        text = torch.stack([e[0] for e in embedded])
-        pooled = torch.stack([e[1] for e in embedded]) if self.comps.architecture == "sdxl" else None
+        latents = batch.latents
+        if latents is None:
+            latents = image_latents(self.comps, latent_cache, batch.images, batch.views, device)
+        text, pooled = caption_embeddings(self.comps, text_cache, batch.captions, device)
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return replace(batch, noise=move(batch.noise), timesteps=move(batch.timesteps),
-                       time_ids=move(batch.time_ids), latents=move(latents), text=move(text),
-                       pooled=move(pooled))
+        return replace(batch, latents=move(latents), text=move(text), pooled=move(pooled))
 
     # --- scores -------------------------------------------------------------------------------
     def denoising_error(self, model: nn.Module, batch: DiffusionBatch) -> Tensor:
         """mean_{dims} ||target - model(x_t, t, c)||^2 per row: [R] (one UNet pass over all rows)."""
+        if batch.latents is None or batch.text is None:
+            raise ValueError("diffusion score: the batch is not encoded; run plugin.encode(batch) after "
+                             "plugin.to_device(batch, device), as mmalign.batches.next_batch does.")
         rows = batch.latents.shape[0]
         reps = rows // batch.noise.shape[0]
         noise = batch.noise.repeat(reps, 1, 1, 1)
@@ -303,16 +276,22 @@ class DiffusionReward:
         if batch.time_ids is not None:
             kwargs["added_cond_kwargs"] = {"text_embeds": batch.pooled.repeat(reps, 1),
                                            "time_ids": batch.time_ids}
-        dtype = next(p.dtype for p in unwrap(model).parameters())
+        dtype = next(p.dtype for p in unwrap_wrappers(model).parameters())
         pred = model(noisy.to(dtype), t, encoder_hidden_states=batch.text.repeat(reps, 1, 1).to(dtype),
                      **kwargs).sample
         acc = torch.promote_types(pred.dtype, torch.float32)  # fp32 at least, fp64 if given
         return (pred.to(acc) - target.to(acc)).pow(2).flatten(1).mean(dim=1)
 
-    def score(self, model: nn.Module, batch: DiffusionBatch) -> PairScores:
+    def score(self, model: nn.Module, batch: DiffusionBatch, *, per_unit: bool = False) -> Scores:
+        """Scores [B, k] with s = -SCORE_SCALE * denoising error, one unit per image (rows are
+        response-major, so row j * B + i is response j of context i)."""
         s = -SCORE_SCALE * self.denoising_error(model, batch)
-        ones = torch.ones_like(s)
-        if not batch.paired:
-            return PairScores(s, None, ones, None)
-        b = batch.noise.shape[0]
-        return PairScores(s[:b], s[b:], ones[:b], ones[b:])
+        sums = s.view(-1, batch.noise.shape[0]).t().contiguous()
+        return Scores(sums, torch.ones_like(sums))
+
+    # --- samples ------------------------------------------------------------------------------
+    def sample(self, model: nn.Module, contexts: list, n: int, generator: torch.Generator,
+               **options) -> Samples:
+        """``n`` images per context ({"prompt": caption}) by DDIM with the trajectory recorded;
+        options ``steps`` (20), ``guidance_scale`` (1.0), ``eta`` (1.0): see mmalign_diffusion.online."""
+        return online.sample(self, model, contexts, n, generator, **options)

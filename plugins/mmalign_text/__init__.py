@@ -59,3 +59,12 @@ def mmalign_register_demos(register):
 
     register("text", run_text_demo)
     register("text-frontier", run_text_frontier)
+
+
+@hookimpl
+def mmalign_register_commands(register):
+    from mmalign_text.sweep import add_sweep_arguments, sweep_command
+
+    register("sweep", sweep_command, arguments=add_sweep_arguments,
+             help="the reward-KL frontier of the text demo: DPO at several betas and the paper's "
+                  "baselines; writes frontier.json and frontier.png")

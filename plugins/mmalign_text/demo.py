@@ -20,7 +20,7 @@ import torch
 
 from mmalign.config import load_config
 from mmalign.engine import train
-from mmalign.plotting import plot_panels
+from mmalign_metrics.plotting import plot_panels
 from mmalign_text import sentiment
 from mmalign_text.sampling import completion_text, sample
 

@@ -41,9 +41,13 @@ class Limits:
 
     @classmethod
     def of(cls, data, tokenizer, max_positions: Optional[int]) -> "Limits":
-        """From a DataConfig, the tokenizer (for L) and the model's position limit."""
-        return cls(data.tokenization, data.max_length, data.truncation_mode, data.max_prompt_length,
-                   data.max_completion_length, data.too_long, max_positions, longest_token(tokenizer))
+        """From a DataConfig (its ``options``: the plugin's data.* keys), the tokenizer (for L)
+        and the model's position limit."""
+        from mmalign_text.data_options import text_options
+
+        o = text_options(data)
+        return cls(o.tokenization, o.max_length, o.truncation_mode, o.max_prompt_length,
+                   o.max_completion_length, o.too_long, max_positions, longest_token(tokenizer))
 
     def char_budget(self, tokens: Optional[int]) -> Optional[int]:
         """Characters to tokenize for ``tokens`` kept tokens (module docstring); None: all."""

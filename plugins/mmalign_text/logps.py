@@ -25,15 +25,11 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+# unwrap is also imported from here by prefix_sharing and layer_masks
+from mmalign_text.causal_lm import unwrap
+
 CHUNK_ELEMENTS = 1 << 23  # fp32 logits per chunk: 32 MB
 POST_HEAD_ATTRIBUTES = ("final_logit_softcapping", "logit_scale", "logits_scaling")
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The transformers model under DDP / PEFT wrappers."""
-    while hasattr(model, "module") or hasattr(model, "get_base_model"):
-        model = model.module if hasattr(model, "module") else model.get_base_model()
-    return model
 
 
 def _log_softmax_at(head: nn.Module, hidden: Tensor, targets: Tensor, with_sum_sq: bool):
@@ -48,14 +44,14 @@ def _log_softmax_at(head: nn.Module, hidden: Tensor, targets: Tensor, with_sum_s
 
 
 class TargetLogProbHead(nn.Module):
-    """Stands in for the LM head during one forward; returns log p(target) [N] as the "logits"."""
+    """Stands in for the LM head during one forward; returns log p(target) [N] as the "logits"
+    (with ``with_sum_sq``: [N, 2], log p(target) and log sum_v p(v)^2, through the same output)."""
 
     def __init__(self, head: nn.Module, rows: Tensor, positions: Tensor, targets: Tensor, with_sum_sq: bool):
         super().__init__()
         self.head = head
         self.rows, self.positions, self.targets = rows, positions, targets
         self.with_sum_sq = with_sum_sq
-        self.sum_sq: Tensor | None = None
 
     def forward(self, hidden: Tensor) -> Tensor:
         picked = hidden[self.rows, self.positions]  # [N, H]
@@ -69,7 +65,7 @@ class TargetLogProbHead(nn.Module):
             logps.append(lp)
             sum_sq.append(sq)
         if self.with_sum_sq:
-            self.sum_sq = torch.cat(sum_sq)
+            return torch.stack([torch.cat(logps), torch.cat(sum_sq)], -1)
         return torch.cat(logps)
 
 
@@ -81,7 +77,7 @@ def _swapped_head(model: nn.Module, replacement_for):
     new = replacement_for(old)
     setattr(base, name, new)
     try:
-        yield new
+        yield
     finally:
         setattr(base, name, old)
 
@@ -102,20 +98,28 @@ def target_logps(model: nn.Module, inputs: dict, rows: Tensor, positions: Tensor
     ``with_sum_sq``. ``inputs`` are the model's keyword arguments (input_ids or inputs_embeds,
     attention_mask, position_ids, ...)."""
     if fused and fused_head_supported(model):
-        with _swapped_head(model, lambda old: TargetLogProbHead(old, rows, positions, targets, with_sum_sq)) as head:
-            logps = model(**inputs, logits_to_keep=0, use_cache=False).logits
-        return logps, head.sum_sq
+        with _swapped_head(model, lambda old: TargetLogProbHead(old, rows, positions, targets, with_sum_sq)):
+            out = model(**inputs, logits_to_keep=0, use_cache=False).logits
+        return (out[:, 0], out[:, 1]) if with_sum_sq else (out, None)
     logits = model(**inputs, use_cache=False).logits[rows, positions]
     return _log_softmax_at(nn.Identity(), logits, targets, with_sum_sq)
 
 
-def compile_layers(model: nn.Module) -> int:
-    """Regional ``torch.compile``: every module whose class a transformers (sub)model lists in
-    ``_no_split_modules`` (the decoder layers; a VLM's vision encoder layers too) is compiled on
-    its own, with dynamic shapes (packed rows change length every step). The head swap above stays
-    outside the compiled regions. Returns the number of modules compiled."""
-    names = {n for m in model.modules() for n in (getattr(m, "_no_split_modules", None) or [])}
-    layers = [m for m in model.modules() if type(m).__name__ in names]
-    for layer in layers:
-        layer.compile(dynamic=True)
-    return len(layers)
+
+def unit_scores(responses: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    """Per-unit scores of k responses per context, left-aligned: ``Scores.unit_scores`` and
+    ``unit_mask`` [C, k, U], U the longest response (in scored tokens) of the batch.
+
+    ``responses``: k pairs (values [C, L], mask [C, L]); response j of context c is the masked
+    entries of row c, in order (a pair layout's chosen and rejected tokens share a row, an empty
+    prompt leaves a completion's first token masked). Differentiable in the values; the masked
+    sum over U equals ``(values * mask).sum(-1)``."""
+    width = max(1, max(int(mask.sum(-1).max()) if mask.numel() else 0 for _, mask in responses))
+    scores, masks = [], []
+    for values, mask in responses:
+        rows, cols = mask.nonzero(as_tuple=True)
+        slot = (mask.cumsum(-1) - 1)[rows, cols]  # where each scored token goes among its response's
+        out = values.new_zeros((mask.shape[0], width))
+        scores.append(out.index_put((rows, slot), values[rows, cols]))
+        masks.append((torch.arange(width, device=mask.device)[None] < mask.sum(-1, keepdim=True)).to(mask.dtype))
+    return torch.stack(scores, 1), torch.stack(masks, 1)

@@ -128,6 +128,14 @@ def apply_template(tokenizer, record: Record, messages: list, key: str, **kwargs
                         f"their order as the model's template expects) or remove the record.") from None
 
 
+def prompt_text(tokenizer, record: Record, prompt: Any) -> str:
+    """The prompt alone as text: a string as is, chat messages rendered with the generation prompt
+    (the prompt part of :func:`render`; what a sampler continues)."""
+    if isinstance(prompt, str):
+        return prompt
+    return apply_template(tokenizer, record, prompt, "prompt", tokenize=False, add_generation_prompt=True)
+
+
 def render(tokenizer, record: Record, prompt: Any, completion: Any, key: str) -> tuple[str, str]:
     """(prompt text, completion text), with the chat template for conversational records: the
     prompt with the generation prompt, the completion as the rest of the conversation (legacy
@@ -275,3 +283,16 @@ def tokenize_record(tokenizer, record: Record, *, paired: bool, limits: Limits =
     subset = f.get("subset")
     return TextExample(prompt_ids, chosen, rejected, record.where, str(subset) if subset is not None else None,
                        label, None if rejected_prompt == prompt_ids else rejected_prompt)
+
+
+def tokenize_prompt(tokenizer, record: Record, limits: Limits = Limits()) -> list[int]:
+    """Token ids of a record's ``prompt`` alone, made as :func:`tokenize_record` makes a row's
+    prompt part (to sample completions that score as training rows do): trl: the tokenizer's
+    special tokens (BOS) or the chat template with the generation prompt (and the record's tools);
+    legacy: rendered, no special tokens, its last ``data.max_prompt_length`` tokens."""
+    prompt = record.fields.get("prompt")
+    _check_text(record, "prompt", prompt)
+    if limits.tokenization == "trl":
+        return trl_ids(tokenizer, record, prompt, {})[0]
+    ids = tokenizer(prompt_text(tokenizer, record, prompt), add_special_tokens=False)["input_ids"]
+    return ids if limits.max_prompt_length is None else ids[-limits.max_prompt_length:]

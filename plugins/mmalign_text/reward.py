@@ -11,11 +11,8 @@ way log-probs are computed only at the positions that predict a completion token
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
@@ -23,16 +20,19 @@ from torch import Tensor, nn
 from mmalign.config import DataConfig, ModelConfig
 from mmalign.data import Record
 from mmalign.errors import ConfigError
-from mmalign.reward import PairScores
+from mmalign_text.causal_lm import (CausalLMModels, attach_lora, compile_layers, enable_gradient_checkpointing,
+                                    from_pretrained, from_tiny, load_tokenizer, pad_rows, token_defaults)
 from mmalign_text.lengths import Limits, model_positions
-from mmalign_text.logps import compile_layers, target_logps
+from mmalign.protocol import Samples
+from mmalign.scores import Scores
+from mmalign_text.logps import target_logps, unit_scores
 from mmalign_text.prefix_sharing import SharedPrefixBatch, collate_shared, shared_token_logps
 from mmalign_text.records import TextExample, tokenize_record
+from mmalign_text.sampling import TextGroup, group_rows, sample_contexts
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
-# attn_implementation goes to from_pretrained; the others are the plugin's own (scoring path, LD-DPO, WPO).
+# attn_implementation goes to from_pretrained (causal_lm.LOADING_OPTIONS); the others are the
+# plugin's own (scoring path, LD-DPO, WPO).
 KNOWN_OPTIONS = {"attn_implementation", "prefix_sharing", "packing", "fused_logps", "compile", "ld_alpha", "wpo"}
-PLUGIN_OPTIONS = {"prefix_sharing", "packing", "fused_logps", "compile", "ld_alpha", "wpo"}
 
 
 @dataclass
@@ -47,36 +47,22 @@ class TextBatch:
     pairs: int  # B
     paired: bool
     labels: Optional[Tensor] = None  # KTO: [B] 1.0 desirable / 0.0 undesirable; rows B.. 2B are mismatched
+    group: int = 0  # sampled groups: k responses per context, rows c * k + j (pairs = C contexts)
 
     def to(self, device: torch.device) -> "TextBatch":
         return TextBatch(*[t.to(device) for t in (self.input_ids, self.attention_mask, self.target_rows,
                                                   self.target_positions, self.targets, self.layout,
                                                   self.target_mask)],
-                         self.pairs, self.paired, None if self.labels is None else self.labels.to(device))
+                         self.pairs, self.paired, None if self.labels is None else self.labels.to(device),
+                         self.group)
 
 
-def load_tokenizer(cfg: ModelConfig):
-    from transformers import AutoTokenizer
-
-    path = cfg.tokenizer or cfg.name_or_path
-    if path is None:
-        raise ConfigError("model.tokenizer is required for a model built from model.tiny: a "
-                          "directory written by tokenizer.save_pretrained (or a hub id).")
-    try:
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"model.tokenizer: cannot load a tokenizer from '{path}' ({e}). Pass a "
-                          f"directory with tokenizer files, or a hub id available offline.") from None
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    if tok.eos_token_id is None:
-        raise ConfigError(f"model.tokenizer: the tokenizer at '{path}' has no EOS token; set one.")
-    return tok
-
-
-class TextReward:
+class TextReward(CausalLMModels):
     name = "text"
     deterministic_collate = True  # batches draw no randomness: reference scores can be cached
+    provides_extras = ("mismatched", "desirable")  # KTO, for unpaired records with a label
+    per_unit_scores = True  # score(..., per_unit=True): per-token log-probs
+    from mmalign_text.data_options import TextDataOptions as data_options  # its data.* keys
 
     @staticmethod
     def check_config(model_cfg: ModelConfig, data_cfg: DataConfig) -> None:
@@ -104,110 +90,38 @@ class TextReward:
         self.tokenizer = load_tokenizer(model_cfg)
         self.limits = Limits.of(data_cfg, self.tokenizer, model_positions(model_cfg))
 
-    def _model_options(self) -> dict:
-        return {k: v for k, v in self.cfg.options.items() if k not in PLUGIN_OPTIONS}
-
-    # --- models -------------------------------------------------------------------------------
-    def _from_pretrained(self, path: str) -> nn.Module:
+    # --- models (load_reference, load_trained, save, load_weights: CausalLMModels) -------------
+    def _from_pretrained(self, path: str, dtype: Optional[str] = None) -> nn.Module:
         from transformers import AutoModelForCausalLM
 
-        kwargs = dict(dtype=DTYPES[self.cfg.dtype], trust_remote_code=self.cfg.trust_remote_code)
-        kwargs.update(self._model_options())
-        try:
-            return AutoModelForCausalLM.from_pretrained(path, **kwargs)
-        except OSError as e:
-            raise ConfigError(f"model.name_or_path: cannot load '{path}' ({e}). Pass a local "
-                              f"directory with config.json and weights, or a hub id.") from None
+        return from_pretrained(AutoModelForCausalLM, path, self.cfg, dtype=dtype)
 
     def _base_model(self) -> nn.Module:
         if self.cfg.name_or_path is not None:
             return self._from_pretrained(self.cfg.name_or_path)
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM
 
-        tiny = dict(self.cfg.tiny)
-        model_type = tiny.pop("model_type", "llama")
-        tok = self.tokenizer
-        tiny.setdefault("vocab_size", len(tok))
-        for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
-            tiny.setdefault(key, getattr(tok, key))
-        try:
-            config = AutoConfig.for_model(model_type, **tiny)
-        except (ValueError, TypeError) as e:
-            raise ConfigError(f"model.tiny: {e}. model.tiny holds the keyword arguments of the "
-                              f"model's config class (e.g. LlamaConfig).") from None
-        dtype = DTYPES[self.cfg.dtype]
-        return AutoModelForCausalLM.from_config(config, dtype=None if dtype == "auto" else dtype,
-                                                **self._model_options())
+        return from_tiny(AutoModelForCausalLM, self.cfg, token_defaults(dict(self.cfg.tiny), self.tokenizer),
+                         default_type="llama")
 
     def load_policy(self) -> nn.Module:
         model = self._base_model()
         if self.cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-            model.config.use_cache = False
+            enable_gradient_checkpointing(model)
         if self.cfg.lora is not None:
-            from peft import LoraConfig, get_peft_model
-
-            lora = self.cfg.lora
-            model = get_peft_model(model, LoraConfig(
-                r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                target_modules=lora.target_modules, task_type="CAUSAL_LM"))
+            model = attach_lora(model, self.cfg.lora, "CAUSAL_LM")
         if self.cfg.options.get("compile", False):
             compile_layers(model)
         return model
-
-    def load_reference(self, name_or_path: str) -> nn.Module:
-        return self._from_pretrained(name_or_path)
-
-    def load_trained(self, directory: str | Path) -> nn.Module:
-        """A model written by ``save``: a full model, or base + adapter."""
-        directory = Path(directory)
-        if (directory / "adapter_config.json").exists():
-            from peft import PeftModel
-
-            base_dir = directory / "base_model"
-            base = self._from_pretrained(str(base_dir)) if base_dir.exists() else self._base_model()
-            return PeftModel.from_pretrained(base, directory)
-        return self._from_pretrained(str(directory))
-
-    def save(self, model: nn.Module, directory: Path) -> None:
-        """Full model: ``AutoModelForCausalLM.from_pretrained(directory)``. LoRA: the adapter, which
-        ``PeftModel.from_pretrained(base, directory)`` loads; for a base built from ``model.tiny``
-        (no path to point to) the base weights go to ``directory/base_model``."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(directory, safe_serialization=True)
-        self.tokenizer.save_pretrained(directory)
-        if hasattr(model, "peft_config") and self.cfg.name_or_path is None:
-            base = model.get_base_model()
-            base.save_pretrained(directory / "base_model", state_dict=base_state_dict(base),
-                                 safe_serialization=True)
-
-    def load_weights(self, model: nn.Module, directory: Path) -> None:
-        """Load weights written by ``save`` into ``model`` in place (exact resume)."""
-        from safetensors.torch import load_file
-
-        directory = Path(directory)
-        if hasattr(model, "peft_config"):
-            from peft import set_peft_model_state_dict
-
-            set_peft_model_state_dict(model, load_file(str(directory / "adapter_model.safetensors")))
-            return
-        # Through from_pretrained, so transformers maps its on-disk key names (which differ from the
-        # module's for some architectures, LLaVA among them) exactly as a user's load would; in
-        # float32, so fp32 master weights come back bit for bit (bf16 ones too: the casts are exact).
-        saved = copy.copy(self)
-        saved.cfg = dataclasses.replace(self.cfg, dtype="float32")
-        saved = saved._from_pretrained(str(directory))
-        missing, unexpected = model.load_state_dict(saved.state_dict(), strict=False)
-        if unexpected or (set(missing) - _tied_names(model)):
-            raise ConfigError(f"{directory}: weights do not match the model (missing {missing[:3]}, "
-                              f"unexpected {unexpected[:3]}).")
 
     # --- data ---------------------------------------------------------------------------------
     def prepare(self, record: Record, *, paired: bool) -> TextExample:
         return tokenize_record(self.tokenizer, record, paired=paired, limits=self.limits)
 
     def collate(self, examples: list[TextExample], generator: Optional[torch.Generator] = None):
+        if isinstance(examples[0], TextGroup):  # sampled responses: plain rows, k per context
+            return TextBatch(*pad_rows(group_rows(examples), self.tokenizer.pad_token_id), len(examples),
+                             False, group=len(examples[0].completions))
         paired = examples[0].rejected_ids is not None
         # keep_end truncation can leave a pair's two rows different prompts: no shared prefix then
         if paired and self.cfg.options.get("prefix_sharing", True) and \
@@ -225,76 +139,63 @@ class TextReward:
         labels = torch.tensor([float(e.label) for e in examples]) if kto else None
         return TextBatch(*pad_rows(rows, self.tokenizer.pad_token_id), len(examples), paired, labels)
 
-    def to_device(self, batch: TextBatch, device: torch.device) -> TextBatch:
-        return batch.to(device)
+    # --- scores and samples -----------------------------------------------------------------------
+    def score(self, model: nn.Module, batch, *, per_unit: bool = False) -> Scores:
+        """Summed completion log-probs [C, k] (pairs: k = 2; SFT, KTO: k = 1; sampled groups: k = n),
+        with ``per_unit`` also the per-token log-probs [C, k, U] (LD-DPO's weights applied)."""
+        if isinstance(batch, SharedPrefixBatch):
+            return self._score_shared(model, batch, per_unit)
+        alpha = float(self.cfg.options.get("ld_alpha", 1.0))
+        wpo = bool(self.cfg.options.get("wpo", False)) and batch.paired
+        inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+        flat, sum_sq = target_logps(model, inputs, batch.target_rows, batch.target_positions, batch.targets,
+                                    with_sum_sq=wpo, fused=bool(self.cfg.options.get("fused_logps", True)))
+        mask, b = batch.target_mask, batch.pairs
+        token_logps = flat[batch.layout] * mask
+        weights = None
+        if wpo:
+            w = wpo_weight(token_logps, sum_sq[batch.layout] * mask, mask)
+            weights = w[:b] * w[b:]
+        if alpha != 1.0 and batch.paired:
+            token_logps = token_logps * ld_weights(mask, batch.pairs, alpha)
+        k = batch.group or (2 if batch.paired else 1)
+        # row of response j of context c: c * k + j for groups, j * B + c for pairs (and KTO's first B)
+        responses = [(token_logps[j::k], mask[j::k]) if batch.group else
+                     (token_logps[j * b:(j + 1) * b], mask[j * b:(j + 1) * b]) for j in range(k)]
+        sums = torch.stack([v.sum(-1) for v, _ in responses], 1)
+        units = torch.stack([m.sum(-1) for _, m in responses], 1)
+        extras = {"mismatched": token_logps[b:].sum(-1), "desirable": batch.labels} if batch.labels is not None else {}
+        per_unit_fields = dict(zip(("unit_scores", "unit_mask"), unit_scores(responses))) if per_unit else {}
+        return Scores(sums, units, extras=extras, weights=weights, **per_unit_fields)
 
-    # --- scores -------------------------------------------------------------------------------
-    def score(self, model: nn.Module, batch) -> PairScores:
+    def _score_shared(self, model: nn.Module, batch: SharedPrefixBatch, per_unit: bool) -> Scores:
+        """Pairs on the shared-prefix (and packed) path: token log-probs in the pair layout [B, L]."""
         alpha = float(self.cfg.options.get("ld_alpha", 1.0))
         wpo = bool(self.cfg.options.get("wpo", False))
         fused = bool(self.cfg.options.get("fused_logps", True))
-        if isinstance(batch, SharedPrefixBatch):
-            token_logps, sum_sq = shared_token_logps(model, batch, with_sum_sq=True, fused=fused) if wpo else \
-                (shared_token_logps(model, batch, fused=fused), None)
-            c_mask, r_mask = batch.chosen_mask, batch.rejected_mask
-            extras = {"pair_weight": wpo_weight(token_logps, sum_sq, c_mask) * wpo_weight(token_logps, sum_sq, r_mask)} \
-                if wpo else {}
-            if alpha != 1.0:
-                position = torch.arange(c_mask.shape[1], device=c_mask.device)[None]
-                public = torch.minimum(c_mask.sum(-1), r_mask.sum(-1))[:, None]
-                c_len = c_mask.sum(-1, keepdim=True)
-                in_public = torch.where(c_mask.bool(), position < public, position - c_len < public)
-                token_logps = token_logps * torch.where(in_public, 1.0, alpha)
-            return PairScores((token_logps * c_mask).sum(-1), (token_logps * r_mask).sum(-1),
-                              c_mask.sum(-1), r_mask.sum(-1), extras=extras)
-        inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-        flat, sum_sq = target_logps(model, inputs, batch.target_rows, batch.target_positions, batch.targets,
-                                    with_sum_sq=wpo and batch.paired, fused=fused)
-        token_logps = flat[batch.layout] * batch.target_mask
-        extras = {}
-        if wpo and batch.paired:
-            w = wpo_weight(token_logps, sum_sq[batch.layout] * batch.target_mask, batch.target_mask)
-            extras = {"pair_weight": w[:batch.pairs] * w[batch.pairs:]}
-        if alpha != 1.0 and batch.paired:
-            token_logps = token_logps * ld_weights(batch.target_mask, batch.pairs, alpha)
-        seq = token_logps.sum(-1)
-        lengths = batch.target_mask.sum(-1)
-        b = batch.pairs
-        if batch.labels is not None:
-            return PairScores(seq[:b], None, lengths[:b], None,
-                              extras={"mismatched": seq[b:], "desirable": batch.labels})
-        if not batch.paired:
-            return PairScores(seq, None, lengths, None)
-        return PairScores(seq[:b], seq[b:], lengths[:b], lengths[b:], extras=extras)
+        token_logps, sum_sq = shared_token_logps(model, batch, with_sum_sq=True, fused=fused) if wpo else \
+            (shared_token_logps(model, batch, fused=fused), None)
+        c_mask, r_mask = batch.chosen_mask, batch.rejected_mask
+        weights = wpo_weight(token_logps, sum_sq, c_mask) * wpo_weight(token_logps, sum_sq, r_mask) if wpo else None
+        if alpha != 1.0:
+            position = torch.arange(c_mask.shape[1], device=c_mask.device)[None]
+            public = torch.minimum(c_mask.sum(-1), r_mask.sum(-1))[:, None]
+            c_len = c_mask.sum(-1, keepdim=True)
+            in_public = torch.where(c_mask.bool(), position < public, position - c_len < public)
+            token_logps = token_logps * torch.where(in_public, 1.0, alpha)
+        responses = [(token_logps * c_mask, c_mask), (token_logps * r_mask, r_mask)]
+        per_unit_fields = dict(zip(("unit_scores", "unit_mask"), unit_scores(responses))) if per_unit else {}
+        return Scores.pairs((token_logps * c_mask).sum(-1), (token_logps * r_mask).sum(-1), c_mask.sum(-1),
+                            r_mask.sum(-1), weights=weights, **per_unit_fields)
 
-
-def pad_rows(rows: list[tuple[list[int], list[int]]], pad: int):
-    """(prompt ids, completion ids) rows -> right-padded input_ids and attention mask [R, T]; the
-    row, position and token of every completion target [N] (the logits at position t predict token
-    t + 1, so the positions are those just before each completion token); and the layout [R, L]
-    of the targets per row with its mask. An empty prompt leaves the completion's first token
-    unscored (nothing predicts it)."""
-    length = max(len(p) + len(c) for p, c in rows)
-    input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
-    attention = torch.zeros((len(rows), length), dtype=torch.long)
-    width = max(len(c) for _, c in rows)
-    layout = torch.zeros((len(rows), width), dtype=torch.long)
-    target_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    target_rows, positions, targets = [], [], []
-    count = 0
-    for i, (p, c) in enumerate(rows):
-        input_ids[i, :len(p) + len(c)] = torch.tensor(p + c)
-        attention[i, :len(p) + len(c)] = 1
-        skip = 1 if not p else 0
-        n = len(c) - skip
-        target_rows.append(torch.full((n,), i, dtype=torch.long))
-        positions.append(torch.arange(len(p) - 1 + skip, len(p) + len(c) - 1))
-        targets.append(torch.tensor(c[skip:], dtype=torch.long))
-        layout[i, :n] = torch.arange(count, count + n)
-        target_mask[i, :n] = 1
-        count += n
-    return (input_ids, attention, torch.cat(target_rows), torch.cat(positions), torch.cat(targets), layout,
-            target_mask)
+    def sample(self, model: nn.Module, contexts: list[Any], n: int, generator: torch.Generator, *,
+               max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0,
+               batch_size: int = 256) -> Samples:
+        """``n`` completions per context ({"prompt": str or chat messages}, as records give it),
+        the prompt tokenized as training tokenizes it; see :func:`mmalign_text.sampling.sample_contexts`."""
+        return sample_contexts(model, self.tokenizer, self.limits, contexts, n, generator,
+                               max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                               batch_size=batch_size)
 
 
 def wpo_weight(token_logps: Tensor, log_sum_sq: Tensor, mask: Tensor) -> Tensor:
@@ -321,15 +222,3 @@ def ld_weights(target_mask: Tensor, pairs: int, alpha: float) -> Tensor:
     lengths = target_mask.sum(-1)
     public = torch.minimum(lengths[:pairs], lengths[pairs:]).repeat(2)[:, None]
     return torch.where(index < public, 1.0, alpha)
-
-
-def base_state_dict(peft_base: nn.Module) -> dict[str, Tensor]:
-    """The base model's weights under their original names: LoRA layers wrap each target as
-    ``<name>.base_layer``; drop the adapter tensors and unwrap the names."""
-    return {k.replace(".base_layer.", "."): v for k, v in peft_base.state_dict().items()
-            if "lora_" not in k}
-
-
-def _tied_names(model: nn.Module) -> set[str]:
-    keys = getattr(model, "_tied_weights_keys", None) or {}
-    return set(keys) if not isinstance(keys, dict) else set(keys)

@@ -21,10 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmalign.errors import ConfigError
 from mmalign.losses import LossSpec
-from mmalign.reward import PairScores
-from mmalign_text.reward import DTYPES, TextReward
+from mmalign.errors import ConfigError
+from mmalign.protocol import ModalityPlugin
+from mmalign.scores import Scores
+from mmalign_text.causal_lm import attach_lora, from_pretrained, from_tiny, token_defaults
+from mmalign_text.reward import TextReward
 
 
 @dataclass
@@ -39,42 +41,33 @@ class RewardBatch:
 
 
 class RewardModel(TextReward):
+    score_kind = "reward"  # r(x, y) from a scalar head, not a log-probability
     """Reward ``reward_model``: trains a scalar reward head on preference pairs."""
 
     name = "reward_model"
+    per_unit_scores = False  # one reward per response, no per-token scores
+    sample = ModalityPlugin.sample  # a sequence classifier generates nothing
 
-    def _from_pretrained(self, path: str) -> nn.Module:
+    def _from_pretrained(self, path: str, dtype: Optional[str] = None) -> nn.Module:
         from transformers import AutoModelForSequenceClassification
 
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                path, num_labels=1, dtype=DTYPES[self.cfg.dtype], trust_remote_code=self.cfg.trust_remote_code,
-                **self._model_options())
-        except OSError as e:
-            raise ConfigError(f"model.name_or_path: cannot load '{path}' ({e}).") from None
+        model = from_pretrained(AutoModelForSequenceClassification, path, self.cfg, dtype=dtype, num_labels=1)
         model.config.pad_token_id = self.tokenizer.pad_token_id
         return model
 
     def _base_model(self) -> nn.Module:
         if self.cfg.name_or_path is not None:
             return self._from_pretrained(self.cfg.name_or_path)
-        from transformers import AutoConfig, AutoModelForSequenceClassification
+        from transformers import AutoModelForSequenceClassification
 
-        tiny = dict(self.cfg.tiny)
-        model_type = tiny.pop("model_type", "llama")
-        tiny.setdefault("vocab_size", len(self.tokenizer))
-        tiny.setdefault("pad_token_id", self.tokenizer.pad_token_id)
-        config = AutoConfig.for_model(model_type, num_labels=1, **tiny)
-        return AutoModelForSequenceClassification.from_config(config)
+        tiny = token_defaults(dict(self.cfg.tiny), self.tokenizer, keys=("pad_token_id",))
+        return from_tiny(AutoModelForSequenceClassification, self.cfg, {**tiny, "num_labels": 1},
+                         default_type="llama")
 
     def load_policy(self) -> nn.Module:
         model = self._base_model()
         if self.cfg.lora is not None:
-            from peft import LoraConfig, get_peft_model
-
-            lora = self.cfg.lora
-            model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                                     target_modules=lora.target_modules, task_type="SEQ_CLS"))
+            model = attach_lora(model, self.cfg.lora, "SEQ_CLS")
         return model
 
     def collate(self, examples, generator: Optional[torch.Generator] = None) -> RewardBatch:
@@ -90,12 +83,15 @@ class RewardModel(TextReward):
             mask[i, :len(r)] = 1
         return RewardBatch(ids, mask, len(examples), paired)
 
-    def score(self, model: nn.Module, batch: RewardBatch) -> PairScores:
+    def score(self, model: nn.Module, batch: RewardBatch, *, per_unit: bool = False) -> Scores:
+        if per_unit:
+            raise ConfigError("the reward_model plugin scores a response with one reward, not per token: "
+                              "use a loss that needs no per-unit scores (e.g. bradley_terry).")
         rewards = reward_of_last_token(model, batch.input_ids, batch.attention_mask)
         b, ones = batch.pairs, torch.ones(batch.pairs, device=rewards.device)
         if not batch.paired:
-            return PairScores(rewards, None, ones, None)
-        return PairScores(rewards[:b], rewards[b:], ones, ones)
+            return Scores.pairs(rewards, None, ones, None)
+        return Scores.pairs(rewards[:b], rewards[b:], ones, ones)
 
 
 def reward_of_last_token(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
@@ -114,6 +110,5 @@ def bradley_terry(pc: Tensor, pr: Tensor, rc: Tensor | None, rr: Tensor | None, 
     return -F.logsigmoid(beta * (pc - pr))
 
 
-BRADLEY_TERRY = LossSpec("bradley_terry", bradley_terry, needs_reference=False, paired=True,
-                         modalities=("reward_model",),
+BRADLEY_TERRY = LossSpec("bradley_terry", bradley_terry, needs_reference=False, score_kinds=("reward",),
                          summary="Bradley-Terry reward model loss (Ouyang et al. 2022)")

@@ -16,7 +16,7 @@ from torch import Tensor
 from mmalign.config import load_config
 from mmalign.engine import train
 from mmalign.losses import LossSpec
-from mmalign.plotting import plot_panels
+from mmalign_metrics.plotting import plot_panels
 from mmalign_text.demo import FULL, QUICK, _dpo_config, compare, prepare_world
 
 
@@ -34,8 +34,8 @@ def unlikelihood(pc: Tensor, pr: Tensor, rc: Tensor | None, rr: Tensor | None, *
     return -avg_w - alpha * torch.log(-torch.expm1(avg_l))
 
 
-UNLIKELIHOOD = LossSpec("unlikelihood", unlikelihood, needs_reference=False, paired=True,
-                        modalities=("text", "vlm"),
+UNLIKELIHOOD = LossSpec("unlikelihood", unlikelihood, needs_reference=False, lengths=True,
+                        score_kinds=("log_prob",),
                         summary="Unlikelihood baseline (Welleck et al. 2020; DPO paper section 6)")
 
 
@@ -82,3 +82,21 @@ def run_sweep(out_dir: str | Path, *, betas=(0.1, 0.5, 2.0, 8.0), quick: bool = 
                 title="mmalign sweep: reward-KL frontier (DPO paper, figure 2 left, in miniature)")
     log("\n" + "\n".join(f"{p['run']:<16} gold {p['gold_reward']:7.3f}   KL {p['kl']:7.3f}" for p in points))
     return frontier
+
+
+def add_sweep_arguments(parser) -> None:
+    """``mmalign sweep``'s arguments (registered through mmalign_register_commands)."""
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--betas", type=float, nargs="+", default=[0.1, 0.5, 2.0, 8.0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="move what an earlier run left in --out aside and start anew")
+
+
+def sweep_command(args) -> None:
+    """``mmalign sweep --out DIR``: the frontier in an empty (or --overwrite) DIR, on one thread."""
+    from mmalign.cli import fresh_out, one_thread
+
+    fresh_out(args.out, args.overwrite)
+    with one_thread():
+        run_sweep(Path(args.out), betas=tuple(args.betas), quick=args.quick)

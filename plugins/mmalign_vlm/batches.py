@@ -54,13 +54,14 @@ class VLMBatch:
     pairs: int
     paired: bool
     corrupted_pixel_values: Optional[Tensor] = None  # mDPO (LLaVA): [B, C, H, W]
+    group: int = 0  # sampled groups: k responses per context, rows c * k + j (pairs = C contexts)
 
     def to(self, device: torch.device) -> "VLMBatch":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return VLMBatch(move(self.input_ids), move(self.attention_mask), move(self.target_rows),
                         move(self.target_positions), move(self.targets), move(self.layout),
                         move(self.target_mask), move_groups(self.groups, device), self.row_groups, self.pairs,
-                        self.paired, move(self.corrupted_pixel_values))
+                        self.paired, move(self.corrupted_pixel_values), self.group)
 
 
 def segments_of(examples: list, row_pairs: list[list[int]]) -> list[tuple[int, int, int, int, int]]:

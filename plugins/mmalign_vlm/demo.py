@@ -19,7 +19,7 @@ from pathlib import Path
 
 from mmalign.config import load_config
 from mmalign.engine import train
-from mmalign.plotting import bar_chart, plot_panels
+from mmalign_metrics.plotting import bar_chart, plot_panels
 from mmalign_text.sentiment import write_jsonl
 from mmalign_vlm import shapes
 from mmalign_vlm.hallucination import Vocabulary, chair
@@ -99,7 +99,7 @@ def run_demo(out_dir: str | Path, *, quick: bool = False, seed: int = 0, beta: f
     t_dpo = time.time() - t0 - t_sft
 
     log(f"[3/3] greedy captions of {sizes['eval_images']} held-out images, CHAIR")
-    from mmalign.data import read_jsonl
+    from mmalign_formats import read_jsonl
     from mmalign.plugins import registry
 
     reward = registry().get("rewards", "vlm")(cfg.model, cfg.data)

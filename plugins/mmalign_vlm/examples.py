@@ -15,7 +15,8 @@ from PIL import Image
 
 from mmalign.data import Record
 from mmalign.errors import DataError, SkipRecord
-from mmalign_text.records import render
+from mmalign_text.data_options import text_options
+from mmalign_text.records import prompt_text, render
 
 
 @dataclass
@@ -28,11 +29,21 @@ class VLMExample:
     fields: dict
 
 
+@dataclass
+class VLMGroup:
+    """One context's sampled responses: its prompt ids, k completions (generated ids, up to and
+    including EOS) and its images; scored as k plain rows on those images."""
+    prompt_ids: list[int]
+    completions: list[list[int]]
+    images: list[Any]
+    where: str
+
+
 def resolve_image(value: Any, record: Record) -> Any:
     """A PIL image as is, or the absolute path of the image file that ``value`` names, resolved
-    by mmalign.files.resolve_data_path (relative to the data file; paths that leave its directory
+    by mmalign_formats.files.resolve_data_path (relative to the data file; paths that leave its directory
     refused unless data.allow_outside_paths)."""
-    from mmalign.files import resolve_data_path
+    from mmalign_formats.files import resolve_data_path
 
     if isinstance(value, Image.Image):
         return value
@@ -40,9 +51,9 @@ def resolve_image(value: Any, record: Record) -> Any:
 
 
 def load_image(value: Any, where: str) -> Image.Image:
-    """The image decoded in full as 8-bit RGB (mmalign.files.decode_image: EXIF orientation
+    """The image decoded in full as 8-bit RGB (mmalign_formats.files.decode_image: EXIF orientation
     applied, 16-bit scaled, transparency over white); a DataError naming ``where`` otherwise."""
-    from mmalign.files import decode_image, to_rgb8
+    from mmalign_formats.files import decode_image, to_rgb8
 
     if isinstance(value, Image.Image):
         return to_rgb8(value)
@@ -54,16 +65,45 @@ def load_image(value: Any, where: str) -> Image.Image:
 class VLMRecords:
     """prepare / content_fingerprint of the VLM reward."""
 
-    def prepare(self, record: Record, *, paired: bool) -> VLMExample:
-        f = record.fields
-        images = f.get("image", f.get("images"))
+    def _images(self, record: Record) -> list[Any]:
+        """The record's images resolved (paths, or PIL images as they are)."""
+        images = record.fields.get("image", record.fields.get("images"))
         if images is None:
             raise DataError(f"{record.where}: missing key \"image\" (a path relative to the data "
                             f"file, or a list of paths).")
         if isinstance(images, list) and not images:
             raise DataError(f"{record.where}: \"image\" is an empty list; a VLM record needs at least one "
                             f"image. Add its image path, or move the record to a text-only data set.")
-        images = [resolve_image(v, record) for v in (images if isinstance(images, list) else [images])]
+        return [resolve_image(v, record) for v in (images if isinstance(images, list) else [images])]
+
+    def _prompt_ids(self, record: Record, prompt: Any, text: str, loaded: list[Image.Image]) -> list[int]:
+        """The prompt's ids as the processor makes them from its rendered ``text``: one image
+        placeholder per image (prepended to a plain-string prompt that has none), expanded to the
+        image tokens; data.max_prompt_length applied (legacy)."""
+        token = self.processor.image_token
+        if isinstance(prompt, str) and token not in text:
+            text = self.family.placeholder * len(loaded) + text
+        if text.count(token) != len(loaded):
+            raise DataError(f"{record.where}: the prompt has {text.count(token)} image "
+                            f"placeholder(s) {token!r} but the record has {len(loaded)} image(s). "
+                            f"Make them match.")
+        enc = self.processor(text=text, images=[loaded] if self.family.nested_images else loaded,
+                             add_special_tokens=False)
+        return self._fit_prompt(list(enc["input_ids"][0]), record)
+
+    def context_prompt(self, record: Record) -> tuple[list[int], list[Any]]:
+        """(prompt ids, images) of a context ({"prompt", "image"} as a record gives them) to sample
+        completions for: the prompt tokenized as :meth:`prepare` tokenizes it."""
+        images = self._images(record)
+        prompt = record.fields.get("prompt")
+        if prompt is None:
+            raise DataError(f"{record.where}: missing key \"prompt\". A VLM context needs \"image\" and \"prompt\".")
+        text = prompt_text(self.processor, record, prompt)
+        return self._prompt_ids(record, prompt, text, [load_image(v, record.where) for v in images]), images
+
+    def prepare(self, record: Record, *, paired: bool) -> VLMExample:
+        f = record.fields
+        images = self._images(record)
         loaded = [load_image(v, record.where) for v in images]
         prompt = f.get("prompt")
         chosen_key = "chosen" if "chosen" in f or paired else "completion"
@@ -76,31 +116,23 @@ class VLMRecords:
                 raise DataError(f"{record.where}: \"{key}\" is empty; fix or remove the record.")
         if paired and f["chosen"] == f["rejected"]:
             raise SkipRecord("chosen identical to rejected")
-        token = self.processor.image_token
-        prompt_text = render(self.processor, record, prompt, f[chosen_key], chosen_key)[0]
-        if isinstance(prompt, str) and token not in prompt_text:
-            prompt_text = self.family.placeholder * len(loaded) + prompt_text
-        if prompt_text.count(token) != len(loaded):
-            raise DataError(f"{record.where}: the prompt has {prompt_text.count(token)} image "
-                            f"placeholder(s) {token!r} but the record has {len(loaded)} image(s). "
-                            f"Make them match.")
-        enc = self.processor(text=prompt_text, images=[loaded] if self.family.nested_images else loaded,
-                             add_special_tokens=False)
-        prompt_ids = self._fit_prompt(list(enc["input_ids"][0]), record)
+        text = render(self.processor, record, prompt, f[chosen_key], chosen_key)[0]
+        prompt_ids = self._prompt_ids(record, prompt, text, loaded)
 
         def completion_ids(value: Any, key: str) -> list[int]:
             text = render(self.processor, record, prompt, value, key)[1]
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             if not ids or ids[-1] != self.tokenizer.eos_token_id:
                 ids = ids + [self.tokenizer.eos_token_id]
-            if self.data.tokenization == "legacy":
-                return ids[:self.data.max_completion_length]
-            if self.data.max_length is None:  # TRL's keep_start: the row prompt + completion is cut
+            options = text_options(self.data)  # the plugin's data.* keys
+            if options.tokenization == "legacy":
+                return ids[:options.max_completion_length]
+            if options.max_length is None:  # TRL's keep_start: the row prompt + completion is cut
                 return ids
-            if len(prompt_ids) >= self.data.max_length:
-                raise SkipRecord(f"prompt fills data.max_length ({self.data.max_length} tokens): no "
+            if len(prompt_ids) >= options.max_length:
+                raise SkipRecord(f"prompt fills data.max_length ({options.max_length} tokens): no "
                                  f"completion token would remain")
-            return ids[:self.data.max_length - len(prompt_ids)]
+            return ids[:options.max_length - len(prompt_ids)]
 
         return VLMExample(prompt_ids, completion_ids(f[chosen_key], chosen_key),
                           completion_ids(f["rejected"], "rejected") if paired else None,
@@ -110,11 +142,12 @@ class VLMRecords:
         """data.tokenization legacy: a prompt over data.max_prompt_length keeps its last tokens, but
         image tokens are never cut: only ordinary text before the first special (image) token can
         go; otherwise the record is an error (or skipped with data.too_long: skip)."""
-        limit = self.data.max_prompt_length if self.data.tokenization == "legacy" else None
+        options = text_options(self.data)
+        limit = options.max_prompt_length if options.tokenization == "legacy" else None
         if limit is None or len(prompt_ids) <= limit:
             return prompt_ids
         what = f"prompt longer than data.max_prompt_length ({limit} tokens)"
-        if self.data.too_long == "skip":
+        if options.too_long == "skip":
             raise SkipRecord(what)
         special = set(self.tokenizer.added_tokens_decoder)
         leading_text = next((i for i, t in enumerate(prompt_ids) if t in special), len(prompt_ids))

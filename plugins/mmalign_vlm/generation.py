@@ -1,29 +1,35 @@
-"""Generation with a VLM policy on examples' images (evaluators, best-of-n, the demo)."""
+"""Generation with a VLM policy on examples' images (evaluators, best-of-n, the demo), and the
+VLM plugin's ``sample``: n completions per context as groups that its ``collate`` / ``score``
+turn into Scores [C, n]."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from mmalign_text.logps import unwrap
-from mmalign_vlm.examples import VLMExample, load_image
+from mmalign.protocol import Samples
+from mmalign_text.causal_lm import unwrap, unwrap_wrappers
+from mmalign_text.sampling import context_record, draw_seed, rng_fork
+from mmalign_vlm.examples import VLMExample, VLMGroup, load_image
 
 if TYPE_CHECKING:
     from mmalign_vlm.reward import VLMReward
 
 
 @torch.no_grad()
-def generate(reward: VLMReward, model: nn.Module, examples: list[VLMExample], *, max_new_tokens: int = 32,
-             batch_size: int = 64, prompt_ids: list[list[int]] | None = None, do_sample: bool = False,
-             temperature: float = 1.0, seed: int = 0) -> list[str]:
-    """Completions of each example's prompt (or ``prompt_ids``) on its images: greedy, or sampled
-    at ``temperature`` with the randomness fixed by ``seed``."""
+def generate_ids(reward: VLMReward, model: nn.Module, examples: list, *, max_new_tokens: int = 32,
+                 batch_size: int = 64, prompt_ids: list[list[int]] | None = None, do_sample: bool = False,
+                 temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
+                 suppress: list[int] | None = None) -> list[list[int]]:
+    """Generated ids of each example's prompt (or ``prompt_ids``) on its images, cut after the
+    first EOS: greedy, or sampled at ``temperature`` (top_p 1: no truncation) with torch's global
+    seed ``seed + start`` for the chunk at ``start``. ``suppress``: token ids never generated."""
     was_training = model.training
     model.eval()
-    tok = reward.tokenizer
-    texts: list[str] = []
+    tok, out = reward.tokenizer, []
+    device = next(model.parameters()).device
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]
         prompts = prompt_ids[start:start + batch_size] if prompt_ids else [e.prompt_ids for e in chunk]
@@ -36,12 +42,51 @@ def generate(reward: VLMReward, model: nn.Module, examples: list[VLMExample], *,
         images = reward.family.batch([reward.image_group([load_image(v, e.where) for v in e.images]) for e in chunk])
         if reward.family.mrope:
             images["mm_token_type_ids"] = (ids == unwrap(model).config.image_token_id).int()
-        device = next(model.parameters()).device
         torch.manual_seed(seed + start)
-        sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if do_sample else dict(do_sample=False)
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                             **{k: v.to(device) for k, v in images.items()}, max_new_tokens=max_new_tokens,
-                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **sampling)
-        texts += tok.batch_decode(out[:, width:], skip_special_tokens=True)
+        sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=top_p) if do_sample \
+            else dict(do_sample=False)
+        if suppress:
+            sampling["suppress_tokens"] = suppress
+        generated = unwrap_wrappers(model).generate(
+            input_ids=ids.to(device), attention_mask=mask.to(device), **{k: v.to(device) for k, v in images.items()},
+            max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **sampling)
+        for new in generated[:, width:].tolist():
+            out.append(new[:new.index(tok.eos_token_id) + 1] if tok.eos_token_id in new else new)
     model.train(was_training)
-    return texts
+    return out
+
+
+def generate(reward: VLMReward, model: nn.Module, examples: list[VLMExample], **options) -> list[str]:
+    """Decoded completions of :func:`generate_ids` (same options)."""
+    return [reward.tokenizer.decode(ids, skip_special_tokens=True)
+            for ids in generate_ids(reward, model, examples, **options)]
+
+
+def multimodal_token_ids(reward: VLMReward) -> list[int]:
+    """Ids of the family's image placeholder, video and vision start / end tokens."""
+    return [reward.tokenizer.convert_tokens_to_ids(token) for token in reward._token_keys().values()]
+
+
+def sample_contexts(reward: VLMReward, model: nn.Module, contexts: list[Any], n: int, generator: torch.Generator,
+                    *, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
+                    batch_size: int = 64) -> Samples:
+    """``n`` sampled completions per context ({"prompt", "image"} as records give them; image paths
+    relative to the working directory), the prompt tokenized as training prompts are.
+    ``responses``: decoded texts [C][n]; ``trajectory``: {"prompt_ids": [C], "completion_ids": [C][n]};
+    ``examples``: one :class:`VLMGroup` per context. The family's image / video / vision-boundary
+    tokens are never sampled: a completion holding one could not be scored (the model would take
+    it for an image slot), so the samples follow the model's distribution conditioned on their absence."""
+    groups = []
+    for i, context in enumerate(contexts):
+        record = context_record(context, i)
+        prompt, images = reward.context_prompt(record)
+        groups.append(VLMGroup(prompt, [], images, record.where))
+    with rng_fork(model):
+        new = generate_ids(reward, model, [g for g in groups for _ in range(n)], max_new_tokens=max_new_tokens,
+                           batch_size=batch_size, do_sample=True, temperature=temperature, top_p=top_p,
+                           seed=draw_seed(generator), suppress=multimodal_token_ids(reward))
+    for i, g in enumerate(groups):
+        g.completions = new[i * n:(i + 1) * n]
+    responses = [[reward.tokenizer.decode(c, skip_special_tokens=True) for c in g.completions] for g in groups]
+    trajectory = {"prompt_ids": [g.prompt_ids for g in groups], "completion_ids": [g.completions for g in groups]}
+    return Samples(list(contexts), responses, groups, trajectory)

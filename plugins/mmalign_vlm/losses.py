@@ -5,12 +5,11 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from mmalign.errors import ConfigError
 from mmalign.losses import LossSpec, log_ratio_difference
 
 
 def mdpo(pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor, *, beta: float,
-         extras: tuple[dict, dict], conditional_weight: float = 1.0, anchor_weight: float = 1.0,
+         chosen_corrupted: tuple[Tensor, Tensor], conditional_weight: float = 1.0, anchor_weight: float = 1.0,
          anchor: float = 0.0) -> Tensor:
     """mDPO = DPO + image-conditional preference + anchor, with m the true image, m' a corrupted one:
 
@@ -19,20 +18,16 @@ def mdpo(pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor, *, beta: float,
         L_anc  = -log sigmoid(beta * (s_pol(y_w|m) - s_ref(y_w|m)) - anchor)
         L      = L_DPO + conditional_weight * L_cond + anchor_weight * L_anc
 
-    The plugin supplies s(y_w|m') as ``extras["chosen_corrupted"]`` when
+    The plugin supplies ``chosen_corrupted`` = (s_pol(y_w|m'), s_ref(y_w|m')) when
     ``model.options.corrupted_image`` is set. Shapes: all [B]; returns [B].
     """
-    pol_extras, ref_extras = extras
-    if "chosen_corrupted" not in pol_extras:
-        raise ConfigError("loss 'mdpo' needs the chosen response scored on a corrupted image: set "
-                          "model.options.corrupted_image to random_crop or mask_patches.")
     dpo = -F.logsigmoid(beta * log_ratio_difference(pc, pr, rc, rr))
     chosen_ratio = pc - rc
-    corrupted_ratio = pol_extras["chosen_corrupted"] - ref_extras["chosen_corrupted"]
+    corrupted_ratio = chosen_corrupted[0] - chosen_corrupted[1]
     conditional = -F.logsigmoid(beta * (chosen_ratio - corrupted_ratio))
     anchored = -F.logsigmoid(beta * chosen_ratio - anchor)
     return dpo + conditional_weight * conditional + anchor_weight * anchored
 
 
-MDPO = LossSpec("mdpo", mdpo, needs_reference=True, paired=True, modalities=("vlm",),
+MDPO = LossSpec("mdpo", mdpo, needs_reference=True, extras=("chosen_corrupted",),
                 summary="mDPO (Wang et al. 2024): DPO + image-conditional preference + anchor")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from PIL import Image
@@ -20,13 +20,15 @@ from torch import Tensor, nn
 
 from mmalign.config import DataConfig, ModelConfig
 from mmalign.errors import ConfigError
-from mmalign_text.logps import compile_layers, unwrap
+from mmalign.protocol import Samples
+from mmalign_text.causal_lm import (CausalLMModels, attach_lora, check_special_tokens, compile_layers,
+                                    enable_gradient_checkpointing, from_pretrained, from_tiny, pad_rows,
+                                    token_defaults, unwrap)
 from mmalign_text.prefix_sharing import collate_shared
-from mmalign_text.reward import DTYPES, TextReward, pad_rows
 from mmalign_vlm.batches import Group, VLMBatch, VLMSharedBatch, segments_of
-from mmalign_vlm.examples import VLMExample, VLMRecords, load_image, resolve_image
+from mmalign_vlm.examples import VLMExample, VLMGroup, VLMRecords, load_image, resolve_image
 from mmalign_vlm.families import family_of
-from mmalign_vlm.generation import generate
+from mmalign_vlm.generation import generate, sample_contexts
 from mmalign_vlm.scoring import VLMScoring
 
 # Re-exported: callers import these from here.
@@ -49,12 +51,22 @@ def load_processor(path: str, trust_remote_code: bool):
 
 
 
-class VLMReward(VLMRecords, VLMScoring, TextReward):
+class VLMReward(VLMRecords, VLMScoring, CausalLMModels):
     name = "vlm"
+    from mmalign_vlm.data_options import VLMDataOptions as data_options  # its data.* keys
+
+    provides_extras = ("chosen_corrupted",)  # s(y_w | corrupted image), for mDPO
+    per_unit_scores = True  # score(..., per_unit=True): per-token log-probs, on every path
 
     @property
     def deterministic_collate(self) -> bool:  # mDPO's corrupted images are drawn per batch
         return self.options["corrupted_image"] == "none"
+
+    def extra_scores(self) -> tuple[str, ...]:
+        return self.provides_extras if self.options["corrupted_image"] != "none" else ()
+
+    def extra_hint(self, name: str) -> str:
+        return ": set model.options.corrupted_image to random_crop or mask_patches"
 
     @staticmethod
     def check_config(model_cfg: ModelConfig, data_cfg: DataConfig) -> None:
@@ -99,9 +111,7 @@ class VLMReward(VLMRecords, VLMScoring, TextReward):
             raise ConfigError("model.tokenizer is required for a model built from model.tiny: a "
                               "directory written by processor.save_pretrained.")
         self.processor = load_processor(path, model_cfg.trust_remote_code)
-        self.tokenizer = self.processor.tokenizer
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer = check_special_tokens(self.processor.tokenizer, path)
 
     def _model_type(self) -> tuple[str, str]:
         """(config.model_type, the model class's name) of the configured model, without weights."""
@@ -118,16 +128,10 @@ class VLMReward(VLMRecords, VLMScoring, TextReward):
         return config.model_type, (config.architectures or [NAMES.get(config.model_type, type(config).__name__)])[0]
 
     # --- models -------------------------------------------------------------------------------
-    def _from_pretrained(self, path: str) -> nn.Module:
+    def _from_pretrained(self, path: str, dtype: Optional[str] = None) -> nn.Module:
         from transformers import AutoModelForImageTextToText
 
-        kwargs = dict(dtype=DTYPES[self.cfg.dtype], trust_remote_code=self.cfg.trust_remote_code)
-        if "attn_implementation" in self.cfg.options:
-            kwargs["attn_implementation"] = self.cfg.options["attn_implementation"]
-        try:
-            return AutoModelForImageTextToText.from_pretrained(path, **kwargs)
-        except OSError as e:
-            raise ConfigError(f"model.name_or_path: cannot load '{path}' ({e}).") from None
+        return from_pretrained(AutoModelForImageTextToText, path, self.cfg, dtype=dtype)
 
     def _base_model(self) -> nn.Module:
         """A random model from ``model.tiny``: ``model_type`` (the family, default llava), the
@@ -135,26 +139,13 @@ class VLMReward(VLMRecords, VLMScoring, TextReward):
         vocabulary, special and image token ids come from the processor's tokenizer."""
         if self.cfg.name_or_path is not None:
             return self._from_pretrained(self.cfg.name_or_path)
-        from transformers import AutoConfig, AutoModelForImageTextToText
+        from transformers import AutoModelForImageTextToText
 
         tiny = copy.deepcopy(dict(self.cfg.tiny))
-        model_type = tiny.pop("model_type", "llava")
-        tok = self.tokenizer
-        text = dict(tiny.pop("text_config", {}))
-        text.setdefault("vocab_size", len(tok))
-        for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
-            text.setdefault(key, getattr(tok, key))
+        tiny["text_config"] = token_defaults(dict(tiny.pop("text_config", {})), self.tokenizer)
         for key, token in self._token_keys().items():
-            tiny.setdefault(key, tok.convert_tokens_to_ids(token))
-        try:
-            config = AutoConfig.for_model(model_type, text_config=text, **tiny)
-        except (ValueError, TypeError, KeyError) as e:
-            raise ConfigError(f"model.tiny: {e}. model.tiny holds model_type and the keyword arguments "
-                              f"of that family's config class.") from None
-        dtype = DTYPES[self.cfg.dtype]
-        kwargs = {"attn_implementation": self.cfg.options["attn_implementation"]} \
-            if "attn_implementation" in self.cfg.options else {}
-        return AutoModelForImageTextToText.from_config(config, dtype=None if dtype == "auto" else dtype, **kwargs)
+            tiny.setdefault(key, self.tokenizer.convert_tokens_to_ids(token))
+        return from_tiny(AutoModelForImageTextToText, self.cfg, tiny, default_type="llava")
 
     def _token_keys(self) -> dict[str, str]:
         """Config keys of the family's special token ids -> the tokens, as the processor names them."""
@@ -174,17 +165,14 @@ class VLMReward(VLMRecords, VLMScoring, TextReward):
             tower.requires_grad_(False)
         projector.requires_grad_(bool(self.options["train_projector"]))  # Qwen's merger sits in its tower
         if self.cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+            enable_gradient_checkpointing(model)
         if self.cfg.lora is not None:
-            from peft import LoraConfig, get_peft_model
-
             lora = self.cfg.lora
             targets = LM_LINEAR if lora.target_modules == "all-linear" else lora.target_modules
             # The projector is trained in full alongside the adapters when train_projector is on.
             save = [self.family.projector.split(".")[-1]] if self.options["train_projector"] else None
-            model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha,
-                                                     lora_dropout=lora.dropout, target_modules=targets,
-                                                     modules_to_save=save))
+            # task_type None: PEFT has no task class for image-text-to-text models
+            model = attach_lora(model, lora, None, target_modules=targets, modules_to_save=save)
         if self.options["compile"]:
             compile_layers(model)
         return model
@@ -205,6 +193,12 @@ class VLMReward(VLMRecords, VLMScoring, TextReward):
         return self.image_group(images)["pixel_values"]
 
     def collate(self, examples: list[VLMExample], generator: Optional[torch.Generator] = None):
+        if isinstance(examples[0], VLMGroup):  # sampled responses: plain rows, k per context
+            k = len(examples[0].completions)
+            rows = [(g.prompt_ids, c) for g in examples for c in g.completions]
+            groups = [self.image_group([load_image(v, g.where) for v in g.images]) for g in examples]
+            return VLMBatch(*pad_rows(rows, self.tokenizer.pad_token_id), groups,
+                            [[i // k] for i in range(len(rows))], len(examples), False, group=k)
         paired = examples[0].rejected_ids is not None
         corrupt = self.options["corrupted_image"] != "none" and paired
         groups = [self.image_group([load_image(v, e.where) for v in e.images]) for e in examples]
@@ -226,6 +220,14 @@ class VLMReward(VLMRecords, VLMScoring, TextReward):
             firsts = torch.stack([g["pixel_values"][0] for g in groups])
             corrupted = corrupt_images(firsts, self.options["corrupted_image"], generator)
         return VLMBatch(*pad_rows(rows, self.tokenizer.pad_token_id), groups, row_groups, b, paired, corrupted)
+
+    def sample(self, model: nn.Module, contexts: list[Any], n: int, generator: torch.Generator, *,
+               max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0,
+               batch_size: int = 64) -> Samples:
+        """``n`` completions per context ({"prompt", "image"}, as records give them), the prompt
+        tokenized as training prompts are; see :func:`mmalign_vlm.generation.sample_contexts`."""
+        return sample_contexts(self, model, contexts, n, generator, max_new_tokens=max_new_tokens,
+                               temperature=temperature, top_p=top_p, batch_size=batch_size)
 
 
 def _submodule(module: nn.Module, dotted: str) -> nn.Module:

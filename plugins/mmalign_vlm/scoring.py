@@ -22,9 +22,10 @@ import torch
 from torch import Tensor, nn
 
 from mmalign.errors import DataError
-from mmalign.reward import PairScores
+from mmalign.scores import Scores
+from mmalign_text.causal_lm import unwrap
 from mmalign_text.layer_masks import mask_plan
-from mmalign_text.logps import target_logps, unwrap
+from mmalign_text.logps import target_logps, unit_scores
 from mmalign_text.prefix_sharing import shared_token_logps
 from mmalign_vlm.batches import Group, VLMBatch, VLMSharedBatch
 from mmalign_vlm.families import rope_positions
@@ -46,22 +47,28 @@ class VLMScoring:
         """Projected image features per example [n_tokens, H]: one vision-tower call for all."""
         return self.family.features(unwrap(model), self.family.batch(groups), [_image_count(g) for g in groups])
 
-    def score(self, model: nn.Module, batch) -> PairScores:
+    def score(self, model: nn.Module, batch, *, per_unit: bool = False) -> Scores:
+        """Summed completion log-probs [C, k] (pairs: k = 2; SFT: 1; sampled groups: n), with
+        ``per_unit`` also the per-token log-probs [C, k, U]; on every path."""
         if isinstance(batch, VLMSharedBatch):
-            return self._score_shared(model, batch)
+            return self._score_shared(model, batch, per_unit)
         once = self.options["encode_once"]
         log_once(f"vlm plugin: {self.family.name} pairs scored on the {'once-per-pair' if once else 'plain'} path")
         inputs = self._inputs_once(model, batch) if once else self._inputs_plain(model, batch)
         flat, _ = target_logps(model, {**inputs, "attention_mask": batch.attention_mask}, batch.target_rows,
                                batch.target_positions, batch.targets, fused=self.options["fused_logps"])
-        token_logps = flat[batch.layout] * batch.target_mask
-        seq, lengths, b = token_logps.sum(-1), batch.target_mask.sum(-1), batch.pairs
-        if not batch.paired:
-            return PairScores(seq, None, lengths, None)
-        extras = {"chosen_corrupted": seq[2 * b:3 * b]} if batch.corrupted_pixel_values is not None else {}
-        return PairScores(seq[:b], seq[b:2 * b], lengths[:b], lengths[b:2 * b], extras=extras)
+        mask, b = batch.target_mask, batch.pairs
+        token_logps = flat[batch.layout] * mask
+        k = batch.group or (2 if batch.paired else 1)
+        # row of response j of context c: c * k + j for groups, j * B + c for pairs (mDPO's rows after)
+        responses = [(token_logps[j::k], mask[j::k]) if batch.group else
+                     (token_logps[j * b:(j + 1) * b], mask[j * b:(j + 1) * b]) for j in range(k)]
+        extras = {}
+        if batch.corrupted_pixel_values is not None:
+            extras["chosen_corrupted"] = token_logps[2 * b:3 * b].sum(-1)
+        return _scores(responses, per_unit, extras)
 
-    def _score_shared(self, model: nn.Module, batch: VLMSharedBatch) -> PairScores:
+    def _score_shared(self, model: nn.Module, batch: VLMSharedBatch, per_unit: bool) -> Scores:
         t = batch.text
         feats = self.image_features(model, batch.groups)
         embeds = self._embeds_with_images(model, t.input_ids, feats, batch.row_groups)
@@ -69,13 +76,12 @@ class VLMScoring:
             if not _full_attention(model):  # 3D positions need the 4D-mask path; else two rows per pair
                 log_once(f"vlm plugin: {self.family.name} pairs scored on the once-per-pair path "
                          f"(its attention pattern takes no shared 4D mask)")
-                return self._score_shared_as_rows(model, batch, embeds)
+                return self._score_shared_as_rows(model, batch, embeds, per_unit)
             t = replace(t, position_ids=self._shared_rope(model, batch))
         log_once(f"vlm plugin: {self.family.name} pairs scored on the shared (prefix sharing"
                  f"{' + packing' if self.options['packing'] else ''}) path")
         logps = shared_token_logps(model, t, inputs_embeds=embeds, fused=self.options["fused_logps"])
-        return PairScores((logps * t.chosen_mask).sum(-1), (logps * t.rejected_mask).sum(-1),
-                          t.chosen_mask.sum(-1), t.rejected_mask.sum(-1))
+        return _scores([(logps * t.chosen_mask, t.chosen_mask), (logps * t.rejected_mask, t.rejected_mask)], per_unit)
 
     def _shared_rope(self, model: nn.Module, batch: VLMSharedBatch) -> Tensor:
         """M-RoPE positions [3, R, T] of the shared rows: each segment's prompt + chosen and prompt +
@@ -94,7 +100,8 @@ class VLMScoring:
             positions[:, r, o + p + c:o + p + c + n] = rejected[:, 0, p:]
         return positions
 
-    def _score_shared_as_rows(self, model: nn.Module, batch: VLMSharedBatch, embeds: Tensor) -> PairScores:
+    def _score_shared_as_rows(self, model: nn.Module, batch: VLMSharedBatch, embeds: Tensor,
+                              per_unit: bool) -> Scores:
         """The shared batch's pairs as 2B padded rows (chosen rows, then rejected rows), with their
         own M-RoPE positions."""
         t, base = batch.text, unwrap(model)
@@ -107,8 +114,7 @@ class VLMScoring:
                                fused=self.options["fused_logps"])
         mask = t.chosen_mask + t.rejected_mask
         logps = flat[t.layout] * mask
-        return PairScores((logps * t.chosen_mask).sum(-1), (logps * t.rejected_mask).sum(-1),
-                          t.chosen_mask.sum(-1), t.rejected_mask.sum(-1))
+        return _scores([(logps * t.chosen_mask, t.chosen_mask), (logps * t.rejected_mask, t.rejected_mask)], per_unit)
 
     def _embeds_with_images(self, model: nn.Module, input_ids: Tensor, feats: list[Tensor],
                             row_groups: list[list[int]], extra: list[Tensor] | None = None) -> Tensor:
@@ -148,6 +154,15 @@ class VLMScoring:
         if self.family.mrope:
             inputs["mm_token_type_ids"] = (batch.input_ids == unwrap(model).config.image_token_id).int()
         return inputs
+
+
+def _scores(responses: list[tuple[Tensor, Tensor]], per_unit: bool, extras: dict | None = None) -> Scores:
+    """Scores [C, k] of k responses given as (token log-probs [C, L], mask [C, L]), zero where
+    masked; with ``per_unit`` their tokens left-aligned in unit_scores / unit_mask [C, k, U]."""
+    sums = torch.stack([v.sum(-1) for v, _ in responses], 1)
+    units = torch.stack([m.sum(-1) for _, m in responses], 1)
+    per_unit_fields = dict(zip(("unit_scores", "unit_mask"), unit_scores(responses))) if per_unit else {}
+    return Scores(sums, units, extras=extras or {}, **per_unit_fields)
 
 
 def _image_count(group: Group) -> int:

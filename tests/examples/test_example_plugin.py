@@ -195,7 +195,7 @@ def test_exponential_spec_metadata():
     spec = ex.EXPONENTIAL
     assert isinstance(spec, LossSpec)
     assert spec.name == "exponential" and spec.needs_reference and spec.paired
-    assert spec.modalities is None and spec.summary and spec.options == {}
+    assert spec.score_kinds is None and spec.summary and spec.options == {}
     registered = []
     ex.mmalign_register_losses(registered.append)
     assert registered == [spec]

@@ -3,6 +3,8 @@ from pathlib import Path
 
 import pytest
 
+from mmalign.protocol import ModalityPlugin
+
 from mmalign.config import dump_config, load_config
 from mmalign.errors import ConfigError
 from mmalign.run_validation import check_loss_options, validate_for_run
@@ -150,7 +152,7 @@ def test_plugin_check_config_runs_before_anything_loads(monkeypatch):
 
     calls = []
 
-    class Plugin:
+    class Plugin(ModalityPlugin):
         @staticmethod
         def check_config(model_cfg, data_cfg):
             calls.append(model_cfg.options)

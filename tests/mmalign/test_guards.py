@@ -15,11 +15,13 @@ from train_processes import (
     write_config,
 )
 
-from mmalign import plugins, train
+import mmalign
+from mmalign import train
 from mmalign.cli import main
 from mmalign.engine import TrainingError
 from mmalign.hookspecs import hookimpl
-from mmalign.losses import LossSpec, sigmoid
+from mmalign.losses import LossSpec
+from mmalign_losses import sigmoid
 
 
 class NonFiniteOnce:
@@ -47,13 +49,15 @@ class NonFiniteOnce:
 
 
 @pytest.fixture
-def install(monkeypatch):
-    def install(plugin) -> None:
-        pm = plugins.plugin_manager()
-        pm.register(plugin, name="test-nonfinite")
-        monkeypatch.setattr(plugins, "_REGISTRY", plugins.build_registry(pm))
+def install():
+    registrations = []
 
-    return install
+    def install(plugin) -> None:
+        registrations.append(mmalign.register(plugin, name="test-nonfinite"))
+
+    yield install
+    for registration in registrations:
+        registration.remove()
 
 
 def config(tmp_path, tokenizer_dir, pairs_file, name="run", **train_keys):

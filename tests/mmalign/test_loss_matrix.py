@@ -9,10 +9,12 @@ import torch
 
 from mmalign.config import load_config
 from mmalign.data import prepare_examples, read_records
-from mmalign.engine import disable_dropout, train
+from mmalign.engine import train
+from mmalign.run_setup import disable_dropout
 from mmalign.losses.objective import preference_loss
 from mmalign.errors import ConfigError
 from mmalign.plugins import registry
+from mmalign.batches import Batch
 from mmalign.reference import make_reference
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "demo"
@@ -21,8 +23,13 @@ OPTIONS = {"weighted": {"terms": {"sigmoid": 0.5, "ipo": 0.5}}}
 MODEL_OPTIONS = {"mdpo": {"corrupted_image": "random_crop"}}  # mDPO's third row
 
 
+# the extra scores each plugin computes (for the losses that declare them)
+EXTRAS = {"text": {"mismatched", "desirable"}, "vlm": {"chosen_corrupted"}, "diffusion": set()}
+
+
 def applies(spec, modality):
-    return spec.modalities is None or modality in spec.modalities
+    kind = registry().get("rewards", modality).score_kind
+    return (spec.score_kinds is None or kind in spec.score_kinds) and set(spec.extras) <= EXTRAS[modality]
 
 
 def cases():
@@ -49,7 +56,7 @@ def loss_on_fixed_batch(name: str, modality: str, steps: int = 6) -> list[float]
                           r.where, r.root) for r in records for key in ("chosen", "rejected")]
     examples, _ = prepare_examples(reward, records, paired=spec.paired, strict=False, path=cfg.data.train)
     batch = reward.collate(examples, torch.Generator().manual_seed(0))  # one fixed batch, fixed noise
-    batch = reward.to_device(batch, torch.device("cpu"))
+    batch = reward.encode(reward.to_device(batch, torch.device("cpu")))
     policy = reward.load_policy()
     disable_dropout(policy)
     reference = make_reference("auto", policy, reward, None, spec.needs_reference, torch.device("cpu"))
@@ -57,7 +64,7 @@ def loss_on_fixed_batch(name: str, modality: str, steps: int = 6) -> list[float]
     optimizer = torch.optim.AdamW(params, lr=1e-3 if modality != "diffusion" else 3e-3)
     history = []
     for _ in range(steps + 1):
-        ref = reference.scores(reward, batch) if reference else None
+        ref = reference.scores(Batch(batch)) if reference else None
         loss, _ = preference_loss(spec, reward.score(policy, batch), ref, beta=beta,
                                   options=OPTIONS.get(name, {}))
         history.append(float(loss.detach()))

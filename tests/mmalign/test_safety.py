@@ -13,7 +13,8 @@ from conftest import REPO, base_config
 
 from mmalign import train
 from mmalign.config import DataConfig, ModelConfig, load_config
-from mmalign.data import Record, resolve_data_path
+from mmalign.data import Record
+from mmalign_formats.files import resolve_data_path
 from mmalign.errors import ConfigError, DataError
 
 SOURCES = sorted((REPO / "mmalign").rglob("*.py")) + sorted((REPO / "plugins").rglob("*.py"))

@@ -48,7 +48,7 @@ EXPONENTIAL = LossSpec(
     name="exponential",
     fn=exponential,
     needs_reference=True,
-    paired=True,
+    responses="pair",
     summary="GPO exponential loss (Tang et al. 2024): exp(-beta * h)",
 )
 

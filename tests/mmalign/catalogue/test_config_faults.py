@@ -17,8 +17,11 @@ import torch
 import yaml
 
 from conftest import base_config
+import mmalign
 from mmalign import cli
 from mmalign.cli import main
+from mmalign.hookspecs import hookimpl
+from mmalign.protocol import ModalityPlugin
 
 PLANTED = b"an earlier run's metrics: must survive every failed start\n"
 
@@ -329,19 +332,25 @@ def test_a_subprocess_run_exits_2_without_traceback(tmp_path, tokenizer_dir, pai
 # --- the last-resort handler -----------------------------------------------------------------------
 
 
-class _BrokenPlugin:
+class _BrokenPlugin(ModalityPlugin):
     """A modality plugin with a bug: it raises RuntimeError when the engine builds it."""
+
+    from mmalign_text.data_options import TextDataOptions as data_options  # the config's data.max_length
 
     def __init__(self, model_cfg, data_cfg):
         raise RuntimeError("plugin bug: the tensor shapes disagree\nsecond line of detail")
 
 
-@pytest.fixture
-def broken_plugin(monkeypatch):
-    from mmalign.plugins import Entry, registry
+class _BrokenPluginHooks:
+    @hookimpl
+    def mmalign_register_rewards(self, register):
+        register("broken", _BrokenPlugin)
 
-    monkeypatch.setitem(registry().entries["rewards"], "broken",
-                        Entry("broken", _BrokenPlugin, "tests.broken_plugin"))
+
+@pytest.fixture
+def broken_plugin():
+    with mmalign.register(_BrokenPluginHooks(), name="tests.broken_plugin"):
+        yield
 
 
 def test_a_bug_gives_a_short_message_and_a_log(tmp_path, tokenizer_dir, pairs_file, capsys, broken_plugin,

@@ -26,7 +26,7 @@ from conftest import DEMO_DATA, base_config
 from PIL import Image
 
 from mmalign.cli import main
-from mmalign.files import decode_image
+from mmalign_formats.files import decode_image
 
 TEXT_ROWS = [json.loads(line) for line in (DEMO_DATA / "train.jsonl").read_text().splitlines()[:8]]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from mmalign.config import load_config
-from mmalign.data import read_jsonl
+from mmalign_formats import read_jsonl
 from mmalign_diffusion import world
 from mmalign_diffusion.reward import DiffusionReward
 

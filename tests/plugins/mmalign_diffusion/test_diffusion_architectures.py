@@ -20,7 +20,8 @@ from mmalign.config import load_config
 from mmalign.engine import train
 from mmalign_diffusion import components as C
 from mmalign_diffusion.records import load_pixels
-from mmalign_diffusion.reward import DiffusionReward, unwrap
+from mmalign_diffusion.reward import DiffusionReward
+from mmalign_text.causal_lm import unwrap_wrappers
 
 # name: (architecture, prediction type, the family's sampling scheduler and its settings)
 ARCHS = {
@@ -103,8 +104,8 @@ def test_score_equals_the_direct_computation_with_the_unets_own_forward(tmp_path
     cfg = load_config(data={"model": {"reward": "diffusion", "name_or_path": str(directory)}})
     reward = DiffusionReward(cfg.model, cfg.data)
     policy = reward.load_policy().eval()
-    batch = reward.to_device(reward.collate(examples(reward, pairs_file(tmp_path, n=3)),
-                                            torch.Generator().manual_seed(0)), "cpu")
+    batch = reward.encode(reward.to_device(reward.collate(examples(reward, pairs_file(tmp_path, n=3)),
+                                                          torch.Generator().manual_seed(0)), "cpu"))
     with torch.no_grad():
         scores = reward.score(policy, batch)
     plugin = torch.cat([scores.chosen, scores.rejected])
@@ -132,7 +133,7 @@ def test_train_save_and_reload_with_plain_diffusers(tmp_path, pipeline_dirs, mon
     save = DiffusionReward.save
 
     def spy(self, model, out):  # the weights the engine hands to save, for comparison
-        inner = unwrap(model)
+        inner = unwrap_wrappers(model)
         saved["state"] = _lora_state(inner.unet) if lora else dict(inner.state_dict())
         saved["state"] = {k: v.detach().clone() for k, v in saved["state"].items()}
         save(self, model, out)

@@ -12,7 +12,8 @@ from PIL import Image
 
 from diffusion_helpers import examples, make_reward, pairs_file
 from mmalign.cli import main
-from mmalign.data import prepare_examples, read_jsonl
+from mmalign.data import prepare_examples
+from mmalign_formats import read_jsonl
 from mmalign_diffusion import components as C
 from mmalign_diffusion.records import View, load_pixels
 
@@ -76,7 +77,7 @@ def test_bad_input_names_the_record_and_exits_2(tmp_path, capsys, bad, message):
 def test_conditioning_equals_the_pipelines_encode_prompt(tmp_path, arch):
     reward = make_reward(arch)
     exs = examples(reward, pairs_file(tmp_path, n=2))
-    batch = reward.to_device(reward.collate(exs, torch.Generator().manual_seed(0)), "cpu")
+    batch = reward.encode(reward.to_device(reward.collate(exs, torch.Generator().manual_seed(0)), "cpu"))
     pipe = C.make_pipeline(reward.comps, reward.load_policy())
     captions = [e.caption for e in exs]
     if arch == "sdxl":
@@ -91,7 +92,7 @@ def test_conditioning_equals_the_pipelines_encode_prompt(tmp_path, arch):
 def test_latents_are_cached_and_equal_the_vae_encoding(tmp_path, monkeypatch):
     reward = make_reward("sd15", cache_dir=str(tmp_path / "cache"))
     exs = examples(reward, pairs_file(tmp_path, n=2))
-    batch = reward.to_device(reward.collate(exs, torch.Generator().manual_seed(0)), "cpu")
+    batch = reward.encode(reward.to_device(reward.collate(exs, torch.Generator().manual_seed(0)), "cpu"))
     pixels = load_pixels(exs[0].chosen, 32, View(0, 0, False))[None]
     with torch.no_grad():
         direct = reward.comps.vae.encode(pixels).latent_dist.mean * reward.comps.vae.config.scaling_factor
@@ -102,7 +103,7 @@ def test_latents_are_cached_and_equal_the_vae_encoding(tmp_path, monkeypatch):
     again = make_reward("sd15", cache_dir=str(tmp_path / "cache"))
     monkeypatch.setattr(C, "encode_images", lambda *a: pytest.fail("VAE called despite the cache"))
     monkeypatch.setattr(C, "encode_text", lambda *a: pytest.fail("text encoder called despite the cache"))
-    cached = again.to_device(again.collate(exs, torch.Generator().manual_seed(0)), "cpu")
+    cached = again.encode(again.to_device(again.collate(exs, torch.Generator().manual_seed(0)), "cpu"))
     assert torch.equal(cached.latents, batch.latents) and torch.equal(cached.text, batch.text)
     assert again._latent_cache.hits == 4
 

@@ -11,8 +11,10 @@ import torch.nn.functional as F
 from diffusion_helpers import examples, make_reward, pairs_file, perturbed
 from mmalign.losses.objective import preference_loss
 from mmalign.evaluate import EvalContext
-from mmalign.losses import LossSpec, sigmoid
+from mmalign.losses import LossSpec
+from mmalign_losses import sigmoid
 from mmalign.plugins import registry
+from mmalign.batches import Batch
 from mmalign.reference import FrozenCopy, make_reference
 from mmalign_diffusion.evaluate import diffusion_accuracy
 
@@ -62,7 +64,7 @@ def test_engine_loss_equals_eq14(tmp_path, arch, prediction):
     policy = reward.load_policy().double().eval()
     reference = perturbed(policy)
     exs = examples(reward, pairs_file(tmp_path, n=3))
-    batch = _double(reward.to_device(reward.collate(exs, torch.Generator().manual_seed(0)), "cpu"))
+    batch = _double(reward.encode(reward.to_device(reward.collate(exs, torch.Generator().manual_seed(0)), "cpu")))
     beta = 5000.0
     with torch.no_grad():
         engine_loss, _ = preference_loss(SIGMOID, reward.score(policy, batch), reward.score(reference, batch),
@@ -95,8 +97,8 @@ def test_at_init_loss_is_ln2_and_accuracy_one_half(tmp_path, lora):
     reference = make_reference("auto", policy, reward, None, True, torch.device("cpu"))
     assert reference.name == ("disable_adapters" if lora else "copy")
     exs = examples(reward, pairs_file(tmp_path, n=4))
-    batch = reward.to_device(reward.collate(exs, torch.Generator().manual_seed(0)), "cpu")
-    loss, metrics = preference_loss(spec, reward.score(policy, batch), reference.scores(reward, batch),
+    batch = reward.encode(reward.to_device(reward.collate(exs, torch.Generator().manual_seed(0)), "cpu"))
+    loss, metrics = preference_loss(spec, reward.score(policy, batch), reference.scores(Batch(batch)),
                                     beta=5000.0, options={})
     assert float(loss.detach()) == pytest.approx(math.log(2), abs=1e-6)
     assert float(metrics["rewards/margins"]) == 0.0 and float(metrics["rewards/accuracies"]) == 0.0
@@ -108,7 +110,7 @@ def test_at_init_loss_is_ln2_and_accuracy_one_half(tmp_path, lora):
 def test_diffusion_accuracy_counts_positive_margins(tmp_path):
     reward = make_reward("sd15", eval_draws=2)
     policy = reward.load_policy().eval()
-    reference = FrozenCopy(perturbed(policy, 0.05))
+    reference = FrozenCopy(perturbed(policy, 0.05), reward)
     exs = examples(reward, pairs_file(tmp_path, n=6))
     ctx = EvalContext(policy, reference, reward, exs, registry().get("losses", "sigmoid"), 100.0, 4, 3)
     result = diffusion_accuracy(ctx)
@@ -116,7 +118,7 @@ def test_diffusion_accuracy_counts_positive_margins(tmp_path):
     with torch.no_grad():
         for _ in range(2):
             for s in range(0, len(exs), 4):
-                b = reward.to_device(reward.collate(exs[s:s + 4], generator), "cpu")
+                b = reward.encode(reward.to_device(reward.collate(exs[s:s + 4], generator), "cpu"))
                 p, r = reward.score(policy, b), reward.score(reference.model, b)
                 margins[s:s + 4] += 100.0 * ((p.chosen - r.chosen) - (p.rejected - r.rejected))
     assert result["implicit_accuracy"] == pytest.approx(float((margins > 0).float().mean()))
@@ -129,8 +131,8 @@ def test_chosen_and_rejected_in_one_unet_pass_with_shared_noise(tmp_path):
     calls = []
     policy.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
     exs = examples(reward, pairs_file(tmp_path, n=3))
-    batch = reward.to_device(reward.collate(exs, torch.Generator().manual_seed(5)), "cpu")
-    again = reward.to_device(reward.collate(exs, torch.Generator().manual_seed(5)), "cpu")
+    batch = reward.encode(reward.to_device(reward.collate(exs, torch.Generator().manual_seed(5)), "cpu"))
+    again = reward.encode(reward.to_device(reward.collate(exs, torch.Generator().manual_seed(5)), "cpu"))
     assert batch.noise.shape[0] == 3 and batch.timesteps.shape == (3,)  # one draw per pair
     assert torch.equal(batch.noise, again.noise) and torch.equal(batch.timesteps, again.timesteps)
     with torch.no_grad():
@@ -143,7 +145,7 @@ def test_sft_score_is_the_denoising_loss(tmp_path):
     reward = make_reward("sd15")
     policy = reward.load_policy().eval()
     exs = examples(reward, pairs_file(tmp_path, n=2), paired=False)
-    batch = reward.to_device(reward.collate(exs, torch.Generator().manual_seed(0)), "cpu")
+    batch = reward.encode(reward.to_device(reward.collate(exs, torch.Generator().manual_seed(0)), "cpu"))
     with torch.no_grad():
         scores = reward.score(policy, batch)
         loss, _ = preference_loss(registry().get("losses", "sft"), scores, None, beta=1.0, options={})

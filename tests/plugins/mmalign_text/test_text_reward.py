@@ -126,7 +126,7 @@ def test_compiled_layers_give_the_same_scores_and_gradients(tokenizer_dir, tmp_p
     frozen-copy reference."""
     from conftest import base_config
     from mmalign import train
-    from mmalign_text.logps import compile_layers
+    from mmalign_text.causal_lm import compile_layers
 
     reward, model = make(tokenizer_dir)
     batches = [reward.collate(examples(reward, PACKABLE)), reward.collate(examples(reward))]
@@ -252,6 +252,7 @@ def test_lora_save_loads_with_peft_and_reference_has_no_copy(tokenizer_dir, tmp_
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    from mmalign.batches import Batch
     from mmalign.reference import DisabledAdapters, make_reference
 
     reward, model = make(tokenizer_dir, lora={"r": 4, "alpha": 8, "dropout": 0.0})
@@ -266,7 +267,7 @@ def test_lora_save_loads_with_peft_and_reference_has_no_copy(tokenizer_dir, tmp_
     batch = reward.collate(examples(reward))
     with torch.no_grad():
         pol = reward.score(model, batch).chosen
-        base = ref.scores(reward, batch).chosen
+        base = ref.scores(Batch(batch)).chosen
     assert not torch.allclose(pol, base)
     reward.save(model, tmp_path / "adapter")
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
@@ -366,9 +367,9 @@ def test_wpo_pair_weight_matches_a_direct_computation(tokenizer_dir):
     reward, model = make(tokenizer_dir, options={"wpo": True})
     exs = examples(reward)
     with torch.no_grad():
-        shared = reward.score(model, reward.collate(exs)).extras["pair_weight"]
+        shared = reward.score(model, reward.collate(exs)).weights
         reward.cfg.options["prefix_sharing"] = False
-        plain = reward.score(model, reward.collate(exs)).extras["pair_weight"]
+        plain = reward.score(model, reward.collate(exs)).weights
 
         def weight(prompt, completion):
             tok = reward.tokenizer

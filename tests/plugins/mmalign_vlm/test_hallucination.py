@@ -41,8 +41,8 @@ def test_caption_grammar():
 
 def test_mdpo_hand_computed():
     pc, pr, rc, rr = torch.tensor([-4.0]), torch.tensor([-6.0]), torch.tensor([-5.0]), torch.tensor([-5.0])
-    extras = ({"chosen_corrupted": torch.tensor([-7.0])}, {"chosen_corrupted": torch.tensor([-6.0])})
-    out = mdpo(pc, pr, rc, rr, beta=1.0, extras=extras, conditional_weight=0.5, anchor_weight=2.0)
+    corrupted = (torch.tensor([-7.0]), torch.tensor([-6.0]))  # (policy, reference)
+    out = mdpo(pc, pr, rc, rr, beta=1.0, chosen_corrupted=corrupted, conditional_weight=0.5, anchor_weight=2.0)
     sp = lambda x: math.log(1 + math.exp(-x))  # noqa: E731  -log sigmoid(x)
     # h = (1) - (-1) = 2; chosen ratio 1, corrupted ratio -1 -> cond on 2; anchor on 1
     assert out.item() == pytest.approx(sp(2) + 0.5 * sp(2) + 2.0 * sp(1), abs=1e-6)

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from mmalign.config import load_config
-from mmalign.data import read_jsonl
+from mmalign_formats import read_jsonl
 from mmalign_vlm import reward as reward_module
 from mmalign_vlm import shapes, tiny
 from mmalign_vlm.reward import VLMReward, load_image

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mmalign.config import load_config
-from mmalign.data import read_jsonl
+from mmalign_formats import read_jsonl
 from mmalign.errors import DataError
 from mmalign_vlm.reward import VLMReward, generate, load_image
 from vlm_helpers import make_vlm_config as vlm_config

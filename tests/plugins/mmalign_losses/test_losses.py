@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from mmalign.losses.objective import preference_loss
-from mmalign.losses import BUILTIN_LOSSES, call_loss, hinge, ipo, nll_term, sft, sigmoid
-from mmalign.reward import PairScores
+from mmalign.losses import call_loss, nll_term
+from mmalign_losses import BUILTIN_LOSSES, hinge, ipo, sft, sigmoid
+from mmalign.scores import Scores
 
 T = torch.tensor
 
@@ -57,8 +58,8 @@ def test_dpo_is_ln2_when_policy_equals_reference(eps):
 
 def test_preference_loss_metrics_and_sft_weight():
     pc, pr, rc, rr = scores()
-    pol = PairScores(pc, pr, T([4]), T([4]))
-    ref = PairScores(rc, rr, T([4]), T([4]))
+    pol = Scores.pairs(pc, pr, T([4]), T([4]))
+    ref = Scores.pairs(rc, rr, T([4]), T([4]))
     spec = next(s for s in BUILTIN_LOSSES if s.name == "sigmoid")
     loss, m = preference_loss(spec, pol, ref, beta=0.5, options={}, sft_weight=2.0)
     expected = math.log(1 + math.exp(-1.0)) + 2.0 * (5.0 / 4)

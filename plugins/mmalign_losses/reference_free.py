@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mmalign.losses.spec import loss
+from mmalign_losses.builtin import loss
 
 
-@loss("simpo", needs_reference=False,
+@loss("simpo", needs_reference=False, lengths=True,
       summary="SimPO (Meng et al. 2024): length-normalized margin with target gamma, no reference")
 def simpo(pc: Tensor, pr: Tensor, rc: Tensor | None, rr: Tensor | None, *, beta: float,
           lengths: tuple[Tensor, Tensor], gamma: float = 0.5) -> Tensor:
@@ -48,7 +48,7 @@ def log_odds(avg_logp: Tensor) -> Tensor:
     return a - torch.log(-torch.expm1(a))
 
 
-@loss("orpo", needs_reference=False, modalities=("text", "vlm"),
+@loss("orpo", needs_reference=False, lengths=True, score_kinds=("log_prob",),
       summary="ORPO (Hong et al. 2024): odds ratio of length-averaged log-probs, no reference "
               "(NLL term: loss.sft_weight = 1)")
 def orpo(pc: Tensor, pr: Tensor, rc: Tensor | None, rr: Tensor | None, *, beta: float,
@@ -62,14 +62,14 @@ def orpo(pc: Tensor, pr: Tensor, rc: Tensor | None, rr: Tensor | None, *, beta: 
 
     The paper's full loss is L_SFT + lambda * L_OR: the NLL term L_SFT is mmalign's
     ``loss.sft_weight`` (set it to 1.0). The score must be a log-probability (text, VLM), hence
-    the modality restriction. L = beta * ln 2 when both averages are equal. ``rc``, ``rr`` are
+    score_kinds=("log_prob",). L = beta * ln 2 when both averages are equal. ``rc``, ``rr`` are
     ignored. Shapes: pc, pr and both lengths [B]; returns [B].
     """
     avg_w, avg_l = pc / lengths[0].clamp(min=1), pr / lengths[1].clamp(min=1)
     return -beta * F.logsigmoid(log_odds(avg_w) - log_odds(avg_l))
 
 
-@loss("sft", needs_reference=False, paired=False,
+@loss("sft", needs_reference=False, responses="single", lengths=True,
       summary="negative log-likelihood of the chosen/target response, per token")
 def sft(pc: Tensor, pr: Tensor | None, rc: Tensor | None, rr: Tensor | None, *, beta: float,
         lengths: tuple[Tensor, Tensor | None]) -> Tensor:

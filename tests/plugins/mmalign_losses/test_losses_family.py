@@ -10,13 +10,14 @@ import pytest
 import torch
 
 from conftest import base_config, write_jsonl
-from mmalign import losses as L
+import mmalign_losses as L
+from mmalign.losses import LossSpec, call_loss
 from mmalign.cli import main
 from mmalign.errors import ConfigError, MmalignError
 
 T = torch.tensor
 BUILTIN = {spec.name: spec for spec in L.BUILTIN_LOSSES}
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "losses.md"
+DOCS = Path(__file__).resolve().parents[3] / "docs" / "losses.md"
 
 
 def softplus(x: float) -> float:  # -log sigmoid(-x)
@@ -204,7 +205,7 @@ def test_orpo_hand_computed():
     assert L.log_odds(T([math.log(0.5)])).item() == pytest.approx(0.0, abs=1e-6)
     assert torch.isfinite(L.log_odds(T([0.0])))  # a certain response: clamped, not infinite
     spec = BUILTIN["orpo"]
-    assert not spec.needs_reference and spec.modalities == ("text", "vlm")
+    assert not spec.needs_reference and spec.score_kinds == ("log_prob",)
 
 
 def test_kto_hand_computed():
@@ -242,7 +243,7 @@ def test_value_at_initialisation(name):
     gen = torch.Generator().manual_seed(0)
     pc, pr = -10 * torch.rand(6, generator=gen), -10 * torch.rand(6, generator=gen)
     lens = (torch.randint(1, 9, (6,), generator=gen), torch.randint(1, 9, (6,), generator=gen))
-    out = L.call_loss(BUILTIN[name], pc, pr, pc.clone(), pr.clone(), beta=BETA, lengths=lens, options={})
+    out = call_loss(BUILTIN[name], pc, pr, pc.clone(), pr.clone(), beta=BETA, lengths=lens, options={})
     assert out.shape == (6,)
     assert out.tolist() == approx([AT_INIT[name]] * 6)
 
@@ -252,7 +253,7 @@ def test_value_at_initialisation(name):
 def test_reference_free_value_when_both_responses_score_the_same(name, expected):
     lens = (T([2, 4]), T([2, 4]))
     s = T([-3.0, -6.0])  # equal sums and equal averages
-    out = L.call_loss(BUILTIN[name], s, s.clone(), None, None, beta=BETA, lengths=lens, options={})
+    out = call_loss(BUILTIN[name], s, s.clone(), None, None, beta=BETA, lengths=lens, options={})
     assert out.tolist() == approx([expected] * 2)
 
 
@@ -265,7 +266,7 @@ def test_every_builtin_is_differentiable_documented_and_in_the_docs(name):
     pr = T(PR, requires_grad=True) if spec.paired else None
     rc, rr = (T(RC), T(RR)) if spec.needs_reference else (None, None)
     options = {"terms": {"sigmoid": 1.0}} if name == "weighted" else {}
-    out = L.call_loss(spec, pc, pr, rc, rr, beta=0.5, lengths=lengths(), options=options)
+    out = call_loss(spec, pc, pr, rc, rr, beta=0.5, lengths=lengths(), options=options)
     assert out.shape == (3,) and torch.isfinite(out).all()
     out.mean().backward()
     assert torch.isfinite(pc.grad).all() and pc.grad.abs().sum() > 0
@@ -295,7 +296,7 @@ def test_weighted_equals_the_sum_of_its_terms_and_mpo_is_that_mix():
     assert out.tolist() == approx(expected.tolist())
     mpo = BUILTIN["mpo"]
     assert mpo.needs_reference and mpo.paired and mpo.options == {}
-    assert L.call_loss(mpo, *three_pairs(), options={}, **kw).tolist() == approx(expected.tolist())
+    assert call_loss(mpo, *three_pairs(), options={}, **kw).tolist() == approx(expected.tolist())
 
 
 def test_weighted_terms_take_their_own_options():
@@ -322,10 +323,10 @@ def test_weighted_config_mistakes_are_clear_errors(terms, message):
 
 def test_combination_of_reference_free_terms_skips_the_reference():
     spec = L.combination("simpo_sft", {"simpo": 1.0, "orpo": 0.5, "sft": 0.1})
-    assert not spec.needs_reference and spec.paired and spec.modalities == ("text", "vlm")
+    assert not spec.needs_reference and spec.paired and spec.score_kinds == ("log_prob",)
     assert spec.summary == "L = 1 * simpo + 0.5 * orpo + 0.1 * sft"
     pc, pr, _, _ = three_pairs()
-    out = L.call_loss(spec, pc, pr, None, None, beta=0.5, lengths=lengths(), options={})
+    out = call_loss(spec, pc, pr, None, None, beta=0.5, lengths=lengths(), options={})
     expected = (L.simpo(pc, pr, None, None, beta=0.5, lengths=lengths())
                 + 0.5 * L.orpo(pc, pr, None, None, beta=0.5, lengths=lengths())
                 + 0.1 * L.sft(pc, pr, None, None, beta=0.5, lengths=lengths()))
@@ -338,7 +339,7 @@ def test_a_term_that_needs_more_than_scores_is_refused():
     def needs_extras(pc, pr, rc, rr, *, beta, extras):
         return pc
 
-    spec = L.LossSpec("needs_extras", needs_extras)
+    spec = LossSpec("needs_extras", needs_extras)
     with pytest.raises(ConfigError, match="loss 'needs_extras' needs 'extras'"):
         L.combination("x", {"needs_extras": 1.0}, specs=[spec])
 

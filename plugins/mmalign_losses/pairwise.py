@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mmalign.losses.spec import LossOptionError, _check_label_smoothing, log_ratio_difference, log_ratios, loss
+from mmalign.losses.spec import LossOptionError, log_ratio_difference, log_ratios
+from mmalign_losses.builtin import _check_label_smoothing, loss
 
 
 @loss("sigmoid", summary="DPO (Rafailov et al. 2023, eq. 7); label_smoothing > 0 gives cDPO")
@@ -227,7 +228,7 @@ def discopop(pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor, *, beta: float,
     return torch.sigmoid(-x / tau) * -F.logsigmoid(x) + torch.exp(F.logsigmoid(x / tau) - x)
 
 
-@loss("sigmoid_norm", summary="DPO on length-normalized log-ratios (TRL's sigmoid_norm)")
+@loss("sigmoid_norm", lengths=True, summary="DPO on length-normalized log-ratios (TRL's sigmoid_norm)")
 def sigmoid_norm(pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor, *, beta: float,
                  lengths: tuple[Tensor, Tensor]) -> Tensor:
     """DPO with each response's log-ratio divided by its length |y| (number of scored units):

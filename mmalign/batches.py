@@ -1,0 +1,79 @@
+"""The stream of training batches: which records each micro-batch holds, and its randomness.
+
+One epoch is a permutation of the training examples seeded by ``seed + epoch``. With N processes
+each optimizer micro-step takes N consecutive slices, one per rank: together what one process
+accumulating N micro-batches would take. A plugin whose ``collate`` draws randomness (diffusion
+noise) gets it from one generator that every process holds; each process also collates the other
+ranks' slices, in rank order, only to advance that generator past their draws, so a run's
+randomness does not depend on how many processes share it. A plugin that declares
+``deterministic_collate`` draws nothing, and each process collates only its own slice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Batch:
+    """A plugin's batch, with what the engine knows about it beyond the plugin's data:
+
+    index:  [C] positions of its examples in the training set, which the reference cache looks
+            scores up by; None for batches of other data (held-out, sampled)
+    values: per-response values a batch source computed, handed to group losses as ``values``
+            (an online source: rewards, advantages, the sampling policy's per-unit log-probs)
+    """
+
+    data: Any
+    index: Tensor | None = None
+    values: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class BatchStream:
+    """The offline batch source: micro-batches of the training examples, epoch after epoch.
+    Where it stands (``consumed``, ``generator``) is the run's data state, saved in checkpoints.
+    A batch source is anything with ``next_batch(plugin, device) -> Batch`` and that state: an
+    online source samples its batches from the policy instead (``plugin.sample``)."""
+
+    examples: list
+    batch_size: int  # per process and micro-batch
+    accumulation: int  # micro-batches per optimizer step
+    world: int
+    rank: int
+    seed: int
+    generator: torch.Generator  # every process holds the same one
+    consumed: int = 0  # examples taken so far, all processes together
+
+    @property
+    def per_epoch(self) -> int:
+        """Examples one epoch hands out: whole optimizer steps of every process."""
+        span = self.batch_size * self.accumulation * self.world
+        return len(self.examples) // span * span
+
+    def next_batch(self, plugin: Any, device: torch.device) -> Batch:
+        return next_batch(self, plugin, device)
+
+
+def next_slices(stream: BatchStream) -> list[Tensor]:
+    """The positions of every process's next micro-batch, in rank order."""
+    epoch, pos = divmod(stream.consumed, stream.per_epoch)
+    order = torch.randperm(len(stream.examples), generator=torch.Generator().manual_seed(stream.seed + epoch))
+    stream.consumed += stream.batch_size * stream.world
+    return [order[pos + r * stream.batch_size:pos + (r + 1) * stream.batch_size] for r in range(stream.world)]
+
+
+def next_batch(stream: BatchStream, plugin: Any, device: torch.device) -> Batch:
+    """This process's next micro-batch, collated, moved to ``device`` and encoded."""
+    slices = next_slices(stream)
+    data = None
+    for rank, index in enumerate(slices):
+        if rank == stream.rank:
+            data = plugin.collate([stream.examples[i] for i in index.tolist()], stream.generator)
+        elif not plugin.deterministic_collate:  # only to advance the generator past that rank's draws
+            plugin.collate([stream.examples[i] for i in index.tolist()], stream.generator)
+    return Batch(plugin.encode(plugin.to_device(data, device)), slices[stream.rank])

@@ -1,0 +1,197 @@
+"""Everything a run is built from, made once before the loop: the plugin and its data, the bound
+loss, the policy with its optimizer and schedule, the reference, the batch stream, the output
+directory. :func:`build_run` returns it as an explicit :class:`Run`; the loop (mmalign/engine.py)
+only reads it and updates a :class:`RunState`.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from mmalign import precision
+from mmalign.batches import BatchStream
+from mmalign.config import Config
+from mmalign.data import prepare_examples, read_records
+from mmalign.errors import ConfigError, DataError
+from mmalign.losses.objective import Objective, check_fits, make_objective
+from mmalign.reference import make_reference
+from mmalign.run_identity import RunIdentity, claim_output_dir, new_identity
+from mmalign.schedule import make_scheduler
+
+
+@dataclass
+class Run:
+    """What a run is built from; fixed once the loop starts."""
+
+    cfg: Config
+    accelerator: Any
+    plugin: Any
+    objective: Objective
+    policy: torch.nn.Module  # as prepared by accelerate (DDP / FSDP wrapped)
+    unwrapped: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    reference: Any  # a strategy of mmalign.reference (or the cache), or None
+    stream: BatchStream
+    eval_examples: list
+    out: Path
+    identity: RunIdentity
+    total_steps: int
+    log: Callable[[str], None]  # prints on the main process only
+    reports: list = field(default_factory=list)
+    callbacks: list = field(default_factory=list)
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+
+@dataclass
+class RunState:
+    """What changes step by step (with ``run.stream.consumed``), saved in checkpoints."""
+
+    step: int = 0
+    skipped: int = 0
+    lr: float = 0.0  # the learning rate of the last step
+    window: list[dict[str, Tensor]] = field(default_factory=list)  # metrics since the last row
+    history: list[dict] = field(default_factory=list)
+
+
+def build_run(cfg: Config, *, resume: Any, log: Callable, overwrite: bool, cleanup: ExitStack) -> Run:
+    """Validate, load the plugin and data (refused before ``output_dir`` is touched), claim the
+    output directory, then load the models."""
+    from accelerate.utils import set_seed
+
+    from mmalign.plugins import registry
+    from mmalign.run_validation import validate_for_run
+
+    reg = registry()
+    validate_for_run(cfg, cfg.source or "config", reg=reg)  # names, options, modality: before anything loads
+    spec = reg.get("losses", cfg.loss.name, "loss.name")
+    accelerator = precision.make_accelerator(precision.mixed_precision(cfg.model.dtype, cfg.train.precision),
+                                             cpu=not torch.cuda.is_available())
+    main_log = log if accelerator.is_main_process else _quiet
+    set_seed(cfg.seed)
+    plugin = reg.get("rewards", cfg.model.reward, "model.reward")(cfg.model, cfg.data)
+    check_fits(spec, plugin)
+    objective = make_objective(spec, beta=cfg.loss.beta, options=cfg.loss.options, sft_weight=cfg.loss.sft_weight,
+                               lookup=lambda name, where: reg.get("losses", name, where))
+    train_examples, eval_examples, reports = load_data(cfg, plugin, spec.paired, main_log)
+    identity = new_identity(cfg, plugin.content_fingerprint(train_examples))  # what must match for --resume
+    stream = BatchStream(train_examples, cfg.train.batch_size, cfg.train.gradient_accumulation_steps,
+                         accelerator.num_processes, accelerator.process_index, cfg.seed,
+                         torch.Generator().manual_seed(cfg.seed * 1009))
+    check_enough_data(cfg, stream, len(eval_examples))
+    out = Path(cfg.output_dir)  # bad data was refused above, before --overwrite moves a run aside
+    claim_output_dir(out, is_main=accelerator.is_main_process, fresh=not resume, overwrite=overwrite,
+                     cleanup=cleanup, vote=lambda failed: any_process(accelerator, failed)[0], log=log)
+    steps_per_epoch = stream.per_epoch // (stream.batch_size * stream.accumulation * stream.world)
+    total_steps = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
+    policy, optimizer, scheduler, reference = build_models(cfg, plugin, spec.needs_reference, accelerator,
+                                                           total_steps, main_log)
+    callbacks = [reg.get("callbacks", name, "train.callbacks")(out) for name in cfg.train.callbacks] \
+        if accelerator.is_main_process else []
+    return Run(cfg, accelerator, plugin, objective, policy, accelerator.unwrap_model(policy), optimizer,
+               scheduler, reference, stream, eval_examples, out, identity, total_steps, main_log, reports,
+               callbacks)
+
+
+def load_data(cfg: Config, plugin: Any, paired: bool, log: Callable) -> tuple[list, list, list]:
+    """(training examples, held-out examples, data reports)."""
+    def prepare(path: str, key: str):
+        records = read_records(path, cfg.data.format, key)
+        examples, report = prepare_examples(plugin, records, paired=paired, strict=cfg.data.strict, path=path,
+                                            duplicates=cfg.data.duplicates,
+                                            allow_outside=cfg.data.allow_outside_paths)
+        log(report.table())
+        return examples, report
+
+    train, report = prepare(cfg.data.train, "data.train")
+    if cfg.data.eval:
+        held_out, eval_report = prepare(cfg.data.eval, "data.eval")
+        return train, held_out, [report, eval_report]
+    if cfg.data.eval_size:
+        return train[:-cfg.data.eval_size], train[-cfg.data.eval_size:], [report]
+    return train, [], [report]
+
+
+def check_enough_data(cfg: Config, stream: BatchStream, held_out: int) -> None:
+    per_step = stream.batch_size * stream.accumulation * stream.world
+    if len(stream.examples) < per_step:
+        held = f" after data.eval_size held {held_out} out" if cfg.data.eval_size else ""
+        raise DataError(f"{cfg.data.train}: {len(stream.examples)} usable records{held}, fewer than one "
+                        f"optimizer step needs ({per_step} = batch_size x gradient_accumulation_steps "
+                        f"x processes). Add data or lower train.batch_size"
+                        f"{' or data.eval_size' if held else ''}.")
+
+
+def build_models(cfg: Config, plugin: Any, needs_reference: bool, accelerator: Any, total_steps: int,
+                 log: Callable) -> tuple:
+    """The policy (fp32 master weights, dropout off), the reference, AdamW and the schedule,
+    prepared by accelerate."""
+    policy = plugin.load_policy()
+    # fp32 master weights for what trains (before the reference copy: it then computes as the policy)
+    precision.set_master_weights(policy, cfg.train.master_weights, log)
+    disable_dropout(policy)
+    policy.train()
+    reference = make_reference(cfg.reference.strategy, policy, plugin, cfg.reference.name_or_path,
+                               needs_reference, accelerator.device, accelerator.autocast)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+                                  betas=tuple(cfg.train.adam_betas))
+    warmup = cfg.train.warmup_steps or int(cfg.train.warmup_ratio * total_steps)
+    scheduler = make_scheduler(optimizer, cfg.train.lr_scheduler, warmup, total_steps)
+    policy, optimizer = accelerator.prepare(policy, optimizer)
+    return policy, optimizer, scheduler, reference
+
+
+def cache_reference(run: Run) -> None:
+    """``reference.cache``: score every training example with the reference once."""
+    from mmalign.reference_cache import CachedReference, fingerprint
+
+    cfg = run.cfg
+    if run.reference is None or cfg.reference.cache == "none":
+        return
+    if run.objective.spec.extras:
+        raise ConfigError(f"reference.cache: loss '{run.objective.spec.name}' uses scores that depend on "
+                          f"the whole batch (e.g. KTO's mismatched pairs), which cannot be cached per "
+                          f"record. Set reference.cache: none.")
+    if not run.plugin.deterministic_collate:
+        raise ConfigError(f"reference.cache: the '{cfg.model.reward}' plugin draws randomness per "
+                          f"batch, so its reference scores cannot be reused. Set reference.cache: none.")
+    path = None
+    if cfg.reference.cache == "disk":
+        root = Path(cfg.reference.cache_dir) if cfg.reference.cache_dir else run.out / "reference_cache"
+        content = run.plugin.content_fingerprint(run.stream.examples)
+        key = fingerprint(cfg, [cfg.data.train], content)
+        path = root / f"ref-{key}-rank{run.accelerator.process_index}.safetensors"
+    run.reference = CachedReference(run.reference, run.plugin, run.stream.examples, batch_size=cfg.eval.batch_size,
+                                    device=run.accelerator.device, path=path, log=run.log)
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Dropout off (as TRL does by default): scores are deterministic, so at step 0 the policy's
+    and reference's scores are identical and the DPO loss is exactly ln 2."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+def any_process(accelerator: Any, *flags: bool) -> list[bool]:
+    """Each flag, true if it is true on any process: one all-reduce, so that every process takes
+    the same decision (skip, stop, save); one acting alone would leave the others waiting."""
+    if accelerator.num_processes == 1:
+        return list(flags)
+    votes = torch.tensor([float(f) for f in flags], device=accelerator.device)
+    return [v > 0 for v in accelerator.reduce(votes, reduction="sum").tolist()]
+
+
+def _quiet(*args: Any) -> None:
+    pass

@@ -1,0 +1,44 @@
+"""What the diffusion plugin's ``collate`` gives and takes: a batch of rows, and the group example
+that the sampler hands back (its images kept as the latents it produced)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Optional
+
+from torch import Tensor
+
+from mmalign_diffusion.records import ImageRef, View
+
+
+@dataclass
+class DiffusionBatch:
+    """B contexts with k responses each, R = k * B rows in response-major order (row j * B + i is
+    response j of context i): k = 1 (unpaired), 2 (B chosen, then B rejected) or n (sampled groups).
+    The score is [B, k]."""
+
+    captions: list[str]  # [B]
+    images: list[ImageRef]  # [R]; empty for sampled groups (their latents come with them)
+    views: list[View]  # [R] crop and flip of each image; empty for sampled groups
+    noise: Tensor  # [B, C, h, w] one draw per context, shared by its k rows
+    timesteps: Tensor  # [B] long, one per context
+    time_ids: Optional[Tensor]  # [R, 6] SDXL micro-conditioning; None for SD 1.5
+    paired: bool
+    latents: Optional[Tensor] = None  # [R, C, h, w] set by encode (cached VAE latents) or collate (groups)
+    text: Optional[Tensor] = None  # [B, L, D] set by encode (cached text embeddings)
+    pooled: Optional[Tensor] = None  # [B, P] SDXL pooled text embedding
+
+
+@dataclass
+class DiffusionGroup:
+    """n images sampled for one caption, as the VAE latents x_0 the sampler ended on: decoding them
+    to pixels and encoding again would not give them back, and the score is of the sample itself."""
+
+    caption: str
+    latents: Tensor  # [n, C, h, w] float32, on CPU
+    where: str = "sampled"
+
+    def digest(self) -> str:
+        """sha256 of the latents' bytes: the group's content, as an image's digest is."""
+        return hashlib.sha256(self.latents.contiguous().numpy().tobytes()).hexdigest()

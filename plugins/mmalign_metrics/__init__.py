@@ -1,0 +1,20 @@
+"""The built-in metrics plugin (entry point ``metrics`` of the ``mmalign`` group): the
+``reward_accuracy`` evaluator, the ``plot`` training callback and the small Pillow plots
+(:mod:`mmalign_metrics.plotting`) that demos, sweeps and benchmarks draw with."""
+
+from mmalign.hookspecs import hookimpl
+from mmalign_metrics.plot_callback import PlotCallback
+from mmalign_metrics.reward_accuracy import reward_accuracy
+
+
+@hookimpl
+def mmalign_register_evaluators(register):
+    register("reward_accuracy", reward_accuracy)
+
+
+@hookimpl
+def mmalign_register_callbacks(register):
+    register("plot", PlotCallback)
+
+
+__all__ = ["PlotCallback", "reward_accuracy"]
