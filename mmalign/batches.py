@@ -26,11 +26,14 @@ class Batch:
             scores up by; None for batches of other data (held-out, sampled)
     values: per-response values a batch source computed, handed to group losses as ``values``
             (an online source: rewards, advantages, the sampling policy's per-unit log-probs)
+    metrics: what the source measured (reward mean and std, response lengths, time spent
+            generating and scoring), logged with the step's metrics
     """
 
     data: Any
     index: Tensor | None = None
     values: dict[str, Tensor] = field(default_factory=dict)
+    metrics: dict[str, Tensor] = field(default_factory=dict)  # the source's (rewards, lengths, times)
 
 
 @dataclass

@@ -4,11 +4,8 @@ name, the valid keys or the expected type, and the fix (exit code 2 from the CLI
 from __future__ import annotations
 
 import copy
-import dataclasses
 import os
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -16,7 +13,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from mmalign.config_file import apply_overrides, parse_override  # noqa: F401 (they lived here)
-from mmalign.errors import ConfigError
+from mmalign.config_types import _build
 
 
 @dataclass
@@ -121,6 +118,14 @@ class EvalConfig:
 
 
 @dataclass
+class AlgorithmConfig:
+    # an online algorithm (grpo, rloo, ... `mmalign plugins` lists them): the policy samples its own
+    # data from the prompts of data.train; null: offline preference training on data.train's pairs
+    name: Optional[str] = None
+    options: dict = field(default_factory=dict)  # the algorithm's options (checked against its own keys)
+
+
+@dataclass
 class Config:
     output_dir: str = "runs/mmalign"
     seed: int = 0
@@ -130,92 +135,8 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     source: Optional[str] = field(default=None, metadata={"internal": True})
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is list:
-        return "a list"
-    if dataclasses.is_dataclass(tp):
-        return "a mapping"
-    return {type(None): "null", bool: "true/false", int: "an integer", float: "a number",
-            str: "a string", dict: "a mapping"}.get(tp, str(tp))
-
-
-def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; return it converted (int -> float, dicts ->
-    dataclasses). Raise ConfigError naming the key otherwise."""
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        errors = {}
-        for arg in typing.get_args(tp):
-            try:
-                return _convert(value, arg, key, where)
-            except ConfigError as e:
-                errors[arg] = e
-        inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(inner) == 1 and value is not None:  # Optional[X]: the error about X is the useful one
-            raise errors[inner[0]]
-        raise _type_error(value, tp, key, where)
-    if origin is Literal:
-        if value is False and "no" in typing.get_args(tp):
-            return "no"  # YAML 1.1 reads a bare `no` as false
-        if value in typing.get_args(tp) and not isinstance(value, bool):
-            return value
-        raise _type_error(value, tp, key, where)
-    if tp is type(None):
-        if value is None:
-            return None
-        raise _type_error(value, tp, key, where)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise _type_error(value, tp, key, where)
-        return _build(tp, value, key, where)
-    if origin is list:
-        if not isinstance(value, list):
-            raise _type_error(value, tp, key, where)
-        (item_tp,) = typing.get_args(tp)
-        return [_convert(v, item_tp, f"{key}[{i}]", where) for i, v in enumerate(value)]
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
-        try:  # YAML 1.1 reads "1e-5" as a string; accept it as a number
-            return float(value)
-        except ValueError:
-            pass
-    if tp is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if tp in (str, bool, dict) and isinstance(value, tp):
-        return value
-    raise _type_error(value, tp, key, where)
-
-
-def _type_error(value: Any, tp: Any, key: str, where: str) -> ConfigError:
-    return ConfigError(
-        f"{where}: key '{key}' must be {_type_name(tp)}, got {value!r} "
-        f"({type(value).__name__}). Fix the value in the config or with --set {key}=VALUE."
-    )
-
-
-def _build(cls: type, data: dict, prefix: str, where: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
-    kwargs = {}
-    for key, value in data.items():
-        dotted = f"{prefix}.{key}" if prefix else str(key)
-        if key not in fields:
-            valid = ", ".join(fields)
-            raise ConfigError(
-                f"{where}: unknown key '{dotted}'. Valid keys{' of ' + prefix if prefix else ''}: "
-                f"{valid}. Check the spelling (see docs/configuration.md)."
-            )
-        kwargs[key] = _convert(value, hints[key], dotted, where)
-    return cls(**kwargs)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,

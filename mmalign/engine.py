@@ -127,6 +127,7 @@ def micro_step(run: Run, last: bool) -> tuple[dict[str, Tensor], bool]:
         with run.accelerator.autocast():
             pol = run.plugin.score(run.policy, batch.data, per_unit=per_unit)
         loss, metrics = objective_loss(run.objective, pol, ref, batch.values)
+        metrics.update(batch.metrics)
         # backward even a non-finite loss: under DDP every process must join the gradient
         # all-reduce; the update is dropped in train_step
         run.accelerator.backward(loss / run.stream.accumulation)

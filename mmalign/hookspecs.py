@@ -116,3 +116,14 @@ def mmalign_register_commands(register: Callable[..., None]) -> None:
     ``run(args)`` carries it out (raise :class:`mmalign.errors.MmalignError` for bad input: exit
     code 2). Built-in: ``sweep`` (mmalign_text: the reward-KL frontier of the text demo).
     """
+
+
+@hookspec
+def mmalign_register_algorithms(register: Callable[..., None]) -> None:
+    """Register online algorithms (``algorithm.name`` in the config).
+
+    Call ``register(algorithm)`` with a :class:`mmalign.algorithms.Algorithm`: a batch source that
+    samples responses with the plugin's ``sample``, scores them with reward functions and computes
+    advantages (``make_source``), the group loss its batches train, and the dataclass of its
+    options. Built-in: ``grpo``, ``dr_grpo``, ``dapo``, ``gspo``, ``rloo`` (mmalign_rl).
+    """

@@ -59,7 +59,8 @@ def attach_data_options(cfg: Any, plugin_keys: dict, where: str) -> Optional[Reg
     An unknown reward is not raised here when no plugin key was written: the run's checks report
     it as before (validate_for_run). Otherwise it is returned, to be raised once the core values
     are checked (so that, e.g., an empty model.reward is reported as such)."""
-    from mmalign.config import NoDataOptions, _build
+    from mmalign.config import NoDataOptions
+    from mmalign.config_types import _build
 
     reward = cfg.model.reward
     try:

@@ -18,10 +18,10 @@ from mmalign.errors import RegistryError
 from mmalign.protocol import ModalityPlugin
 
 ENTRY_POINT_GROUP = "mmalign"
-KINDS = ("rewards", "losses", "datasets", "evaluators", "callbacks", "scorers", "demos", "commands")
+KINDS = ("rewards", "losses", "datasets", "evaluators", "callbacks", "scorers", "demos", "commands", "algorithms")
 _SINGULAR = {"rewards": "reward", "losses": "loss", "datasets": "dataset format",
              "evaluators": "evaluator", "callbacks": "callback", "scorers": "scorer",
-             "demos": "demo", "commands": "command"}
+             "demos": "demo", "commands": "command", "algorithms": "algorithm"}
 
 
 @dataclass
@@ -136,7 +136,7 @@ def build_registry(pm: pluggy.PluginManager) -> Registry:
 
 
 def _register(reg: Registry, kind: str, source: str, *args: Any, **kwargs: Any) -> None:
-    if kind == "losses":  # a LossSpec carries its own name and metadata
+    if kind in ("losses", "algorithms"):  # a LossSpec / Algorithm carries its own name
         (spec,) = args
         reg.add(kind, spec.name, spec, source)
         return

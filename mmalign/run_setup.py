@@ -20,6 +20,7 @@ from mmalign.batches import BatchStream
 from mmalign.config import Config
 from mmalign.data import prepare_examples, read_records
 from mmalign.errors import ConfigError, DataError
+from mmalign.algorithms import SourceContext, build_options
 from mmalign.losses.objective import Objective, check_fits, make_objective
 from mmalign.reference import make_reference
 from mmalign.run_identity import RunIdentity, claim_output_dir, new_identity
@@ -74,17 +75,18 @@ def build_run(cfg: Config, *, resume: Any, log: Callable, overwrite: bool, clean
 
     reg = registry()
     validate_for_run(cfg, cfg.source or "config", reg=reg)  # names, options, modality: before anything loads
-    spec = reg.get("losses", cfg.loss.name, "loss.name")
     accelerator = precision.make_accelerator(precision.mixed_precision(cfg.model.dtype, cfg.train.precision),
                                              cpu=not torch.cuda.is_available())
     main_log = log if accelerator.is_main_process else _quiet
     set_seed(cfg.seed)
     plugin = reg.get("rewards", cfg.model.reward, "model.reward")(cfg.model, cfg.data)
-    check_fits(spec, plugin)
-    objective = make_objective(spec, beta=cfg.loss.beta, options=cfg.loss.options, sft_weight=cfg.loss.sft_weight,
-                               lookup=lambda name, where: reg.get("losses", name, where))
-    train_examples, eval_examples, reports = load_data(cfg, plugin, spec.paired, main_log)
-    identity = new_identity(cfg, plugin.content_fingerprint(train_examples))  # what must match for --resume
+    algorithm, objective = bind_objective(cfg, reg, plugin)
+    if algorithm is None:
+        train_examples, eval_examples, reports = load_data(cfg, plugin, objective.spec.paired, main_log)
+        content = plugin.content_fingerprint(train_examples)
+    else:  # the prompts the policy answers; the plugin reads each record's context when it samples
+        train_examples, eval_examples, reports, content = prompt_records(cfg), [], [], ""
+    identity = new_identity(cfg, content)  # what must match for --resume
     stream = BatchStream(train_examples, cfg.train.batch_size, cfg.train.gradient_accumulation_steps,
                          accelerator.num_processes, accelerator.process_index, cfg.seed,
                          torch.Generator().manual_seed(cfg.seed * 1009))
@@ -94,13 +96,53 @@ def build_run(cfg: Config, *, resume: Any, log: Callable, overwrite: bool, clean
                      cleanup=cleanup, vote=lambda failed: any_process(accelerator, failed)[0], log=log)
     steps_per_epoch = stream.per_epoch // (stream.batch_size * stream.accumulation * stream.world)
     total_steps = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
-    policy, optimizer, scheduler, reference = build_models(cfg, plugin, spec.needs_reference, accelerator,
+    needs_reference = objective.spec.needs_reference and (algorithm is None or cfg.loss.beta > 0)
+    policy, optimizer, scheduler, reference = build_models(cfg, plugin, needs_reference, accelerator,
                                                            total_steps, main_log)
+    if algorithm is not None:  # the online source replaces the offline stream (same data state)
+        stream = algorithm.make_source(source_context(cfg, reg, plugin, accelerator, policy, reference,
+                                                      train_examples, main_log))
     callbacks = [reg.get("callbacks", name, "train.callbacks")(out) for name in cfg.train.callbacks] \
         if accelerator.is_main_process else []
     return Run(cfg, accelerator, plugin, objective, policy, accelerator.unwrap_model(policy), optimizer,
                scheduler, reference, stream, eval_examples, out, identity, total_steps, main_log, reports,
                callbacks)
+
+
+def bind_objective(cfg: Config, reg: Any, plugin: Any) -> tuple[Any, Objective]:
+    """(the online algorithm or None, the loss bound to its options), checked against the plugin."""
+    lookup = lambda name, where: reg.get("losses", name, where)  # noqa: E731
+    if not cfg.algorithm.name:
+        spec = reg.get("losses", cfg.loss.name, "loss.name")
+        check_fits(spec, plugin)
+        return None, make_objective(spec, beta=cfg.loss.beta, options=cfg.loss.options,
+                                    sft_weight=cfg.loss.sft_weight, lookup=lookup)
+    algorithm = reg.get("algorithms", cfg.algorithm.name, "algorithm.name")
+    check_fits(algorithm.loss, plugin, key="algorithm.name")
+    options = build_options(algorithm, cfg.algorithm.options, cfg.source or "config")
+    loss_options = {k: getattr(options, k) for k in algorithm.loss.options if hasattr(options, k)}
+    return algorithm, make_objective(algorithm.loss, beta=cfg.loss.beta, options=loss_options,
+                                     sft_weight=cfg.loss.sft_weight, lookup=lookup)
+
+
+def prompt_records(cfg: Config) -> list:
+    """data.train's records for an online algorithm: each needs a "prompt"."""
+    records = read_records(cfg.data.train, cfg.data.format, "data.train")
+    bad = [r.where for r in records if "prompt" not in r.fields]
+    if bad:
+        raise DataError(f"{bad[0]}: an online algorithm ({cfg.algorithm.name}) needs a \"prompt\" in every "
+                        f"record of data.train ({len(bad)} lack one); other fields (e.g. \"answer\") go "
+                        f"to the reward functions.")
+    return records
+
+
+def source_context(cfg: Config, reg: Any, plugin: Any, accelerator: Any, policy: Any, reference: Any,
+                   records: list, log: Callable) -> SourceContext:
+    algorithm = reg.get("algorithms", cfg.algorithm.name, "algorithm.name")
+    return SourceContext(plugin, accelerator.unwrap_model(policy), reference, records,
+                         build_options(algorithm, cfg.algorithm.options, cfg.source or "config"),
+                         cfg.loss.beta, cfg.seed, cfg.train.batch_size, cfg.train.gradient_accumulation_steps,
+                         accelerator.num_processes, accelerator.process_index, accelerator.device, reg, log)
 
 
 def load_data(cfg: Config, plugin: Any, paired: bool, log: Callable) -> tuple[list, list, list]:

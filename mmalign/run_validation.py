@@ -33,7 +33,7 @@ def _validate_names(cfg: Any, where: str, command: str, reg: Any) -> None:
     reg = reg or registry()
     factory_entry = reg.entry("rewards", cfg.model.reward, "model.reward")
     modality = cfg.model.reward
-    spec = reg.get("losses", cfg.loss.name, "loss.name")
+    spec = _loss_of(cfg, reg, where)
     kind = factory_entry.obj.score_kind
     if spec.score_kinds is not None and kind not in spec.score_kinds:
         fits = [n for n in reg.names("rewards")
@@ -44,8 +44,13 @@ def _validate_names(cfg: Any, where: str, command: str, reg: Any) -> None:
                                        f"'{modality}' scores are {kind}). Choose another loss "
                                        f"(`mmalign plugins` lists them).")
     _check_extras(spec, factory_entry.obj, modality, reg, where)
-    check_loss_options(spec, cfg.loss.options, cfg.loss.beta, where)
-    if spec.needs_reference and cfg.reference.strategy == "none":
+    if not cfg.algorithm.name:  # an algorithm's loss takes its options from algorithm.options
+        check_loss_options(spec, cfg.loss.options, cfg.loss.beta, where)
+    if spec.per_unit and not factory_entry.obj.per_unit_scores:
+        raise fail(where, "algorithm.name" if cfg.algorithm.name else "loss.name",
+                   f"is '{cfg.algorithm.name or spec.name}', which needs per-unit scores (per-token "
+                   f"log-probs), and the '{modality}' plugin does not provide them.")
+    if spec.needs_reference and cfg.reference.strategy == "none" and cfg.loss.beta:
         raise fail(where, "reference.strategy", f"is 'none' but loss '{spec.name}' needs a reference "
                                                 f"model. Use a reference-free loss (e.g. simpo, sft) "
                                                 f"or strategy auto/copy.")
@@ -62,6 +67,20 @@ def _validate_names(cfg: Any, where: str, command: str, reg: Any) -> None:
         factory_entry.obj.check_config(cfg.model, cfg.data)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
+
+
+def _loss_of(cfg: Any, reg: Any, where: str) -> Any:
+    """The loss the run trains: the online algorithm's (its options checked), else loss.name."""
+    if not cfg.algorithm.name:
+        return reg.get("losses", cfg.loss.name, "loss.name")
+    from mmalign.algorithms import build_options, check_options
+
+    algorithm = reg.get("algorithms", cfg.algorithm.name, "algorithm.name")
+    options = build_options(algorithm, cfg.algorithm.options, where)
+    check_options(options, where)
+    if algorithm.check is not None:
+        algorithm.check(options, reg)
+    return algorithm.loss
 
 
 def _check_extras(spec: Any, factory: Any, modality: str, reg: Any, where: str) -> None:

@@ -45,7 +45,7 @@ INT_RANGES: dict[str, tuple[int, int]] = {
 NUMBER_RULES: dict[str, tuple[Any, str]] = {
     "model.lora.alpha": (lambda v: v > 0, "positive"),
     "model.lora.dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "loss.beta": (lambda v: v > 0, "positive"),
+    "loss.beta": (lambda v: v >= 0, ">= 0 (positive for offline losses; 0 turns an online algorithm's KL off)"),
     "loss.sft_weight": (lambda v: v >= 0, ">= 0 (0 turns the NLL term off)"),
     "train.epochs": (lambda v: v > 0, "positive (a number of passes over the data, e.g. 1 or 0.5)"),
     "train.lr": (lambda v: v > 0, "positive"),
@@ -229,6 +229,10 @@ def _check_cross(cfg: Any, where: str) -> None:
     if model.name_or_path is not None and model.tiny is not None:
         raise fail(where, "model.tiny", "is set together with model.name_or_path: a model is either "
                                         "loaded or built from model.tiny. Remove one of them.")
+    if not cfg.algorithm.name and cfg.loss.beta <= 0:
+        raise fail(where, "loss.beta", f"must be positive, got {cfg.loss.beta} (an offline loss divides "
+                                       f"by it or scales the log-ratio with it; only an online "
+                                       f"algorithm takes 0, for no KL penalty).")
     if train.warmup_steps and train.warmup_ratio:
         raise fail(where, "train.warmup_ratio", f"is set together with train.warmup_steps "
                                                 f"({train.warmup_steps}); keep one of them.")

@@ -78,6 +78,10 @@ def objective_loss(obj: Objective, pol: Scores, ref: Scores | None,
     ``weights * loss_values`` (weights from the plugin, e.g. WPO's), plus ``sft_weight`` times
     the NLL of the first response."""
     losses = loss_values(obj.spec, pol, ref, beta=obj.beta, options=obj.options, values=values)
+    if isinstance(losses, tuple):  # a group loss: (losses [C], its metrics: KL, clip fractions...)
+        losses, loss_metrics = losses
+        loss = losses.mean()
+        return loss, {k: v.detach().float() for k, v in {"loss": loss, **loss_metrics}.items()}
     if pol.weights is not None:
         losses = losses * pol.weights
     loss = losses.mean()

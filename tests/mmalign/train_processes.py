@@ -22,7 +22,10 @@ from safetensors.torch import load_file
 
 # The modalities these tests run (each costs a few minutes of subprocesses on 2 CPU cores);
 # MMALIGN_TEST_MODALITIES=text picks a subset.
-MODALITIES = tuple(os.environ.get("MMALIGN_TEST_MODALITIES", "text,diffusion,vlm").split(","))
+# "text-grpo": the text modality trained online (GRPO: sampling, scoring, advantages per step).
+MODALITIES = tuple(os.environ.get("MMALIGN_TEST_MODALITIES", "text,diffusion,vlm,text-grpo").split(","))
+ONLINE = {"text-grpo": {"name": "grpo", "options": {"samples_per_prompt": 4, "max_new_tokens": 6,
+                                                    "scorers": {"sentiment": 1.0}}}}
 
 
 def registered(modality: str) -> bool:
@@ -35,6 +38,7 @@ def modality_config(modality: str, run_dir: Path, **train) -> dict:
     """A short run of ``modality`` writing into ``run_dir``; ``train`` overrides train keys.
     Skips the test when the modality's plugin or demo config is not there (yet)."""
     common = {"progress": False, "callbacks": [], "eval_every": 0}
+    online, modality = ONLINE.get(modality), modality.split("-")[0]
     if not registered(modality):
         pytest.skip(f"modality '{modality}' is not registered (`mmalign plugins`)")
     demo = REPO / "configs" / "demo" / f"{modality}.yaml"
@@ -49,6 +53,9 @@ def modality_config(modality: str, run_dir: Path, **train) -> dict:
         cfg["data"].update(eval=None, eval_size=0)
     cfg["output_dir"] = str(run_dir)
     cfg["train"].update(common, **train)
+    if online:
+        cfg["algorithm"] = online
+        cfg["loss"]["beta"] = 0.04
     return cfg
 
 

@@ -1,0 +1,76 @@
+"""Online algorithms: what replaces the offline data stream when the policy makes its own data.
+
+An algorithm is a batch source (sample responses with ``plugin.sample``, score them with reward
+functions, compute advantages; hand out :class:`mmalign.batches.Batch` es with the advantages in
+``values``) plus the group loss those batches train (a LossSpec with ``responses="group"``). The
+engine loop is the same as offline: it asks the source for micro-batches, scores them with the
+plugin, and calls the loss. Algorithms are registered through ``mmalign_register_algorithms``;
+``algorithm: {name, options}`` in the config picks one (none: offline preference training).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from mmalign.losses.spec import LossSpec
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """An online algorithm, as registered.
+
+    loss:         the group loss its batches train (``responses="group"``)
+    options:      a dataclass type of its options (``algorithm.options``; typed, checked before
+                  anything loads, exit code 2 on a bad value)
+    make_source:  ``make_source(ctx: SourceContext) -> source``, a batch source: an object with
+                  ``next_batch(plugin, device) -> Batch`` and the data state the checkpoint saves
+                  (``consumed``, ``generator``, ``batch_size``, ``accumulation``, ``world``)
+    check:        ``check(options, registry)``: names inside the options (reward functions)
+                  checked against the registry before anything loads
+    """
+
+    name: str
+    loss: LossSpec
+    options: type
+    make_source: Callable[["SourceContext"], Any]
+    summary: str = ""
+    check: Optional[Callable[[Any, Any], None]] = None
+
+
+@dataclass
+class SourceContext:
+    """What a batch source is built from (by mmalign.run_setup, after the models)."""
+
+    plugin: Any
+    policy: Any  # the unwrapped policy: what samples
+    reference: Any  # a reference strategy, or None (beta 0 or a reference-free loss)
+    records: list  # the prompt records (data.train), each with "prompt" and any other fields
+    options: Any  # the algorithm's options (its dataclass)
+    beta: float
+    seed: int
+    batch_size: int  # prompts per micro-batch per process
+    accumulation: int
+    world: int
+    rank: int
+    device: Any
+    registry: Any
+    log: Callable[[str], None] = print
+    extras: dict = field(default_factory=dict)
+
+
+def build_options(algorithm: Algorithm, options: dict, where: str) -> Any:
+    """``algorithm.options`` as the algorithm's dataclass, typed like every config key."""
+    from mmalign.config_types import _build
+
+    return _build(algorithm.options, dict(options), "algorithm.options", where)
+
+
+def check_options(options: Any, where: str) -> Optional[str]:
+    """The options' own rules (``problem() -> (key, message) | None``), as a ConfigError."""
+    from mmalign.validation import fail
+
+    problem = options.problem() if hasattr(options, "problem") else None
+    if problem:
+        raise fail(where, *problem)
+    return None

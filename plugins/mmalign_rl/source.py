@@ -1,0 +1,156 @@
+"""The online batch source: every optimizer step, the policy answers a slice of the prompts.
+
+Each ``next_batch`` call takes this process's next micro-batch of ``batch_size`` prompts from the
+prompt stream (a permutation per epoch, exactly as offline: :func:`mmalign.batches.next_slices`),
+samples ``samples_per_prompt`` responses to each with the plugin's ``sample``, scores them with the
+configured reward functions, computes advantages with the algorithm's estimator, and returns the
+groups as one Batch, with ``values`` (advantages, rewards) for the group loss and ``metrics`` for
+the log. One update per rollout: the policy that samples a micro-batch is the one it trains.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from mmalign.batches import Batch, next_slices
+from mmalign.errors import ConfigError
+
+
+@dataclass
+class Scorer:
+    """A reward function with its weight, and the record fields it takes as keyword columns."""
+
+    name: str
+    fn: Callable[..., list]
+    weight: float
+    columns: frozenset | None  # None: it takes every field (**columns)
+
+
+def build_scorers(spec: dict, registry: Any) -> list[Scorer]:
+    """``{name: weight}`` or ``{name: {weight: w, <option>: value}}`` -> scorers, built once."""
+    if not isinstance(spec, dict) or not spec:
+        raise ConfigError("algorithm.options.scorers: name the reward functions and their weights, e.g. "
+                          "{sentiment: 1.0} (`mmalign plugins` lists the registered scorers).")
+    scorers = []
+    for name, value in spec.items():
+        key = f"algorithm.options.scorers.{name}"
+        options = dict(value) if isinstance(value, dict) else {"weight": value}
+        weight = options.pop("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+            raise ConfigError(f"{key}: the weight must be a finite number, got {weight!r}.")
+        try:
+            fn = registry.get("scorers", name, key)(**options)
+        except TypeError as e:
+            raise ConfigError(f"{key}: {e}. Give only the scorer's own options next to weight.") from None
+        scorers.append(Scorer(name, fn, float(weight), _columns(fn)))
+    return scorers
+
+
+def _columns(fn: Callable) -> frozenset | None:
+    params = inspect.signature(fn).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return frozenset(p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+
+
+def score_responses(scorers: list[Scorer], records: list, responses: list[list]) -> tuple[Tensor, dict]:
+    """Rewards [C, G] = sum_i w_i * scorer_i, and each scorer's mean (``rewards/<name>``)."""
+    counts = [len(group) for group in responses]
+    prompts = [r.fields["prompt"] for r, n in zip(records, counts) for _ in range(n)]
+    flat = [response for group in responses for response in group]
+    fields = {k: [r.fields.get(k) for r, n in zip(records, counts) for _ in range(n)]
+              for k in {k for r in records for k in r.fields if k != "prompt"}}
+    total = torch.zeros(len(flat))
+    metrics = {}
+    for scorer in scorers:
+        columns = {k: v for k, v in fields.items() if scorer.columns is None or k in scorer.columns}
+        values = torch.tensor([float(x) for x in scorer.fn(prompts, flat, **columns)])
+        if values.shape != total.shape or not torch.isfinite(values).all():
+            raise ConfigError(f"scorer '{scorer.name}' returned {values.numel()} values (need {len(flat)}, "
+                              f"one finite number per response).")
+        metrics[f"rewards/{scorer.name}"] = values.mean()
+        total += scorer.weight * values
+    return total.view(len(records), -1), metrics
+
+
+@dataclass
+class OnlineSource:
+    """The batch source of an online algorithm (see the module docstring)."""
+
+    ctx: Any  # mmalign.algorithms.SourceContext
+    advantages: Callable[[Tensor], tuple[dict, dict]]  # rewards [C, G] -> (values, metrics)
+    scorers: list[Scorer]
+    generator: torch.Generator  # unused for draws (see next_batch); kept as the data state's slot
+    consumed: int = 0  # prompts taken, all processes together (the checkpoint's data position)
+
+    @property
+    def examples(self) -> list:
+        return self.ctx.records
+
+    @property
+    def batch_size(self) -> int:
+        return self.ctx.batch_size
+
+    @property
+    def accumulation(self) -> int:
+        return self.ctx.accumulation
+
+    @property
+    def world(self) -> int:
+        return self.ctx.world
+
+    @property
+    def seed(self) -> int:
+        return self.ctx.seed
+
+    @property
+    def per_epoch(self) -> int:
+        span = self.batch_size * self.accumulation * self.world
+        return len(self.ctx.records) // span * span
+
+    def next_batch(self, plugin: Any, device: torch.device) -> Batch:
+        """This process's next micro-batch of prompts, answered now. Its randomness comes from a
+        generator seeded by the micro-batch's position in the prompt stream, so the samples do
+        not depend on how many processes share a step, and a resumed run draws the same ones."""
+        position = self.consumed + self.ctx.rank * self.batch_size
+        index = next_slices(self)[self.ctx.rank]
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + position) % 2 ** 63)
+        return rollout(self, plugin, device, [self.ctx.records[i] for i in index.tolist()], generator)
+
+
+def rollout(source: OnlineSource, plugin: Any, device: torch.device, records: list,
+            generator: torch.Generator) -> Batch:
+    """Sample, score, compute advantages: the Batch of these prompts' groups."""
+    options = source.ctx.options
+    start = time.perf_counter()
+    samples = plugin.sample(source.ctx.policy, records, options.samples_per_prompt, generator,
+                            max_new_tokens=options.max_new_tokens, temperature=options.temperature,
+                            top_p=options.top_p)
+    generated = time.perf_counter()
+    rewards, metrics = score_responses(source.scorers, records, samples.responses)
+    values, value_metrics = source.advantages(rewards)
+    metrics.update(value_metrics, **response_metrics(samples, options.max_new_tokens))
+    metrics.update({"rewards/mean": rewards.mean(), "rewards/std": rewards.std(),
+                    "time/generate": torch.tensor(generated - start),
+                    "time/score": torch.tensor(time.perf_counter() - generated)})
+    data = plugin.encode(plugin.to_device(plugin.collate(samples.examples, generator), device))
+    return Batch(data, None, {k: v.to(device) for k, v in values.items()},
+                 {k: torch.as_tensor(v).float() for k, v in metrics.items()})
+
+
+def response_metrics(samples: Any, max_new_tokens: int) -> dict[str, Tensor]:
+    """Response length mean and max, and the share cut at max_new_tokens (token plugins)."""
+    trajectory = samples.trajectory if isinstance(samples.trajectory, dict) else {}
+    ids = [len(c) for group in trajectory.get("completion_ids", []) for c in group]
+    if not ids:
+        return {}
+    lengths = torch.tensor(ids, dtype=torch.float)
+    return {"completions/mean_length": lengths.mean(), "completions/max_length": lengths.max(),
+            "completions/truncated": (lengths >= max_new_tokens).float().mean()}
