@@ -47,10 +47,24 @@ def timed_flops_per_step(w: Workload) -> float:
     """Mean FLOPs of the timed steps (the warm-up steps are not timed). Diffusion: the UNet FLOPs
     counted by torch's FlopCounterMode (LoRA policy forward + backward, reference forward) per row,
     2 rows (chosen, rejected) per pair; the VAE and text encoders are cached after the warm-up."""
+    if w.kind == "online":
+        return online_step_flops(w)
     if w.kind == "diffusion":
         return 2 * w.pairs * (w.params["policy_flops_per_row"] + w.params["reference_flops_per_row"])
     steps = step_lengths(w)[w.warmup:]
     return sum(step_flops(w.params, s) for s in steps) / len(steps)
+
+
+def online_step_flops(w: Workload) -> float:
+    """One online step of R = prompts x G rows of prompt P + completion L tokens (plain rows, the
+    prompt repeated per response): generation 2 N T (prefill + KV-cached decode; the LM head only
+    at the L sampled positions), policy forward + backward 6 N T, reference forward 2 N T:
+
+        FLOPs/step = 10 * (N_blocks * R * (P + L) + N_lm_head * R * L)
+    """
+    rows = w.pairs * w.samples
+    n = w.records[0]
+    return 10.0 * (w.params["blocks"] * rows * (n.prompt + n.chosen) + w.params["lm_head"] * rows * n.chosen)
 
 
 def matmul_peak(device: str = "cpu", size: int | None = None, repeats: int = 10) -> dict[str, float]:

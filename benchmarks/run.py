@@ -38,7 +38,7 @@ RESULTS = REPO / "benchmarks" / "results" / "latest.json"
 VARIANTS = {"text": [("mmalign", "fp32"), ("mmalign", "bf16"), ("trl", "default"), ("trl", "fp32")],
             "diffusion": [("mmalign", "fp32"), ("mmalign", "bf16"), ("diffusers_dpo", "fp32"),
                           ("diffusers_dpo", "bf16")]}
-VARIANTS["vlm"] = VARIANTS["text"]
+VARIANTS["vlm"] = VARIANTS["online"] = VARIANTS["text"]
 PEER_SETTINGS = {"trl_default": ("bf16", "TRL defaults: bf16 autocast + gradient checkpointing"),
                  "trl_fp32": ("fp32", "TRL with bf16=False, gradient_checkpointing=False"),
                  "diffusers_dpo_fp32": ("fp32", "diffusers SDXL DPO step, fp32 (the script's default)"),
@@ -123,7 +123,7 @@ def summarize_workload(w: Workload, runs: dict, peak: dict) -> dict:
             variants[key] = {"error": r.get("error"), "log_tail": r.get("log_tail")}
             continue
         v = {k: r[k] for k in ("s_per_step", "s_per_step_mean", "peak_rss_mb", "step_times", "warmup_step_times",
-                               "encode_share") if k in r}
+                               "encode_share", "generate_s", "score_s", "generate_times", "score_times") if k in r}
         if "gpu_peak_allocated_mb" in r:
             v["gpu_peak_allocated_mb"] = r["gpu_peak_allocated_mb"]
         if key.startswith("mmalign"):
@@ -170,10 +170,17 @@ def table(results: dict) -> str:
     lines.append("")
     lines.append("all variants (median s/step, peak RSS MB):")
     for name, r in results["workloads"].items():
-        parts = [f"{k} {v['s_per_step']:.3f}s/{v['peak_rss_mb']:.0f}MB" if "s_per_step" in v else f"{k} failed"
-                 for k, v in r["variants"].items()]
+        parts = [f"{k} {v['s_per_step']:.3f}s/{v['peak_rss_mb']:.0f}MB" + _split(v) if "s_per_step" in v
+                 else f"{k} failed" for k, v in r["variants"].items()]
         lines.append(f"  {name:<14} " + ", ".join(parts))
     return "\n".join(lines)
+
+
+def _split(variant: dict) -> str:
+    """An online run's median generation / scoring seconds per step ("" for offline runs)."""
+    if variant.get("generate_s") is None:
+        return ""
+    return f" (generate {variant['generate_s']:.3f}s, score {variant['score_s']:.4f}s)"
 
 
 def machine(gpu: bool, cores_per_job: int, jobs: int) -> dict:

@@ -201,7 +201,12 @@ def main(argv: list[str]) -> None:
         result = run_peak(device)
     else:
         w = Workload.from_json(spec["workload"])
-        if what == "mmalign":
+        if w.kind == "online" and what in ("mmalign", "trl"):
+            from benchmarks.online import run_mmalign_online, run_trl_online
+
+            run = run_mmalign_online if what == "mmalign" else run_trl_online
+            result = run(w, spec["variant"], spec["out_dir"], *([device] if what == "trl" else []))
+        elif what == "mmalign":
             result = run_mmalign(w, spec["variant"], spec["out_dir"])
         elif what == "trl":
             result = run_trl(w, spec["variant"], spec["out_dir"], device)

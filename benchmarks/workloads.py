@@ -43,12 +43,13 @@ class Lengths:
 @dataclass
 class Workload:
     name: str
-    kind: str  # "text", "vlm" or "diffusion"
+    kind: str  # "text", "vlm", "diffusion" or "online"
     description: str
     warmup: int  # steps run before timing starts
     steps: int  # timed steps
     pairs: int = PAIRS_PER_STEP  # pairs per optimizer step
     epoch_steps: int = 0  # steps per pass over the records; 0: one pass over all steps
+    samples: int = 0  # online: completions per prompt (G); ``pairs`` then counts prompts per step
     root: str = ""  # filled by build(): model/, data/
     records: list[Lengths] = field(default_factory=list)  # in the order of the data file
     order: list[int] = field(default_factory=list)  # records visited, in mmalign's order (the peer's)
@@ -85,7 +86,7 @@ def workload_names() -> list[str]:
     blocked with MMALIGN_BLOCK_PLUGINS)."""
     from mmalign.plugins import registry
 
-    names = ["text_long", "text_variable", "vlm"]
+    names = ["text_long", "text_variable", "vlm", "grpo", "rloo"]
     return names + (["diffusion"] if "diffusion" in registry().names("rewards") else [])
 
 
@@ -106,6 +107,11 @@ def make_workload(name: str, quick: bool = False) -> Workload:
         # 3 steps an epoch: the first epoch is the warm-up (mmalign's caches fill), then 2 timed epochs
         return Workload(name, "diffusion", "tiny SDXL (UNet 1.7M, 8x VAE, 512 px), LoRA rank 4, "
                                            "2 pairs/step", 3, 3 if quick else 6, pairs=2, epoch_steps=3)
+    if name in ("grpo", "rloo"):  # see benchmarks/online.py
+        peer = "GRPOTrainer" if name == "grpo" else "RLOOTrainer"
+        return Workload(name, "online", f"Llama 7.3M, {name}: 2 prompts of 64 tokens x 8 completions of 64 "
+                                        f"tokens/step, generation included (peer: TRL {peer})",
+                        warmup, steps, pairs=2, samples=8)
     raise ValueError(f"unknown workload '{name}'; known: {', '.join(workload_names())}")
 
 
@@ -179,7 +185,7 @@ def _build_model(w: Workload, tok, model_dir: Path) -> dict:
 
     torch.manual_seed(SEED)
     ids = dict(pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    if w.kind == "text":
+    if w.kind in ("text", "online"):
         model = LlamaForCausalLM(LlamaConfig(**LLAMA, **ids))
         lm = model.model
     else:
@@ -231,6 +237,14 @@ def build(w: Workload, root: str | Path) -> Workload:
     if w.kind == "vlm":
         _save_processor(tok, model_dir)
     w.params = _build_model(w, tok, model_dir)
+    if w.kind == "online":
+        from benchmarks.online import online_lengths, write_online_data
+
+        w.records = online_lengths(w)
+        write_online_data(w, tok, rng, _words)
+        w.order = visit_order(len(w.records), w.total_steps * w.pairs)
+        (root / "workload.json").write_text(json.dumps(w.to_json()))
+        return w
     w.records = _lengths(w, rng)
     images = _write_images(data_dir / "images", len(w.records), rng) if w.kind == "vlm" else []
     rows = []

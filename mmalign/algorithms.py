@@ -10,6 +10,7 @@ plugin, and calls the loss. Algorithms are registered through ``mmalign_register
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -28,6 +29,10 @@ class Algorithm:
                   (``consumed``, ``generator``, ``batch_size``, ``accumulation``, ``world``)
     check:        ``check(options, registry)``: names inside the options (reward functions)
                   checked against the registry before anything loads
+    source_needs_reference: the SOURCE scores its samples with the reference (REINFORCE++ puts
+                  the KL in the reward): the reference is built when ``loss.beta`` > 0 even if
+                  the loss declares ``needs_reference=False``; the engine's micro-step then skips
+                  its own reference pass (it follows the loss)
     """
 
     name: str
@@ -36,6 +41,7 @@ class Algorithm:
     make_source: Callable[["SourceContext"], Any]
     summary: str = ""
     check: Optional[Callable[[Any, Any], None]] = None
+    source_needs_reference: bool = False
 
 
 @dataclass
@@ -57,6 +63,7 @@ class SourceContext:
     registry: Any
     log: Callable[[str], None] = print
     extras: dict = field(default_factory=dict)
+    autocast: Callable = nullcontext  # what the engine scores the policy under (a source scoring it too)
 
 
 def build_options(algorithm: Algorithm, options: dict, where: str) -> Any:

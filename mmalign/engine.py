@@ -182,7 +182,8 @@ def record(run: Run, state: RunState, bar) -> None:
             append_metrics(run.out / "metrics.jsonl", row)
             for cb in run.callbacks:
                 cb.on_log(step, row)
-            bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "rewards/accuracies") if k in row})
+            bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "rewards/accuracies", "rewards/mean")
+                             if k in row})
     bar.update(1)
 
 

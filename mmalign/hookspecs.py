@@ -125,5 +125,5 @@ def mmalign_register_algorithms(register: Callable[..., None]) -> None:
     Call ``register(algorithm)`` with a :class:`mmalign.algorithms.Algorithm`: a batch source that
     samples responses with the plugin's ``sample``, scores them with reward functions and computes
     advantages (``make_source``), the group loss its batches train, and the dataclass of its
-    options. Built-in: ``grpo``, ``dr_grpo``, ``dapo``, ``gspo``, ``rloo`` (mmalign_rl).
+    options. Built-in: ``grpo``, ``dr_grpo``, ``dapo``, ``gspo``, ``rloo``, ``remax``, ``reinforce_pp`` (mmalign_rl).
     """

@@ -131,7 +131,10 @@ class ModalityPlugin:
 
     def sample(self, model: nn.Module, contexts: list[Any], n: int, generator: torch.Generator,
                **options: Any) -> Samples:
-        """Draw ``n`` responses per context from ``model`` with randomness from ``generator``."""
+        """Draw ``n`` responses per context from ``model`` with randomness from ``generator``.
+        ``options`` (as the plugin supports them): ``max_new_tokens``, ``temperature``, ``top_p``;
+        ``temperature=0`` asks for greedy decoding (the most likely response, no randomness; ReMax's
+        baseline), which a token plugin implements as ``do_sample=False``."""
         raise NotImplementedError(f"the '{self.name}' plugin cannot sample responses.")
 
 

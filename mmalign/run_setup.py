@@ -96,12 +96,16 @@ def build_run(cfg: Config, *, resume: Any, log: Callable, overwrite: bool, clean
                      cleanup=cleanup, vote=lambda failed: any_process(accelerator, failed)[0], log=log)
     steps_per_epoch = stream.per_epoch // (stream.batch_size * stream.accumulation * stream.world)
     total_steps = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
-    needs_reference = objective.spec.needs_reference and (algorithm is None or cfg.loss.beta > 0)
+    source_reference = algorithm is not None and algorithm.source_needs_reference  # KL in the reward
+    needs_reference = (objective.spec.needs_reference or source_reference) and \
+        (algorithm is None or cfg.loss.beta > 0)
     policy, optimizer, scheduler, reference = build_models(cfg, plugin, needs_reference, accelerator,
                                                            total_steps, main_log)
     if algorithm is not None:  # the online source replaces the offline stream (same data state)
         stream = algorithm.make_source(source_context(cfg, reg, plugin, accelerator, policy, reference,
                                                       train_examples, main_log))
+        if not objective.spec.needs_reference:  # only the source scores with it: no pass per micro-step
+            reference = None
     callbacks = [reg.get("callbacks", name, "train.callbacks")(out) for name in cfg.train.callbacks] \
         if accelerator.is_main_process else []
     return Run(cfg, accelerator, plugin, objective, policy, accelerator.unwrap_model(policy), optimizer,
@@ -142,7 +146,8 @@ def source_context(cfg: Config, reg: Any, plugin: Any, accelerator: Any, policy:
     return SourceContext(plugin, accelerator.unwrap_model(policy), reference, records,
                          build_options(algorithm, cfg.algorithm.options, cfg.source or "config"),
                          cfg.loss.beta, cfg.seed, cfg.train.batch_size, cfg.train.gradient_accumulation_steps,
-                         accelerator.num_processes, accelerator.process_index, accelerator.device, reg, log)
+                         accelerator.num_processes, accelerator.process_index, accelerator.device, reg, log,
+                         autocast=accelerator.autocast)
 
 
 def load_data(cfg: Config, plugin: Any, paired: bool, log: Callable) -> tuple[list, list, list]:

@@ -50,8 +50,10 @@ def _validate_names(cfg: Any, where: str, command: str, reg: Any) -> None:
         raise fail(where, "algorithm.name" if cfg.algorithm.name else "loss.name",
                    f"is '{cfg.algorithm.name or spec.name}', which needs per-unit scores (per-token "
                    f"log-probs), and the '{modality}' plugin does not provide them.")
-    if spec.needs_reference and cfg.reference.strategy == "none" and cfg.loss.beta:
-        raise fail(where, "reference.strategy", f"is 'none' but loss '{spec.name}' needs a reference "
+    source_needs = cfg.algorithm.name and reg.get("algorithms", cfg.algorithm.name).source_needs_reference
+    if (spec.needs_reference or source_needs) and cfg.reference.strategy == "none" and cfg.loss.beta:
+        raise fail(where, "reference.strategy", f"is 'none' but {'algorithm' if cfg.algorithm.name else 'loss'} "
+                                                f"'{cfg.algorithm.name or spec.name}' needs a reference "
                                                 f"model. Use a reference-free loss (e.g. simpo, sft) "
                                                 f"or strategy auto/copy.")
     _check_evaluators(cfg, reg, modality, where)

@@ -9,8 +9,9 @@ from mmalign_metrics.plotting import plot_panels
 
 
 class PlotCallback(Callback):
-    """Writes ``training_curves.png`` (loss, reward accuracy, margins over steps) at the end of
-    training and every few logs, so a long run always has a current picture."""
+    """Writes ``training_curves.png`` (loss, reward accuracy, margins over steps; online: loss,
+    reward of the samples, KL, response length) at the end of training and every few logs, so a
+    long run always has a current picture."""
 
     def __init__(self, output_dir: Path, every: int = 10):
         self.path = Path(output_dir) / "training_curves.png"
@@ -27,10 +28,19 @@ class PlotCallback(Callback):
             pts = [(r["step"], r[key]) for r in history if key in r]
             return {label or key: ([p[0] for p in pts], [p[1] for p in pts])} if pts else {}
 
-        panels = {
-            "loss": {**series("loss", "train"), **series("eval/loss", "eval")},
-            "reward accuracy": {**series("rewards/accuracies", "train"),
-                                **series("eval/reward_accuracy", "eval")},
-            "reward margin": {**series("rewards/margins", "train"), **series("eval/margin", "eval")},
-        }
+        if any("rewards/mean" in r for r in history):  # an online run
+            panels = {
+                "loss": series("loss", "train"),
+                "reward of sampled responses": {**series("rewards/mean", "mean"), **series("rewards/std", "std")},
+                "KL to the reference (nats per token)": series("kl", "kl"),
+                "response length (tokens)": series("completions/mean_length", "mean"),
+            }
+            panels = {name: lines for name, lines in panels.items() if lines}
+        else:
+            panels = {
+                "loss": {**series("loss", "train"), **series("eval/loss", "eval")},
+                "reward accuracy": {**series("rewards/accuracies", "train"),
+                                    **series("eval/reward_accuracy", "eval")},
+                "reward margin": {**series("rewards/margins", "train"), **series("eval/margin", "eval")},
+            }
         plot_panels(self.path, panels, title="mmalign training curves")

@@ -8,7 +8,7 @@ optional KL to the reference), differing in its options: the clip range, the imp
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal, Optional
 
 import torch
@@ -25,14 +25,33 @@ KL_ESTIMATORS = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
 
 
 @dataclass
-class GroupOptions:
-    """``algorithm.options`` of the group family (defaults: GRPO as in TRL 1.16)."""
+class RolloutOptions:
+    """``algorithm.options`` every online algorithm has: how it samples and what scores the samples."""
 
     samples_per_prompt: int = 8  # G responses per prompt
     max_new_tokens: int = 64
     temperature: float = 1.0
     top_p: float = 1.0
     scorers: dict = field(default_factory=dict)  # {name: weight} or {name: {weight: w, <option>: v}}
+
+    def rollout_problem(self, min_samples: int, why: str):
+        if self.samples_per_prompt < min_samples:
+            return "algorithm.options.samples_per_prompt", f"must be at least {min_samples} ({why})."
+        if self.max_new_tokens < 1:
+            return "algorithm.options.max_new_tokens", "must be at least 1."
+        if not self.temperature > 0:
+            return "algorithm.options.temperature", "must be positive."
+        if not 0 < self.top_p <= 1:
+            return "algorithm.options.top_p", "must be in (0, 1]."
+        if not self.scorers:
+            return "algorithm.options.scorers", "names no reward function, e.g. {sentiment: 1.0}."
+        return None
+
+
+@dataclass
+class GroupOptions(RolloutOptions):
+    """``algorithm.options`` of the group family (defaults: GRPO as in TRL 1.16)."""
+
     scale_rewards: Literal["group", "batch", "none"] = "group"  # std the advantages are divided by
     epsilon: float = 0.2  # clip range below 1 (and above, unless epsilon_high)
     epsilon_high: Optional[float] = None  # DAPO's clip-higher
@@ -43,19 +62,11 @@ class GroupOptions:
     baseline: Literal["group_mean", "leave_one_out"] = "group_mean"  # leave_one_out: RLOO
 
     def problem(self):
-        if self.samples_per_prompt < 2:
-            return "algorithm.options.samples_per_prompt", "must be at least 2 (a group baseline needs two responses)."
-        if self.max_new_tokens < 1:
-            return "algorithm.options.max_new_tokens", "must be at least 1."
-        if not self.temperature > 0:
-            return "algorithm.options.temperature", "must be positive."
-        if not 0 < self.top_p <= 1:
-            return "algorithm.options.top_p", "must be in (0, 1]."
-        if not 0 < self.epsilon < 1 or (self.epsilon_high is not None and not self.epsilon_high > 0):
+        problem = self.rollout_problem(2, "a group baseline needs two responses")
+        if problem is None and (not 0 < self.epsilon < 1 or (self.epsilon_high is not None
+                                                              and not self.epsilon_high > 0)):
             return "algorithm.options.epsilon", "must be in (0, 1) (and epsilon_high positive)."
-        if not self.scorers:
-            return "algorithm.options.scorers", "names no reward function, e.g. {sentiment: 1.0}."
-        return None
+        return problem
 
 
 def group_policy_loss(policy: Scores, reference: Optional[Scores], *, beta: float, values: dict,
@@ -95,8 +106,8 @@ GROUP_LOSS = LossSpec("group_policy", group_policy_loss, needs_reference=True, r
 
 
 def advantage_estimator(options: GroupOptions):
-    """rewards [C, G] -> ({"advantages", "rewards"[, "keep"]}, metrics)."""
-    def estimate(rewards: Tensor) -> tuple[dict, dict]:
+    """rewards [C, G] -> ({"advantages", "rewards"[, "keep"]}, metrics); the rollout is unused."""
+    def estimate(rewards: Tensor, rollout=None) -> tuple[dict, dict]:
         if options.baseline == "leave_one_out":
             advantages = rloo_advantages(rewards)
         else:
@@ -125,7 +136,8 @@ def check_scorers(options: GroupOptions, registry) -> None:
 
 def _options(name: str, **defaults) -> type:
     """GroupOptions with other defaults (each algorithm's paper settings)."""
-    annotations = {k: GroupOptions.__annotations__[k] for k in defaults}
+    types = {f.name: f.type for f in fields(GroupOptions)}
+    annotations = {k: types[k] for k in defaults}
     return dataclass(type(f"{name}Options", (GroupOptions,),
                           {"__annotations__": annotations, "__module__": __name__, **defaults}))
 

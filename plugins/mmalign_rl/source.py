@@ -6,6 +6,10 @@ samples ``samples_per_prompt`` responses to each with the plugin's ``sample``, s
 configured reward functions, computes advantages with the algorithm's estimator, and returns the
 groups as one Batch, with ``values`` (advantages, rewards) for the group loss and ``metrics`` for
 the log. One update per rollout: the policy that samples a micro-batch is the one it trains.
+
+An estimator is ``estimate(rewards [C, G], rollout: Rollout) -> (values, metrics)``; the group
+family reads only the rewards, ReMax decodes and scores greedy responses through ``rollout``,
+REINFORCE++ scores the encoded batch with the policy and the reference (mmalign_rl.reinforce).
 """
 
 from __future__ import annotations
@@ -81,11 +85,25 @@ def score_responses(scorers: list[Scorer], records: list, responses: list[list])
 
 
 @dataclass
+class Rollout:
+    """One micro-batch's rollout as an estimator sees it, beyond the rewards: the prompts, the
+    samples, the encoded batch (on the device, what the loss will score) and the micro-batch's
+    generator."""
+
+    source: "OnlineSource"
+    plugin: Any
+    records: list
+    samples: Any  # mmalign.protocol.Samples
+    data: Any  # plugin.encode(...) of the samples, on the device
+    generator: torch.Generator
+
+
+@dataclass
 class OnlineSource:
     """The batch source of an online algorithm (see the module docstring)."""
 
     ctx: Any  # mmalign.algorithms.SourceContext
-    advantages: Callable[[Tensor], tuple[dict, dict]]  # rewards [C, G] -> (values, metrics)
+    advantages: Callable[[Tensor, Rollout], tuple[dict, dict]]  # rewards [C, G], rollout -> (values, metrics)
     scorers: list[Scorer]
     generator: torch.Generator  # unused for draws (see next_batch); kept as the data state's slot
     consumed: int = 0  # prompts taken, all processes together (the checkpoint's data position)
@@ -135,12 +153,12 @@ def rollout(source: OnlineSource, plugin: Any, device: torch.device, records: li
                             top_p=options.top_p)
     generated = time.perf_counter()
     rewards, metrics = score_responses(source.scorers, records, samples.responses)
-    values, value_metrics = source.advantages(rewards)
-    metrics.update(value_metrics, **response_metrics(samples, options.max_new_tokens))
     metrics.update({"rewards/mean": rewards.mean(), "rewards/std": rewards.std(),
                     "time/generate": torch.tensor(generated - start),
                     "time/score": torch.tensor(time.perf_counter() - generated)})
     data = plugin.encode(plugin.to_device(plugin.collate(samples.examples, generator), device))
+    values, value_metrics = source.advantages(rewards, Rollout(source, plugin, records, samples, data, generator))
+    metrics.update(value_metrics, **response_metrics(samples, options.max_new_tokens))
     return Batch(data, None, {k: v.to(device) for k, v in values.items()},
                  {k: torch.as_tensor(v).float() for k, v in metrics.items()})
 

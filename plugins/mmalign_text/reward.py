@@ -192,7 +192,7 @@ class TextReward(CausalLMModels):
                max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0,
                batch_size: int = 256) -> Samples:
         """``n`` completions per context ({"prompt": str or chat messages}, as records give it),
-        the prompt tokenized as training tokenizes it; see :func:`mmalign_text.sampling.sample_contexts`."""
+        the prompt tokenized as training tokenizes it; ``temperature=0``: greedy decoding. See :func:`mmalign_text.sampling.sample_contexts`."""
         return sample_contexts(model, self.tokenizer, self.limits, contexts, n, generator,
                                max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                batch_size=batch_size)

@@ -107,6 +107,7 @@ def sample_contexts(model, tokenizer, limits: Limits, contexts: list[Any], n: in
                     batch_size: int = 256) -> Samples:
     """``n`` sampled completions per context, its prompt tokenized as the text plugin tokenizes
     training prompts (:func:`mmalign_text.records.tokenize_prompt`: BOS, chat template).
+    ``temperature=0`` decodes greedily (``do_sample=False``; top_p is then unused).
     ``responses``: decoded texts [C][n]; ``trajectory``: {"prompt_ids": [C], "completion_ids": [C][n]};
     ``examples``: one :class:`TextGroup` per context."""
     records = [context_record(c, i) for i, c in enumerate(contexts)]
@@ -118,7 +119,8 @@ def sample_contexts(model, tokenizer, limits: Limits, contexts: list[Any], n: in
     seed = draw_seed(generator)
     with rng_fork(model):
         new = generate_ids(model, tokenizer, [p for p in prompts for _ in range(n)], max_new_tokens=max_new_tokens,
-                           seed=seed, temperature=temperature, top_p=top_p, batch_size=batch_size)
+                           seed=seed, temperature=temperature, top_p=top_p, batch_size=batch_size,
+                           greedy=temperature == 0)
     completions = [new[i * n:(i + 1) * n] for i in range(len(prompts))]
     responses = [[tokenizer.decode(c, skip_special_tokens=True) for c in cs] for cs in completions]
     groups = [TextGroup(p, cs, r.where) for p, cs, r in zip(prompts, completions, records)]

@@ -83,7 +83,8 @@ def sample_contexts(reward: VLMReward, model: nn.Module, contexts: list[Any], n:
         groups.append(VLMGroup(prompt, [], images, record.where))
     with rng_fork(model):
         new = generate_ids(reward, model, [g for g in groups for _ in range(n)], max_new_tokens=max_new_tokens,
-                           batch_size=batch_size, do_sample=True, temperature=temperature, top_p=top_p,
+                           batch_size=batch_size, do_sample=temperature > 0, temperature=temperature or 1.0,
+                           top_p=top_p,
                            seed=draw_seed(generator), suppress=multimodal_token_ids(reward))
     for i, g in enumerate(groups):
         g.completions = new[i * n:(i + 1) * n]

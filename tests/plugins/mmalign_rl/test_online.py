@@ -52,7 +52,7 @@ def config(tmp_path, algorithm="grpo", steps=4, scorers=None, **options):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algorithm", ["grpo", "dr_grpo", "dapo", "gspo", "rloo"])
+@pytest.mark.parametrize("algorithm", ["grpo", "dr_grpo", "dapo", "gspo", "rloo", "remax", "reinforce_pp"])
 def test_each_algorithm_raises_the_reward(tmp_path, algorithm):
     result = mmalign.train(config(tmp_path, algorithm, steps=20), log=lambda *a: None)
     rewards = [row["rewards/mean"] for row in result.history]
