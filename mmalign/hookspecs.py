@@ -70,7 +70,8 @@ def mmalign_register_evaluators(register: Callable[..., None]) -> None:
     ``register(name, evaluator, modalities=("vlm",))`` declares the modalities it applies to, so a
     config that names it for another modality is refused before training (default: every one).
     Built-in: ``reward_accuracy`` (implicit-reward accuracy and margin on held-out pairs),
-    ``chair``, ``pope`` (mmalign_vlm), ``diffusion_accuracy`` (mmalign_diffusion).
+    ``chair``, ``pope`` (mmalign_vlm), ``diffusion_accuracy`` (mmalign_diffusion),
+    ``addition_accuracy`` (mmalign_text: the rl demo's held-out greedy accuracy).
     """
 
 
@@ -91,9 +92,12 @@ def mmalign_register_scorers(register: Callable[..., None]) -> None:
     verifier, a gold scorer, PickScore / HPS / aesthetic predictors for images.
 
     Call ``register(name, factory)`` where ``factory(**options)`` returns a callable
-    ``scorer(prompts, responses, images=None) -> list[float]`` (higher is better). Used by
-    Best-of-N sampling and by evaluations. Built-in: ``reward_model`` (text), ``sentiment`` (the
-    text demo's gold reward).
+    ``scorer(prompts, responses, **columns) -> list[float]`` (higher is better), one value per
+    response; ``columns`` are the record's other fields, one per response (``images``, a
+    verifier's ``answer``), of which a scorer receives those it names as parameters. Used as the
+    reward functions of online algorithms, by Best-of-N sampling and by evaluations. Built-in:
+    ``reward_model`` (text), ``sentiment`` (the text demo's gold reward), ``addition_exact`` (the
+    rl demo's verifier).
     """
 
 
@@ -103,7 +107,8 @@ def mmalign_register_demos(register: Callable[..., None]) -> None:
 
     Call ``register(name, run)`` where ``run(out_dir, **options) -> dict`` writes ``report.json``
     and PNG plots into ``out_dir`` and returns the report. Built-in: ``text``, ``vlm``,
-    ``diffusion``, ``text-frontier`` (what ``mmalign sweep`` runs).
+    ``diffusion``, ``text-frontier`` (what ``mmalign sweep`` runs), ``rl`` (a verifiable reward:
+    SFT then GRPO on 2-digit addition).
     """
 
 

@@ -164,11 +164,13 @@ def rollout(source: OnlineSource, plugin: Any, device: torch.device, records: li
 
 
 def response_metrics(samples: Any, max_new_tokens: int) -> dict[str, Tensor]:
-    """Response length mean and max, and the share cut at max_new_tokens (token plugins)."""
+    """Response length mean and max, and the share cut at max_new_tokens without an end (token
+    plugins; ``finished`` in the trajectory says which responses ended with EOS)."""
     trajectory = samples.trajectory if isinstance(samples.trajectory, dict) else {}
     ids = [len(c) for group in trajectory.get("completion_ids", []) for c in group]
     if not ids:
         return {}
     lengths = torch.tensor(ids, dtype=torch.float)
+    finished = torch.tensor([f for group in trajectory.get("finished", []) for f in group] or [False] * len(ids))
     return {"completions/mean_length": lengths.mean(), "completions/max_length": lengths.max(),
-            "completions/truncated": (lengths >= max_new_tokens).float().mean()}
+            "completions/truncated": ((lengths >= max_new_tokens) & ~finished).float().mean()}

@@ -43,6 +43,9 @@ def mmalign_register_scorers(register):
 
     register("reward_model", RewardModelScorer)
     register("sentiment", sentiment_scorer)
+    from mmalign_text.addition import addition_exact_scorer
+
+    register("addition_exact", addition_exact_scorer)
 
 
 @hookimpl
@@ -60,6 +63,13 @@ def mmalign_register_demos(register):
     register("text", run_text_demo)
     register("text-frontier", run_text_frontier)
 
+    def run_rl_demo(out_dir, **options):
+        from mmalign_text.rl_demo import run_demo
+
+        return run_demo(out_dir, **options)
+
+    register("rl", run_rl_demo)
+
 
 @hookimpl
 def mmalign_register_commands(register):
@@ -68,3 +78,10 @@ def mmalign_register_commands(register):
     register("sweep", sweep_command, arguments=add_sweep_arguments,
              help="the reward-KL frontier of the text demo: DPO at several betas and the paper's "
                   "baselines; writes frontier.json and frontier.png")
+
+
+@hookimpl
+def mmalign_register_evaluators(register):
+    from mmalign_text.addition import addition_accuracy
+
+    register("addition_accuracy", addition_accuracy, modalities=("text",))

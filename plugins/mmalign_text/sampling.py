@@ -108,7 +108,8 @@ def sample_contexts(model, tokenizer, limits: Limits, contexts: list[Any], n: in
     """``n`` sampled completions per context, its prompt tokenized as the text plugin tokenizes
     training prompts (:func:`mmalign_text.records.tokenize_prompt`: BOS, chat template).
     ``temperature=0`` decodes greedily (``do_sample=False``; top_p is then unused).
-    ``responses``: decoded texts [C][n]; ``trajectory``: {"prompt_ids": [C], "completion_ids": [C][n]};
+    ``responses``: decoded texts [C][n]; ``trajectory``: {"prompt_ids": [C], "completion_ids": [C][n],
+    "finished": [C][n] (the completion ends with EOS)};
     ``examples``: one :class:`TextGroup` per context."""
     records = [context_record(c, i) for i, c in enumerate(contexts)]
     prompts = [tokenize_prompt(tokenizer, r, limits) for r in records]
@@ -124,4 +125,6 @@ def sample_contexts(model, tokenizer, limits: Limits, contexts: list[Any], n: in
     completions = [new[i * n:(i + 1) * n] for i in range(len(prompts))]
     responses = [[tokenizer.decode(c, skip_special_tokens=True) for c in cs] for cs in completions]
     groups = [TextGroup(p, cs, r.where) for p, cs, r in zip(prompts, completions, records)]
-    return Samples(list(contexts), responses, groups, {"prompt_ids": prompts, "completion_ids": completions})
+    finished = [[bool(c) and c[-1] == tokenizer.eos_token_id for c in cs] for cs in completions]
+    return Samples(list(contexts), responses, groups,
+                   {"prompt_ids": prompts, "completion_ids": completions, "finished": finished})
