@@ -86,6 +86,7 @@ def build_run(cfg: Config, *, resume: Any, log: Callable, overwrite: bool, clean
         content = plugin.content_fingerprint(train_examples)
     else:  # the prompts the policy answers; the plugin reads each record's context when it samples
         train_examples, eval_examples, reports, content = prompt_records(cfg), [], [], ""
+        main_log(f"{cfg.data.train}: {len(train_examples)} records read, each a prompt for {cfg.algorithm.name}")
     identity = new_identity(cfg, content)  # what must match for --resume
     stream = BatchStream(train_examples, cfg.train.batch_size, cfg.train.gradient_accumulation_steps,
                          accelerator.num_processes, accelerator.process_index, cfg.seed,

@@ -19,6 +19,7 @@ from train_processes import (
     assert_bitwise_equal,
     checkpoint_names,
     killed,
+    metrics_text,
     modality_config,
     run,
     run_until,
@@ -105,7 +106,7 @@ def test_killed_at_every_kind_of_point_resumes_bitwise(modality, uninterrupted, 
     straight = uninterrupted(modality)
     assert_bitwise_equal(weights(run_dir / "final"), weights(straight / "final"))
     assert_same_safetensors_bytes(run_dir, straight)
-    assert (run_dir / "metrics.jsonl").read_text() == (straight / "metrics.jsonl").read_text()
+    assert metrics_text(run_dir) == metrics_text(straight)
     assert checkpoint_names(run_dir) == checkpoint_names(straight)  # no temporary left behind
 
 
@@ -127,7 +128,7 @@ def test_identical_runs_write_identical_bytes_under_another_hash_seed(modality, 
     config = write_config(tmp_path / "config.yaml", modality_config(modality, tmp_path / "run", **TRAIN))
     proc = run(train_command(config), PYTHONHASHSEED="12345")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (tmp_path / "run" / "metrics.jsonl").read_text() == (straight / "metrics.jsonl").read_text()
+    assert metrics_text(tmp_path / "run") == metrics_text(straight)
     assert_same_safetensors_bytes(tmp_path / "run", straight)
 
 

@@ -7,6 +7,7 @@ Text uses the tiny Llama of tests/conftest.py; any other modality its shipped
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -132,3 +133,11 @@ def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def metrics_text(run_dir: Path) -> str:
+    """metrics.jsonl without the wall-clock keys (``time/*``: an online run's generate and score
+    seconds), which two runs never share: what must be identical across runs, byte for byte."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return "".join(json.dumps({k: v for k, v in row.items() if not k.startswith("time/")}) + "\n"
+                   for row in rows)
