@@ -30,6 +30,22 @@ class EvalContext:
         return dict((self.evaluator_options or {}).get(name, {}))
 
 
+def scored_batches(ctx: EvalContext, generator: torch.Generator):
+    """(examples, policy Scores, reference Scores or None) for each batch of the held-out
+    examples, in order; call it under ``torch.no_grad()``. Randomness (diffusion noise) comes from
+    ``generator``, so every evaluation can see the same draws."""
+    from mmalign.batches import Batch
+
+    device = next(ctx.policy.parameters()).device
+    for start in range(0, len(ctx.examples), ctx.batch_size):
+        chunk = ctx.examples[start:start + ctx.batch_size]
+        batch = Batch(ctx.reward.encode(ctx.reward.to_device(ctx.reward.collate(chunk, generator), device)))
+        ref = ctx.reference.scores(batch) if ctx.reference else None
+        with ctx.autocast():
+            pol = ctx.reward.score(ctx.policy, batch.data)
+        yield chunk, pol, ref
+
+
 def subset_of(example) -> str | None:
     subset = getattr(example, "subset", None)
     if subset is None and isinstance(getattr(example, "fields", None), dict):

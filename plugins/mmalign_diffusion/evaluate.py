@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from mmalign.batches import Batch
+from mmalign.evaluate import scored_batches
 from mmalign.errors import ConfigError
 from mmalign.scores import implicit_reward
 
@@ -20,20 +20,16 @@ from mmalign.scores import implicit_reward
 def pair_margins(ctx, draws: int) -> torch.Tensor:
     """[N] implicit-reward margins of the held-out pairs, each the mean over ``draws`` draws."""
     generator = torch.Generator().manual_seed(ctx.seed)
-    device = next(ctx.policy.parameters()).device
     was_training = ctx.policy.training
     ctx.policy.eval()
     total = torch.zeros(len(ctx.examples))
     with torch.no_grad():
         for _ in range(draws):
-            for start in range(0, len(ctx.examples), ctx.batch_size):
-                chunk = ctx.examples[start:start + ctx.batch_size]
-                batch = Batch(ctx.reward.encode(ctx.reward.to_device(ctx.reward.collate(chunk, generator), device)))
-                ref = ctx.reference.scores(batch) if ctx.reference else None
-                with ctx.autocast():
-                    pol = ctx.reward.score(ctx.policy, batch.data)
+            margins = []
+            for _, pol, ref in scored_batches(ctx, generator):
                 rewards = implicit_reward(pol.sums, ref.sums if ref else None, ctx.beta)
-                total[start:start + len(chunk)] += (rewards[:, 0] - rewards[:, 1]).float().cpu()
+                margins.append((rewards[:, 0] - rewards[:, 1]).float().cpu())
+            total += torch.cat(margins)
     ctx.policy.train(was_training)
     return total / draws
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mmalign.evaluate import EvalContext, subset_of
+from mmalign.evaluate import EvalContext, scored_batches, subset_of
 from mmalign.scores import implicit_reward
 
 
@@ -15,7 +15,6 @@ def reward_accuracy(ctx: EvalContext) -> dict[str, float]:
     every evaluation sees the same ones."""
     if not ctx.loss.paired:
         return {}
-    from mmalign.batches import Batch
     from mmalign.losses.objective import make_objective, objective_loss
     from mmalign.plugins import registry
 
@@ -23,18 +22,12 @@ def reward_accuracy(ctx: EvalContext) -> dict[str, float]:
                                lookup=lambda name, key: registry().get("losses", name, key))
 
     generator = torch.Generator().manual_seed(ctx.seed)
-    device = next(ctx.policy.parameters()).device
     was_training = ctx.policy.training
     ctx.policy.eval()
     totals = {"correct": 0.0, "margin": 0.0, "loss": 0.0, "n": 0}
     per_subset: dict[str, list[int]] = {}
     with torch.no_grad():
-        for start in range(0, len(ctx.examples), ctx.batch_size):
-            chunk = ctx.examples[start:start + ctx.batch_size]
-            batch = Batch(ctx.reward.encode(ctx.reward.to_device(ctx.reward.collate(chunk, generator), device)))
-            ref = ctx.reference.scores(batch) if ctx.reference else None
-            with ctx.autocast():
-                pol = ctx.reward.score(ctx.policy, batch.data)
+        for chunk, pol, ref in scored_batches(ctx, generator):
             loss, _ = objective_loss(objective, pol, ref)
             rewards = implicit_reward(pol.sums, ref.sums if ref else None, ctx.beta)
             r_c, r_r = rewards[:, 0], rewards[:, 1]

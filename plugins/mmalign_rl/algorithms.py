@@ -48,6 +48,13 @@ class RolloutOptions:
         return None
 
 
+def clip_range_problem(epsilon: float, epsilon_high: Optional[float]):
+    """(key, message) when the PPO clip range is out of range, else None."""
+    if not 0 < epsilon < 1 or (epsilon_high is not None and not epsilon_high > 0):
+        return "algorithm.options.epsilon", "must be in (0, 1) (and epsilon_high positive)."
+    return None
+
+
 @dataclass
 class GroupOptions(RolloutOptions):
     """``algorithm.options`` of the group family (defaults: GRPO as in TRL 1.16)."""
@@ -63,10 +70,7 @@ class GroupOptions(RolloutOptions):
 
     def problem(self):
         problem = self.rollout_problem(2, "a group baseline needs two responses")
-        if problem is None and (not 0 < self.epsilon < 1 or (self.epsilon_high is not None
-                                                              and not self.epsilon_high > 0)):
-            return "algorithm.options.epsilon", "must be in (0, 1) (and epsilon_high positive)."
-        return problem
+        return problem or clip_range_problem(self.epsilon, self.epsilon_high)
 
 
 def group_policy_loss(policy: Scores, reference: Optional[Scores], *, beta: float, values: dict,

@@ -30,7 +30,7 @@ from mmalign.batches import Batch
 from mmalign.losses import LossSpec
 from mmalign.scores import Scores
 from mmalign_rl.advantages import reinforce_pp_advantages, remax_advantages
-from mmalign_rl.algorithms import GROUP_LOSS, KL_ESTIMATORS, RolloutOptions, check_scorers
+from mmalign_rl.algorithms import GROUP_LOSS, KL_ESTIMATORS, RolloutOptions, check_scorers, clip_range_problem
 from mmalign_rl.policy_losses import aggregate, clipped_surrogate, masked_mean
 from mmalign_rl.source import OnlineSource, Rollout, build_scorers, score_responses
 
@@ -60,10 +60,7 @@ class ReinforcePPOptions(RolloutOptions):
 
     def problem(self):
         problem = self.rollout_problem(1, "one response per prompt at least")
-        if problem is None and (not 0 < self.epsilon < 1 or (self.epsilon_high is not None
-                                                              and not self.epsilon_high > 0)):
-            return "algorithm.options.epsilon", "must be in (0, 1) (and epsilon_high positive)."
-        return problem
+        return problem or clip_range_problem(self.epsilon, self.epsilon_high)
 
 
 def remax_estimator(rewards: Tensor, rollout: Rollout) -> tuple[dict, dict]:
