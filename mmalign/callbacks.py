@@ -3,6 +3,13 @@ built-in ``metrics`` plugin), registered by name through ``mmalign_register_call
 
 from __future__ import annotations
 
+import inspect
+from pathlib import Path
+from typing import Any
+
+# config keys that add a built-in callback to those train.callbacks names: (key, callback name)
+IMPLIED = (("train.report_to", "trackers"), ("train.push_to_hub", "push_to_hub"))
+
 
 class Callback:
     """Base class of training callbacks: override what you need (every method is a no-op here).
@@ -15,4 +22,29 @@ class Callback:
         """The evaluators ran; ``metrics`` holds their ``eval/...`` values."""
 
     def on_train_end(self, history: list[dict]) -> None:
-        """Training finished; ``history`` holds every row."""
+        """Training finished (``final/`` is written); ``history`` holds every row."""
+
+
+def build_callbacks(cfg: Any, reg: Any, out: Path, accelerator: Any) -> list[Callback]:
+    """The run's callbacks: those of ``train.callbacks``, then those a key implies (``trackers``
+    for ``train.report_to``, ``push_to_hub`` for ``train.push_to_hub``). Each factory is called as
+    ``factory(output_dir)``, plus the keywords it declares among ``cfg`` and ``accelerator``."""
+    names = [(name, f"train.callbacks[{i}]") for i, name in enumerate(cfg.train.callbacks)]
+    for key, name in IMPLIED:
+        section, field = key.split(".")
+        if getattr(getattr(cfg, section), field) and name not in cfg.train.callbacks:
+            names.append((name, key))
+    context = {"cfg": cfg, "accelerator": accelerator}
+    return [_make(reg.get("callbacks", name, key), out, context) for name, key in names]
+
+
+def _make(factory: Any, out: Path, context: dict) -> Callback:
+    """``factory(out, **the part of context it accepts)``: a factory written for ``factory(out)``
+    keeps working (as pluggy lets a hook implementation take fewer arguments)."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: the plain call
+        return factory(out)
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return factory(out, **context)
+    return factory(out, **{k: v for k, v in context.items() if k in params})

@@ -107,6 +107,11 @@ class TrainConfig:
     on_nonfinite: Literal["stop", "skip"] = "stop"
     progress: bool = True
     callbacks: list[str] = field(default_factory=lambda: ["plot"])
+    # experiment trackers (accelerate's): tensorboard, wandb, mlflow, trackio; each row of
+    # metrics.jsonl goes to every one of them
+    report_to: list[str] = field(default_factory=list)
+    # a Hub repository (org/name): final/ and its model card are uploaded there after training
+    push_to_hub: Optional[str] = None
 
 
 @dataclass

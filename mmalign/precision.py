@@ -49,8 +49,10 @@ def mixed_precision(model_dtype: str, precision: str) -> str:
     return implied or "no"
 
 
-def make_accelerator(mixed: str, *, cpu: bool):
+def make_accelerator(mixed: str, *, cpu: bool, log_with: list[str] | None = None, project_dir=None):
     """An accelerate Accelerator computing in ``mixed``; ConfigError where accelerate cannot.
+    ``log_with``: accelerate's experiment trackers (``train.report_to``), writing under
+    ``project_dir`` those that keep local files (TensorBoard).
 
     AcceleratorState is a process-wide singleton that refuses a second, different mixed precision;
     a process that trains twice (a demo's SFT then DPO, a sweep, tests) resets that part of it
@@ -63,7 +65,8 @@ def make_accelerator(mixed: str, *, cpu: bool):
         # Private, but accelerate (1.15) has no public way to change the precision of a process's
         # state; accelerate's own tests reset it so. PartialState (processes, device) is kept.
         AcceleratorState._reset_state()
-    accelerator = Accelerator(mixed_precision=mixed, cpu=cpu)
+    accelerator = Accelerator(mixed_precision=mixed, cpu=cpu, log_with=log_with or None,
+                              project_dir=project_dir if log_with else None)
     _check_supported(accelerator, mixed)
     return accelerator
 

@@ -42,6 +42,7 @@ KEPT_ON_OVERWRITE = ("reference_cache",)
 NOT_IDENTITY = ("output_dir", "source", "data.train", "data.eval", "eval.",
                 "train.max_steps", "train.epochs", "train.log_every", "train.eval_every",
                 "train.save_every", "train.keep_last", "train.progress", "train.callbacks",
+                "train.report_to", "train.push_to_hub",
                 "train.on_nonfinite", "reference.cache", "reference.cache_dir",
                 "model.gradient_checkpointing")
 

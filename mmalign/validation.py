@@ -15,6 +15,7 @@ Every failure is a :class:`mmalign.errors.ConfigError` naming the file and the d
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import sys
 from typing import Any
@@ -57,7 +58,7 @@ NUMBER_RULES: dict[str, tuple[Any, str]] = {
 # keys whose string value must not be empty (an empty path would mean the current directory)
 NON_EMPTY = ("output_dir", "model.reward", "model.name_or_path", "model.tokenizer",
              "reference.name_or_path", "reference.cache_dir", "data.train", "data.eval", "data.format",
-             "loss.name", "eval.checkpoint")
+             "loss.name", "eval.checkpoint", "train.push_to_hub")
 
 # free-form mappings: string keys, finite numbers anywhere inside
 FREE_MAPPINGS = ("model.tiny", "model.options", "loss.options", "eval.options")
@@ -200,7 +201,8 @@ def _check_lists(cfg: Any, where: str) -> None:
         _finite(b, f"train.adam_betas[{i}]", where)
         if not 0 <= b < 1:
             raise fail(where, f"train.adam_betas[{i}]", f"must be in [0, 1), got {b}.")
-    names = {"train.callbacks": cfg.train.callbacks, "eval.evaluators": cfg.eval.evaluators}
+    names = {"train.callbacks": cfg.train.callbacks, "eval.evaluators": cfg.eval.evaluators,
+             "train.report_to": cfg.train.report_to}
     lora = cfg.model.lora
     if lora is not None:
         modules = lora.target_modules
@@ -218,6 +220,33 @@ def _check_lists(cfg: Any, where: str) -> None:
         if not isinstance(options, dict):
             raise fail(where, f"eval.options.{name}", f"must be a mapping of that evaluator's "
                                                       f"options, got {short_repr(options)}.")
+    _check_hub(cfg.train.report_to, cfg.train.push_to_hub, where)
+
+
+# train.report_to: tracker -> the modules accelerate accepts for it (any one installed will do)
+TRACKERS = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",),
+            "trackio": ("trackio",)}
+
+
+def _check_hub(report_to: list[str], push_to_hub: Any, where: str) -> None:
+    """Trackers known and installed (found, not imported), and a well-formed Hub repository id."""
+    for i, name in enumerate(report_to):
+        if name not in TRACKERS:
+            raise fail(where, f"train.report_to[{i}]", f"is '{name}', not a tracker mmalign logs to. "
+                                                       f"Choose from {', '.join(TRACKERS)}.")
+        if not any(importlib.util.find_spec(module) for module in TRACKERS[name]):
+            extra = " (or `pip install 'mmalign[trackers]'`)" if name == "tensorboard" else ""
+            raise fail(where, f"train.report_to[{i}]", f"is '{name}', which is not installed. Install "
+                                                       f"it with `pip install {name}`{extra}, or remove it.")
+    if push_to_hub:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(push_to_hub)
+        except HFValidationError:
+            raise fail(where, "train.push_to_hub", f"is '{push_to_hub}', not a Hub repository id: "
+                                                   f"'name' or 'org/name' in letters, digits, '-', '_' "
+                                                   f"and '.' (at most 96 characters).") from None
 
 
 def _check_cross(cfg: Any, where: str) -> None:

@@ -101,3 +101,21 @@ def load_lora_unet(base_unet: nn.Module, directory: Path) -> LoraUNet:
     base_unet.load_lora_adapter(str(directory), prefix="unet", adapter_name="default",
                                 weight_name=WEIGHT_NAME)
     return LoraUNet(base_unet)
+
+
+def loading_code(directory: Path, ref: str, base: str | None) -> str:
+    """diffusers code that loads what ``save`` wrote into ``directory`` (the model card): the
+    pipeline at ``ref``, or for an adapter the base pipeline (``base``, else the ``base_pipeline/``
+    that ``save`` writes beside an adapter on a ``model.tiny`` base) and ``load_lora_weights``."""
+    import json
+
+    imports = "from diffusers import DiffusionPipeline\n"
+    if not (Path(directory) / WEIGHT_NAME).is_file():
+        return f"{imports}\npipeline = DiffusionPipeline.from_pretrained({json.dumps(ref)})\n"
+    if base:
+        return (f"{imports}\npipeline = DiffusionPipeline.from_pretrained({json.dumps(base)})\n"
+                f"pipeline.load_lora_weights({json.dumps(ref)})\n")
+    return (f"import os\n\n{imports}from huggingface_hub import snapshot_download\n\n"
+            f"repo = {json.dumps(ref)}\nfolder = repo if os.path.isdir(repo) else snapshot_download(repo)\n"
+            f"pipeline = DiffusionPipeline.from_pretrained(os.path.join(folder, \"base_pipeline\"))\n"
+            f"pipeline.load_lora_weights(folder)\n")

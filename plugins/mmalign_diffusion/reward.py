@@ -12,9 +12,8 @@ is then exactly Diffusion-DPO's eq. 14 as the diffusers DPO scripts implement it
 The 1/2 is folded into the score so that ``loss.beta`` means the scripts' ``--beta_dpo`` (2500 for
 SD 1.5, 5000 for SDXL): the paper's beta * T * omega(lambda_t) with a constant weight is beta_dpo / 2
 when the squared norm is a per-dimension mean. Chosen and rejected go through the UNet in one pass
-of 2B rows. SFT (``loss.name: sft``) minimises -s = mse / 2 on the chosen image. ``sample``
-(mmalign_diffusion.online) draws images by DDIM with the trajectory recorded; their groups score
-as [C, n] the same way.
+of 2B rows. SFT minimises -s = mse / 2 on the chosen image; ``sample`` (mmalign_diffusion.online)
+draws DDIM trajectories whose groups score as [C, n] the same way.
 """
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ from mmalign_diffusion.batch import DiffusionBatch, DiffusionGroup
 from mmalign_diffusion.cache import TensorCache, fingerprint
 from mmalign_diffusion.encoding import caption_embeddings, image_latents
 from mmalign_diffusion.lora import (WEIGHT_NAME, LoraUNet, add_lora, load_lora_unet,
-                                    load_lora_weights_into, save_lora)
+                                    load_lora_weights_into, loading_code, save_lora)
 from mmalign_diffusion.options import OPTIONS, SUPPORTED_DTYPES, check_options  # noqa: F401
 from mmalign_diffusion.records import DiffusionExample, choose_view, parse_record
 from mmalign_text.causal_lm import unwrap_wrappers
@@ -143,6 +142,10 @@ class DiffusionReward(ModalityPlugin):
                 C.make_pipeline(self.comps, self._base_unet()).save_pretrained(directory / "base_pipeline")
             return
         C.make_pipeline(self.comps, model).save_pretrained(directory, safe_serialization=True)
+
+    @classmethod
+    def how_to_load(cls, directory: Path, ref: str, base: Optional[str]) -> tuple[str, str]:
+        return "diffusers", loading_code(directory, ref, base)  # model card: DiffusionPipeline (+ LoRA)
 
     def load_weights(self, model: nn.Module, directory: Path) -> None:
         """Weights written by ``save`` into ``model`` in place (exact resume)."""

@@ -214,6 +214,9 @@ class CausalLMModels(ModalityPlugin):
     and ``_base_model()`` (from ``model.name_or_path``, or random from ``model.tiny``)."""
 
     cfg: ModelConfig
+    #: the transformers classes that load what ``save`` writes (the model card's loading code)
+    auto_class: str = "AutoModelForCausalLM"
+    processor_class: str = "AutoTokenizer"
 
     def _from_pretrained(self, path: str, dtype: Optional[str] = None) -> nn.Module:
         raise NotImplementedError
@@ -247,6 +250,14 @@ class CausalLMModels(ModalityPlugin):
             base = model.get_base_model()
             base.save_pretrained(directory / "base_model", state_dict=base_state_dict(base),
                                  safe_serialization=True)
+
+    @classmethod
+    def how_to_load(cls, directory: Path, ref: str, base: Optional[str]) -> tuple[str, str]:
+        """``auto_class`` on ``ref``; an adapter: peft's PeftModel over the base (see
+        :func:`mmalign_text.loading_code.transformers_loading`)."""
+        from mmalign_text.loading_code import transformers_loading
+
+        return transformers_loading(cls.auto_class, cls.processor_class, directory, ref, base)
 
     def load_weights(self, model: nn.Module, directory: Path) -> None:
         """Load weights written by ``save`` into ``model`` in place (exact resume)."""

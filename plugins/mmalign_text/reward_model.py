@@ -47,6 +47,7 @@ class RewardModel(TextReward):
     name = "reward_model"
     per_unit_scores = False  # one reward per response, no per-token scores
     sample = ModalityPlugin.sample  # a sequence classifier generates nothing
+    auto_class = "AutoModelForSequenceClassification"  # what loads final/ (the model card)
 
     def _from_pretrained(self, path: str, dtype: Optional[str] = None) -> nn.Module:
         from transformers import AutoModelForSequenceClassification

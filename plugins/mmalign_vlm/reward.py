@@ -57,6 +57,7 @@ class VLMReward(VLMRecords, VLMScoring, CausalLMModels):
 
     provides_extras = ("chosen_corrupted",)  # s(y_w | corrupted image), for mDPO
     per_unit_scores = True  # score(..., per_unit=True): per-token log-probs, on every path
+    auto_class, processor_class = "AutoModelForImageTextToText", "AutoProcessor"  # load final/ (model card)
 
     @property
     def deterministic_collate(self) -> bool:  # mDPO's corrupted images are drawn per batch
