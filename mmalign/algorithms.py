@@ -21,7 +21,10 @@ from mmalign.losses.spec import LossSpec
 class Algorithm:
     """An online algorithm, as registered.
 
-    loss:         the group loss its batches train (``responses="group"``)
+    loss:         the group loss its batches train (``responses="group"``; its keyword options are
+                  the algorithm's options of the same names), or ``loss(options, registry, where)
+                  -> LossSpec`` when the options pick it (online DPO wraps any pair loss of the
+                  registry): it raises a ConfigError naming the key on a bad choice
     options:      a dataclass type of its options (``algorithm.options``; typed, checked before
                   anything loads, exit code 2 on a bad value)
     make_source:  ``make_source(ctx: SourceContext) -> source``, a batch source: an object with
@@ -33,15 +36,18 @@ class Algorithm:
                   the KL in the reward): the reference is built when ``loss.beta`` > 0 even if
                   the loss declares ``needs_reference=False``; the engine's micro-step then skips
                   its own reference pass (it follows the loss)
+    needs_beta:   ``loss.beta`` scales the loss itself (online DPO's implicit reward), not a KL
+                  term: 0 is refused before anything loads (the group family takes 0 for no KL)
     """
 
     name: str
-    loss: LossSpec
+    loss: LossSpec | Callable[[Any, Any, str], LossSpec]
     options: type
     make_source: Callable[["SourceContext"], Any]
     summary: str = ""
     check: Optional[Callable[[Any, Any], None]] = None
     source_needs_reference: bool = False
+    needs_beta: bool = False
 
 
 @dataclass
@@ -64,6 +70,14 @@ class SourceContext:
     log: Callable[[str], None] = print
     extras: dict = field(default_factory=dict)
     autocast: Callable = nullcontext  # what the engine scores the policy under (a source scoring it too)
+    prepare_model: Callable = lambda model: model  # accelerate's: a model the source trains (PPO's critic), DDP-wrapped
+
+
+def algorithm_loss(algorithm: Algorithm, options: Any, registry: Any, where: str = "config") -> LossSpec:
+    """The loss an algorithm's batches train with these options: its own, or the one they pick."""
+    if isinstance(algorithm.loss, LossSpec):
+        return algorithm.loss
+    return algorithm.loss(options, registry, where)
 
 
 def build_options(algorithm: Algorithm, options: dict, where: str) -> Any:
@@ -73,11 +87,18 @@ def build_options(algorithm: Algorithm, options: dict, where: str) -> Any:
     return _build(algorithm.options, dict(options), "algorithm.options", where)
 
 
-def check_options(options: Any, where: str) -> Optional[str]:
-    """The options' own rules (``problem() -> (key, message) | None``), as a ConfigError."""
+def check_options(options: Any, where: str, save_every: int = 0) -> Optional[str]:
+    """The options' own rules (``problem() -> (key, message) | None``), as a ConfigError; and
+    checkpoints only between rollouts: ``train.save_every`` a multiple of the optimizer steps one
+    rollout trains (``options.steps_per_rollout``, 1 unless the options say otherwise)."""
     from mmalign.validation import fail
 
     problem = options.problem() if hasattr(options, "problem") else None
     if problem:
         raise fail(where, *problem)
+    steps = getattr(options, "steps_per_rollout", 1)
+    if save_every and save_every % steps:
+        raise fail(where, "train.save_every", f"is {save_every}, but each rollout trains {steps} optimizer "
+                                              f"steps (algorithm.options rollout_steps x epochs) and a "
+                                              f"checkpoint holds no rollout in flight: use a multiple of {steps}.")
     return None

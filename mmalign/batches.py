@@ -40,8 +40,10 @@ class Batch:
 class BatchStream:
     """The offline batch source: micro-batches of the training examples, epoch after epoch.
     Where it stands (``consumed``, ``generator``) is the run's data state, saved in checkpoints.
-    A batch source is anything with ``next_batch(plugin, device) -> Batch`` and that state: an
-    online source samples its batches from the policy instead (``plugin.sample``)."""
+    A batch source is anything with ``next_batch(plugin, device) -> Batch``, that state, and the
+    three members below: an online source samples its batches from the policy instead
+    (``plugin.sample``), may hold a rollout between optimizer steps (``at_boundary``) and may keep
+    tensors of its own that a checkpoint must save (a PPO critic: ``source_state``)."""
 
     examples: list
     batch_size: int  # per process and micro-batch
@@ -60,6 +62,19 @@ class BatchStream:
 
     def next_batch(self, plugin: Any, device: torch.device) -> Batch:
         return next_batch(self, plugin, device)
+
+    @property
+    def at_boundary(self) -> bool:
+        """Whether a checkpoint written now resumes exactly: the source holds nothing in flight."""
+        return True
+
+    def source_state(self) -> tuple[dict[str, Tensor], dict]:
+        """(tensors, JSON-able metadata) the source keeps beyond its data position; saved in
+        checkpoints as ``source.safetensors`` and trainer_state's "source"."""
+        return {}, {}
+
+    def load_source_state(self, tensors: dict[str, Tensor], meta: dict) -> None:
+        """Restore what :meth:`source_state` returned."""
 
 
 def next_slices(stream: BatchStream) -> list[Tensor]:

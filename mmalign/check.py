@@ -36,6 +36,11 @@ def read_data(cfg: Config) -> list[str]:
     from mmalign.plugins import registry
 
     reg = registry()
+    if cfg.algorithm.name:  # prompts for an online algorithm: each record needs one
+        from mmalign.run_setup import prompt_records
+
+        return [f"  {key}: {len(prompt_records(cfg, path, key))} prompt records read from {path}"
+                for key, path in (("data.train", cfg.data.train), ("data.eval", cfg.data.eval)) if path]
     checker = record_checker(cfg, reg)
     paired = reg.get("losses", cfg.loss.name, "loss.name").paired
     lines, used = [], {}
@@ -66,7 +71,9 @@ def summary(cfg: Config, where: str) -> str:
     length = f"{t.max_steps} steps" if t.max_steps else f"{t.epochs:g} epochs"
     lines = [f"{where}: valid",
              f"  model: {cfg.model.reward}, {model}{', LoRA r=' + str(cfg.model.lora.r) if cfg.model.lora else ''}",
-             f"  loss: {cfg.loss.name} (beta {cfg.loss.beta:g}); reference: {cfg.reference.strategy}",
+             f"  algorithm: {cfg.algorithm.name} {cfg.algorithm.options} (loss.beta {cfg.loss.beta:g})" if
+             cfg.algorithm.name else f"  loss: {cfg.loss.name} (beta {cfg.loss.beta:g})",
+             f"  reference: {cfg.reference.strategy}",
              f"  train: {length}, batch {t.batch_size} x {t.gradient_accumulation_steps} accumulation, "
              f"lr {t.lr:g} ({t.lr_scheduler}), precision {t.precision}",
              f"  eval: {', '.join(cfg.eval.evaluators) or '(none)'}; output_dir: {cfg.output_dir}"]

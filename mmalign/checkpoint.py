@@ -10,7 +10,8 @@ Layout of ``step-N/``: ``model/`` (the plugin's ``save``: loads with plain ``fro
 ``optimizer.safetensors`` + ``trainer_state.json`` (step, data position, scheduler, optimizer
 hyper-parameters), ``rng.safetensors`` (every random generator; under multi-process training
 ``rng-rank{r}.safetensors`` holds those of process r > 0), ``run_identity.json`` (the run's id and
-settings, see :mod:`mmalign.run_identity`) and, written last, ``manifest.json``: the sha256 of
+settings, see :mod:`mmalign.run_identity`), ``source.safetensors`` when the online source keeps
+tensors of its own (a PPO critic and its optimizer) and, written last, ``manifest.json``: the sha256 of
 every other file. Before a checkpoint is trusted (:func:`find_resume_checkpoint`) every file is
 checked against it: a damaged checkpoint is passed over for the newest intact one (with a message
 naming the bad file), and a file the manifest does not list (a planted pickle, say) is refused, as
@@ -45,6 +46,7 @@ from mmalign.checkpoint_verify import (IDENTITY, MANIFEST, STEP_DIR, find_resume
 from mmalign.run_identity import file_sha256
 
 CRASH_ENV = "MMALIGN_TEST_CRASH_AT"
+SOURCE_FILE = "source.safetensors"
 
 
 def _test_crash_point(point: str, step: int) -> None:
@@ -140,7 +142,7 @@ def _write_manifest(directory: Path, step: int) -> None:
 def save_checkpoint(root: Path, step: int, *, save_model, optimizer, scheduler,
                     data_generator: torch.Generator, trainer_state: dict, keep_last: int,
                     rng_states: list[dict[str, torch.Tensor]] | None = None,
-                    identity_json: str = "{}") -> Path:
+                    identity_json: str = "{}", source_tensors: dict | None = None) -> Path:
     """Write ``root/step-{step}`` atomically, with its manifest; then keep only the newest
     ``keep_last`` checkpoints of this run (same ``run_id`` in ``identity_json``).
 
@@ -156,7 +158,7 @@ def save_checkpoint(root: Path, step: int, *, save_model, optimizer, scheduler,
                 shutil.rmtree(stale, ignore_errors=True)
             tmp.mkdir()
             _write_files(tmp, step, save_model, optimizer, scheduler, data_generator, trainer_state,
-                         rng_states, identity_json)
+                         rng_states, identity_json, source_tensors)
             _test_crash_point("save:before_rename", step)
             replaced = None
             if final.exists():  # the same step again (SIGTERM right after a periodic save; a resume)
@@ -181,7 +183,7 @@ def save_checkpoint(root: Path, step: int, *, save_model, optimizer, scheduler,
 
 
 def _write_files(tmp: Path, step: int, save_model, optimizer, scheduler, data_generator,
-                 trainer_state: dict, rng_states, identity_json: str) -> None:
+                 trainer_state: dict, rng_states, identity_json: str, source_tensors) -> None:
     save_model(tmp / "model")
     _test_crash_point("save:after_model", step)
     tensors, opt_meta = optimizer_tensors(optimizer)
@@ -192,6 +194,8 @@ def _write_files(tmp: Path, step: int, save_model, optimizer, scheduler, data_ge
     state = dict(trainer_state, optimizer=opt_meta, scheduler=scheduler.state_dict())
     (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
     (tmp / IDENTITY).write_text(identity_json)
+    if source_tensors:  # what an online source keeps of its own (a PPO critic and its optimizer)
+        save_file({k: v.detach().cpu().contiguous() for k, v in source_tensors.items()}, str(tmp / SOURCE_FILE))
     for path in sorted(tmp.rglob("*.safetensors")):
         canonical_safetensors(path)
     _write_manifest(tmp, step)  # last: a checkpoint without one is incomplete
@@ -241,6 +245,8 @@ def load_checkpoint(path: Path, *, load_model, optimizer, scheduler,
         raise ConfigError(f"--resume: {path} does not fit the model of this config ({first}). "
                           f"Resume with the model settings (size, LoRA) it was written with, or "
                           f"start a new run.") from err
+    if (path / SOURCE_FILE).is_file():
+        state["source_tensors"] = load_file(str(path / SOURCE_FILE))
     rng_path = path / rng_file(rank)
     state["rng_restored"] = rng_path.is_file()
     if state["rng_restored"]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import signal
 import sys
+import time
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from torch import Tensor
 from mmalign import checkpoint as ckpt
 from mmalign.config import Config, dump_config
 from mmalign.losses.objective import objective_loss
+from mmalign.model_card import with_model_card
 from mmalign.nonfinite import TrainingError, all_finite, check_before_save, trained
 from mmalign.nonfinite import message as nonfinite_message
 from mmalign.run_files import append_metrics, read_metrics, summary_table, truncate_metrics, write_atomic
@@ -90,7 +92,9 @@ def train(cfg: Config, *, resume: str | bool | None = None, log=print, overwrite
                 record(run, state, bar)
                 if cfg.train.save_every and state.step % cfg.train.save_every == 0:
                     save_checkpoint(run, state)
-                if stop_requested:
+                if stop_requested and not run.stream.at_boundary:  # a rollout in flight: train it first
+                    run.log(f"step {state.step}: finishing the rollout before saving (signal again to stop now)")
+                elif stop_requested:
                     save_checkpoint(run, state)
                     bar.close()
                     run.log(f"stopped by signal at step {state.step}; checkpoint saved. Continue with --resume.")
@@ -112,6 +116,8 @@ def restore(run: Run, state: RunState, resume: Any, force_resume: bool) -> None:
     state.step, state.skipped = loaded["step"], loaded.get("skipped_steps", 0)
     run.stream.consumed = loaded["consumed"]
     state.window = [{k: torch.tensor(v) for k, v in m.items()} for m in loaded.get("metrics_window", [])]
+    if "source_tensors" in loaded:  # what the online source keeps of its own (a PPO critic)
+        run.stream.load_source_state(loaded["source_tensors"], loaded.get("source", {}))
     run.log(f"resumed from {path} at step {state.step}")
     if loaded.get("processes", run.stream.world) != run.stream.world:
         run.log(f"note: the checkpoint was written by {loaded['processes']} processes and this run has "
@@ -138,6 +144,7 @@ def train_step(run: Run, state: RunState) -> None:
     """One optimizer step over ``gradient_accumulation_steps`` micro-batches; a non-finite loss
     or gradient stops the run or skips the update (``train.on_nonfinite``)."""
     cfg, accum = run.cfg, run.stream.accumulation
+    start = time.perf_counter()
     results = [micro_step(run, last=i == accum - 1) for i in range(accum)]
     step_metrics = [m for m, _ in results]
     # every parameter of the prepared model: FSDP replaces them (DTensors), and accelerate
@@ -157,6 +164,7 @@ def train_step(run: Run, state: RunState) -> None:
         if any_process(run.accelerator, not all_finite(trained(run.policy)))[0]:  # e.g. lr: .inf
             raise TrainingError(nonfinite_message("weights after the update", state.step + 1, run.out))
         step_metrics[-1]["grad_norm"] = torch.tensor(grad_norm)
+        step_metrics[-1]["time/step"] = torch.tensor(time.perf_counter() - start)  # generation included
         state.window.extend(step_metrics)
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
@@ -205,15 +213,18 @@ def save_checkpoint(run: Run, state: RunState) -> None:
 
         rngs = gather_object(rngs)
     check_before_save(run.unwrapped, run.optimizer, state.step, run.out, "saving a checkpoint")
+    source_tensors, source_meta = run.stream.source_state()
     if run.is_main:
         trainer_state = {"step": state.step, "consumed": run.stream.consumed, "total_steps": run.total_steps,
                          "processes": run.stream.world, "skipped_steps": state.skipped,
-                         "metrics_window": [{k: float(v) for k, v in m.items()} for m in state.window]}
+                         "metrics_window": [{k: float(v) for k, v in m.items()} for m in state.window],
+                         "source": source_meta}
         ckpt.save_checkpoint(run.out / "checkpoints", state.step,
                              save_model=lambda d: run.plugin.save(run.unwrapped, d), optimizer=run.optimizer,
                              scheduler=run.scheduler, data_generator=run.stream.generator,
                              trainer_state=trainer_state, keep_last=run.cfg.train.keep_last,
-                             rng_states=rngs, identity_json=run.identity.to_json())
+                             rng_states=rngs, identity_json=run.identity.to_json(),
+                             source_tensors=source_tensors)
     run.accelerator.wait_for_everyone()
 
 
@@ -222,7 +233,7 @@ def finish(run: Run, state: RunState) -> TrainResult:
     final = run.out / "final"
     check_before_save(run.unwrapped, run.optimizer, state.step, run.out, "saving final/")  # every process
     if run.is_main:
-        ckpt.save_final(lambda d: run.plugin.save(run.unwrapped, d), final)
+        ckpt.save_final(with_model_card(lambda d: run.plugin.save(run.unwrapped, d), run.cfg, state.history), final)
         for cb in run.callbacks:
             cb.on_train_end(state.history)
         run.log(summary_table(state.history))

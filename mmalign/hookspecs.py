@@ -71,7 +71,8 @@ def mmalign_register_evaluators(register: Callable[..., None]) -> None:
     config that names it for another modality is refused before training (default: every one).
     Built-in: ``reward_accuracy`` (implicit-reward accuracy and margin on held-out pairs),
     ``chair``, ``pope`` (mmalign_vlm), ``diffusion_accuracy`` (mmalign_diffusion),
-    ``addition_accuracy`` (mmalign_text: the rl demo's held-out greedy accuracy).
+    ``addition_accuracy`` (mmalign_text: the rl demo's held-out greedy accuracy),
+    ``online_rewards`` (mmalign_rl: an online run's reward functions on answers to data.eval's prompts).
     """
 
 
@@ -81,8 +82,11 @@ def mmalign_register_callbacks(register: Callable[..., None]) -> None:
 
     Call ``register(name, factory)`` where ``factory(output_dir)`` returns a
     :class:`mmalign.callbacks.Callback` (``on_log(step, metrics)``, ``on_eval(step, metrics)``,
-    ``on_train_end(history)``; each a no-op unless overridden), called on the main process.
-    Built-in: ``plot`` (PNG of loss, reward accuracy and margins).
+    ``on_train_end(history)``; each a no-op unless overridden), called on the main process; a
+    factory that declares ``cfg`` or ``accelerator`` keywords also receives them.
+    Built-in: ``plot`` (PNG of loss, reward accuracy and margins), ``trackers`` (every row to
+    accelerate's experiment trackers: ``train.report_to``), ``push_to_hub`` (hub: ``final/`` to the
+    Hugging Face Hub after training: ``train.push_to_hub``).
     """
 
 
@@ -119,7 +123,8 @@ def mmalign_register_commands(register: Callable[..., None]) -> None:
     Call ``register(name, run, arguments=add_arguments, help="...")`` where
     ``add_arguments(parser)`` adds the command's arguments to its ``argparse`` sub-parser and
     ``run(args)`` carries it out (raise :class:`mmalign.errors.MmalignError` for bad input: exit
-    code 2). Built-in: ``sweep`` (mmalign_text: the reward-KL frontier of the text demo).
+    code 2). Built-in: ``sweep`` (mmalign_text: the reward-KL frontier of the text demo), ``push``
+    (mmalign_hub: a run's ``final/`` and model card to the Hugging Face Hub).
     """
 
 
@@ -130,5 +135,6 @@ def mmalign_register_algorithms(register: Callable[..., None]) -> None:
     Call ``register(algorithm)`` with a :class:`mmalign.algorithms.Algorithm`: a batch source that
     samples responses with the plugin's ``sample``, scores them with reward functions and computes
     advantages (``make_source``), the group loss its batches train, and the dataclass of its
-    options. Built-in: ``grpo``, ``dr_grpo``, ``dapo``, ``gspo``, ``rloo``, ``remax``, ``reinforce_pp`` (mmalign_rl).
+    options. Built-in: ``grpo``, ``dr_grpo``, ``dapo``, ``gspo``, ``rloo``, ``remax``, ``reinforce_pp``, ``ppo``,
+    ``online_dpo`` (mmalign_rl).
     """

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any, ClassVar, Optional
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
+from mmalign.errors import ConfigError
 from mmalign.scores import Scores
 
 
@@ -92,6 +93,14 @@ class ModalityPlugin:
         """A fresh model from a directory written by ``save`` (``mmalign eval``)."""
         raise NotImplementedError
 
+    @classmethod
+    def how_to_load(cls, directory: Path, ref: str, base: Optional[str]) -> Optional[tuple[str, str]]:
+        """(library name, Python code) loading what ``save`` wrote into ``directory`` with the plain
+        libraries (transformers, diffusers, peft), the model named ``ref`` (a path or Hub id) and its
+        base ``base`` (``model.name_or_path``; None for a ``model.tiny`` base): the model card's "How
+        to load". None: the card says to load it through mmalign."""
+        return None
+
     # --- data --------------------------------------------------------------------------------------
     def prepare(self, record: Any, *, paired: bool) -> Any:
         """Validate and pre-process one record. Raise DataError naming ``record.where`` for bad
@@ -136,6 +145,18 @@ class ModalityPlugin:
         ``temperature=0`` asks for greedy decoding (the most likely response, no randomness; ReMax's
         baseline), which a token plugin implements as ``do_sample=False``."""
         raise NotImplementedError(f"the '{self.name}' plugin cannot sample responses.")
+
+    # --- a value model (PPO's critic), for plugins that support one -------------------------------
+    def load_value_model(self, policy: nn.Module, name_or_path: Optional[str]) -> nn.Module:
+        """A critic with one value per scored unit, in fp32: from ``name_or_path``, or (None) from
+        the policy's own weights with a fresh value head."""
+        raise ConfigError(f"the '{self.name}' plugin has no value model: choose an algorithm without "
+                          f"a critic (grpo, rloo, remax, reinforce_pp).")
+
+    def unit_values(self, model: nn.Module, batch: Any) -> Tensor:
+        """V of the state before each scored unit, [C, k, U], aligned with ``score(batch,
+        per_unit=True).unit_scores`` (0 on padding); differentiable in ``model``'s weights."""
+        raise ConfigError(f"the '{self.name}' plugin has no value model.")
 
 
 def move_tensors(batch: Any, device: torch.device) -> Any:

@@ -86,7 +86,7 @@ def summary_table(history: list[dict]) -> str:
         return "no metrics logged"
     keys = [k for k in ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen",
                         "rewards/rejected", "logps/chosen", "eval/reward_accuracy", "eval/margin",
-                        "rewards/mean", "kl", "completions/mean_length")
+                        "rewards/mean", "kl", "entropy", "completions/mean_length")
             if any(k in row for row in history)]
     if not keys:
         return "no metrics logged"

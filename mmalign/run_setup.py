@@ -17,10 +17,11 @@ from torch import Tensor
 
 from mmalign import precision
 from mmalign.batches import BatchStream
+from mmalign.callbacks import build_callbacks
 from mmalign.config import Config
 from mmalign.data import prepare_examples, read_records
 from mmalign.errors import ConfigError, DataError
-from mmalign.algorithms import SourceContext, build_options
+from mmalign.algorithms import SourceContext, algorithm_loss, build_options
 from mmalign.losses.objective import Objective, check_fits, make_objective
 from mmalign.reference import make_reference
 from mmalign.run_identity import RunIdentity, claim_output_dir, new_identity
@@ -76,7 +77,8 @@ def build_run(cfg: Config, *, resume: Any, log: Callable, overwrite: bool, clean
     reg = registry()
     validate_for_run(cfg, cfg.source or "config", reg=reg)  # names, options, modality: before anything loads
     accelerator = precision.make_accelerator(precision.mixed_precision(cfg.model.dtype, cfg.train.precision),
-                                             cpu=not torch.cuda.is_available())
+                                             cpu=not torch.cuda.is_available(), log_with=cfg.train.report_to,
+                                             project_dir=Path(cfg.output_dir) / "trackers")
     main_log = log if accelerator.is_main_process else _quiet
     set_seed(cfg.seed)
     plugin = reg.get("rewards", cfg.model.reward, "model.reward")(cfg.model, cfg.data)
@@ -85,7 +87,8 @@ def build_run(cfg: Config, *, resume: Any, log: Callable, overwrite: bool, clean
         train_examples, eval_examples, reports = load_data(cfg, plugin, objective.spec.paired, main_log)
         content = plugin.content_fingerprint(train_examples)
     else:  # the prompts the policy answers; the plugin reads each record's context when it samples
-        train_examples, eval_examples, reports, content = prompt_records(cfg), [], [], ""
+        train_examples, reports, content = prompt_records(cfg, cfg.data.train, "data.train"), [], ""
+        eval_examples = prompt_records(cfg, cfg.data.eval, "data.eval") if cfg.data.eval else []
         main_log(f"{cfg.data.train}: {len(train_examples)} records read, each a prompt for {cfg.algorithm.name}")
     identity = new_identity(cfg, content)  # what must match for --resume
     stream = BatchStream(train_examples, cfg.train.batch_size, cfg.train.gradient_accumulation_steps,
@@ -107,8 +110,7 @@ def build_run(cfg: Config, *, resume: Any, log: Callable, overwrite: bool, clean
                                                       train_examples, main_log))
         if not objective.spec.needs_reference:  # only the source scores with it: no pass per micro-step
             reference = None
-    callbacks = [reg.get("callbacks", name, "train.callbacks")(out) for name in cfg.train.callbacks] \
-        if accelerator.is_main_process else []
+    callbacks = build_callbacks(cfg, reg, out, accelerator) if accelerator.is_main_process else []
     return Run(cfg, accelerator, plugin, objective, policy, accelerator.unwrap_model(policy), optimizer,
                scheduler, reference, stream, eval_examples, out, identity, total_steps, main_log, reports,
                callbacks)
@@ -123,20 +125,21 @@ def bind_objective(cfg: Config, reg: Any, plugin: Any) -> tuple[Any, Objective]:
         return None, make_objective(spec, beta=cfg.loss.beta, options=cfg.loss.options,
                                     sft_weight=cfg.loss.sft_weight, lookup=lookup)
     algorithm = reg.get("algorithms", cfg.algorithm.name, "algorithm.name")
-    check_fits(algorithm.loss, plugin, key="algorithm.name")
     options = build_options(algorithm, cfg.algorithm.options, cfg.source or "config")
-    loss_options = {k: getattr(options, k) for k in algorithm.loss.options if hasattr(options, k)}
-    return algorithm, make_objective(algorithm.loss, beta=cfg.loss.beta, options=loss_options,
+    spec = algorithm_loss(algorithm, options, reg, cfg.source or "config")
+    check_fits(spec, plugin, key="algorithm.name")
+    loss_options = {k: getattr(options, k) for k in spec.options if hasattr(options, k)}
+    return algorithm, make_objective(spec, beta=cfg.loss.beta, options=loss_options,
                                      sft_weight=cfg.loss.sft_weight, lookup=lookup)
 
 
-def prompt_records(cfg: Config) -> list:
-    """data.train's records for an online algorithm: each needs a "prompt"."""
-    records = read_records(cfg.data.train, cfg.data.format, "data.train")
+def prompt_records(cfg: Config, path: str, key: str) -> list:
+    """The records at ``path`` (data.train, data.eval) for an online algorithm: each needs a "prompt"."""
+    records = read_records(path, cfg.data.format, key)
     bad = [r.where for r in records if "prompt" not in r.fields]
     if bad:
         raise DataError(f"{bad[0]}: an online algorithm ({cfg.algorithm.name}) needs a \"prompt\" in every "
-                        f"record of data.train ({len(bad)} lack one); other fields (e.g. \"answer\") go "
+                        f"record of {key} ({len(bad)} lack one); other fields (e.g. \"answer\") go "
                         f"to the reward functions.")
     return records
 
@@ -148,7 +151,7 @@ def source_context(cfg: Config, reg: Any, plugin: Any, accelerator: Any, policy:
                          build_options(algorithm, cfg.algorithm.options, cfg.source or "config"),
                          cfg.loss.beta, cfg.seed, cfg.train.batch_size, cfg.train.gradient_accumulation_steps,
                          accelerator.num_processes, accelerator.process_index, accelerator.device, reg, log,
-                         autocast=accelerator.autocast)
+                         autocast=accelerator.autocast, prepare_model=accelerator.prepare_model)
 
 
 def load_data(cfg: Config, plugin: Any, paired: bool, log: Callable) -> tuple[list, list, list]:

@@ -50,7 +50,12 @@ def _validate_names(cfg: Any, where: str, command: str, reg: Any) -> None:
         raise fail(where, "algorithm.name" if cfg.algorithm.name else "loss.name",
                    f"is '{cfg.algorithm.name or spec.name}', which needs per-unit scores (per-token "
                    f"log-probs), and the '{modality}' plugin does not provide them.")
-    source_needs = cfg.algorithm.name and reg.get("algorithms", cfg.algorithm.name).source_needs_reference
+    algorithm = reg.get("algorithms", cfg.algorithm.name) if cfg.algorithm.name else None
+    if algorithm is not None and algorithm.needs_beta and not cfg.loss.beta:
+        raise fail(where, "loss.beta", f"is 0, but algorithm '{algorithm.name}' trains loss '{spec.name}', "
+                                       f"whose implicit reward beta * log(pi / pi_ref) needs beta > 0 "
+                                       f"(e.g. 0.1).")
+    source_needs = algorithm is not None and algorithm.source_needs_reference
     if (spec.needs_reference or source_needs) and cfg.reference.strategy == "none" and cfg.loss.beta:
         raise fail(where, "reference.strategy", f"is 'none' but {'algorithm' if cfg.algorithm.name else 'loss'} "
                                                 f"'{cfg.algorithm.name or spec.name}' needs a reference "
@@ -75,14 +80,22 @@ def _loss_of(cfg: Any, reg: Any, where: str) -> Any:
     """The loss the run trains: the online algorithm's (its options checked), else loss.name."""
     if not cfg.algorithm.name:
         return reg.get("losses", cfg.loss.name, "loss.name")
-    from mmalign.algorithms import build_options, check_options
+    from mmalign.algorithms import algorithm_loss, build_options, check_options
+    from mmalign.config import LossConfig
+
+    ignored = [k for k in ("name", "options", "sft_weight") if getattr(cfg.loss, k) != getattr(LossConfig(), k)]
+    if ignored:  # silently training another loss than the one named would be worse
+        raise fail(where, f"loss.{ignored[0]}", f"is set, but an online algorithm ('{cfg.algorithm.name}') "
+                                                f"trains its own loss: only loss.beta applies. Set the "
+                                                f"loss through algorithm.options (online_dpo: loss, "
+                                                f"loss_options) or remove loss.{ignored[0]}.")
 
     algorithm = reg.get("algorithms", cfg.algorithm.name, "algorithm.name")
     options = build_options(algorithm, cfg.algorithm.options, where)
-    check_options(options, where)
+    check_options(options, where, cfg.train.save_every)
     if algorithm.check is not None:
         algorithm.check(options, reg)
-    return algorithm.loss
+    return algorithm_loss(algorithm, options, reg, where)
 
 
 def _check_extras(spec: Any, factory: Any, modality: str, reg: Any, where: str) -> None:
@@ -98,21 +111,22 @@ def _check_extras(spec: Any, factory: Any, modality: str, reg: Any, where: str) 
                                        f"Choose another loss (`mmalign plugins` lists them).")
 
 
-def check_loss_options(spec: Any, options: dict, beta: float, where: str = "config") -> None:
-    """``loss.options`` against the options the loss function declares (its keyword arguments):
-    names, types (those of the defaults) and ranges (the function's own checks, run on a fake batch
-    of two pairs)."""
+def check_loss_options(spec: Any, options: dict, beta: float, where: str = "config", *,
+                       prefix: str = "loss.options") -> None:
+    """``loss.options`` (or the options at ``prefix``: online DPO's ``algorithm.options.loss_options``)
+    against the options the loss function declares (its keyword arguments): names, types (those of
+    the defaults) and ranges (the function's own checks, run on a fake batch of two pairs)."""
     declared = spec.options
     listed = ", ".join(f"{k} (default {v!r})" for k, v in declared.items()) or "(none)"
     for name, value in options.items():
-        key = f"loss.options.{name}"
+        key = f"{prefix}.{name}"
         if name not in declared:
             raise fail(where, key, f"is not an option of loss '{spec.name}'. Its options: {listed}.")
         default = declared[name]
         if not _same_kind(value, default):
             raise fail(where, key, f"must be {_kind_name(default)} like its default {default!r}, got "
                                    f"{short_repr(value)} ({type(value).__name__}).")
-    _dry_run(spec, options, beta, where)
+    _dry_run(spec, options, beta, where, prefix)
 
 
 def _same_kind(value: Any, default: Any) -> bool:
@@ -136,7 +150,7 @@ def _kind_name(default: Any) -> str:
             list: "a list", tuple: "a list"}.get(type(default), type(default).__name__)
 
 
-def _dry_run(spec: Any, options: dict, beta: float, where: str) -> None:
+def _dry_run(spec: Any, options: dict, beta: float, where: str, prefix: str = "loss.options") -> None:
     """Call the loss once on zero scores of two pairs: its own option checks (label_smoothing in
     [0, 0.5), a registered term, ...) fire now, not at step 1. Failures that are not about the
     config (a loss that needs extra scores a fake batch lacks) are left to the run."""
@@ -155,8 +169,8 @@ def _dry_run(spec: Any, options: dict, beta: float, where: str) -> None:
                              lookup=lambda name, key: registry().get("losses", name, key))
         loss_values(spec, fake, fake if spec.needs_reference else None, beta=beta, options=obj.options)
     except MmalignError as e:  # ConfigError, or RegistryError for a term of `weighted`
-        text = str(e)
-        key = "loss.options" if "loss.options" in text else "loss"
+        text = str(e).replace("loss.options", prefix)  # the functions name the offline key
+        key = prefix if prefix in text else prefix.rsplit(".", 1)[0]
         raise ConfigError(f"{where}: {text if key in text else f'{key}: {text}'}") from None
     except Exception:  # noqa: BLE001 (not a config problem, see the docstring)
         pass

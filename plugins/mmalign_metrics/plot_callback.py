@@ -34,6 +34,7 @@ class PlotCallback(Callback):
                 "reward of sampled responses": {**series("rewards/mean", "mean"), **series("rewards/std", "std")},
                 "KL to the reference (nats per token)": series("kl", "kl"),
                 "response length (tokens)": series("completions/mean_length", "mean"),
+                "policy entropy (nats per token)": series("entropy", "entropy"),
             }
             panels = {name: lines for name, lines in panels.items() if lines}
         else:

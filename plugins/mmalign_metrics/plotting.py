@@ -7,7 +7,9 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw
 
-COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14)]
+# tab10's first five, then its other five (a legend of up to ten series stays unambiguous)
+COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14),
+           (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
 
 
 def _fmt(v: float) -> str:

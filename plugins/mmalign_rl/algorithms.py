@@ -33,8 +33,17 @@ class RolloutOptions:
     temperature: float = 1.0
     top_p: float = 1.0
     scorers: dict = field(default_factory=dict)  # {name: weight} or {name: {weight: w, <option>: v}}
+    rollout_steps: int = 1  # optimizer steps' worth of prompts sampled at once (TRL: steps_per_generation)
+    epochs: int = 1  # passes over each rollout (PPO's ppo_epochs; TRL GRPO's num_iterations)
+
+    @property
+    def steps_per_rollout(self) -> int:
+        """Optimizer steps each rollout trains; checkpoints fall between rollouts."""
+        return self.rollout_steps * self.epochs
 
     def rollout_problem(self, min_samples: int, why: str):
+        if self.rollout_steps < 1 or self.epochs < 1:
+            return "algorithm.options.rollout_steps", "rollout_steps and epochs must be at least 1."
         if self.samples_per_prompt < min_samples:
             return "algorithm.options.samples_per_prompt", f"must be at least {min_samples} ({why})."
         if self.max_new_tokens < 1:

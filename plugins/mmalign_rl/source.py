@@ -5,7 +5,12 @@ prompt stream (a permutation per epoch, exactly as offline: :func:`mmalign.batch
 samples ``samples_per_prompt`` responses to each with the plugin's ``sample``, scores them with the
 configured reward functions, computes advantages with the algorithm's estimator, and returns the
 groups as one Batch, with ``values`` (advantages, rewards) for the group loss and ``metrics`` for
-the log. One update per rollout: the policy that samples a micro-batch is the one it trains.
+the log. A rollout is ``rollout_steps`` optimizer steps' worth of micro-batches, sampled at once and
+trained ``epochs`` times (:func:`fill_buffer`); with both 1 (the default) the policy that samples a
+micro-batch is the one it trains, and the importance ratio is 1.
+
+Checkpoints are written only between rollouts (``at_boundary``): a resumed run samples the next
+rollout from the saved weights, exactly as the uninterrupted run did.
 
 An estimator is ``estimate(rewards [C, G], rollout: Rollout) -> (values, metrics)``; the group
 family reads only the rewards, ReMax decodes and scores greedy responses through ``rollout``,
@@ -17,7 +22,7 @@ from __future__ import annotations
 import inspect
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -96,6 +101,15 @@ class Rollout:
     samples: Any  # mmalign.protocol.Samples
     data: Any  # plugin.encode(...) of the samples, on the device
     generator: torch.Generator
+    _policy_scores: Any = None
+
+    def policy_scores(self) -> Any:
+        """The sampling policy's per-unit Scores of the samples (no gradient), computed once."""
+        if self._policy_scores is None:
+            ctx = self.source.ctx
+            with torch.no_grad(), ctx.autocast():
+                self._policy_scores = self.plugin.score(ctx.policy, self.data, per_unit=True)
+        return self._policy_scores
 
 
 @dataclass
@@ -107,6 +121,7 @@ class OnlineSource:
     scorers: list[Scorer]
     generator: torch.Generator  # unused for draws (see next_batch); kept as the data state's slot
     consumed: int = 0  # prompts taken, all processes together (the checkpoint's data position)
+    buffer: list = field(default_factory=list)  # the rollout's micro-batches still to train, in order
 
     @property
     def examples(self) -> list:
@@ -133,18 +148,52 @@ class OnlineSource:
         span = self.batch_size * self.accumulation * self.world
         return len(self.ctx.records) // span * span
 
+    @property
+    def at_boundary(self) -> bool:
+        return not self.buffer
+
+    def source_state(self) -> tuple[dict, dict]:
+        return {}, {}
+
+    def load_source_state(self, tensors: dict, meta: dict) -> None:
+        pass
+
     def next_batch(self, plugin: Any, device: torch.device) -> Batch:
-        """This process's next micro-batch of prompts, answered now. Its randomness comes from a
-        generator seeded by the micro-batch's position in the prompt stream, so the samples do
-        not depend on how many processes share a step, and a resumed run draws the same ones."""
-        position = self.consumed + self.ctx.rank * self.batch_size
-        index = next_slices(self)[self.ctx.rank]
-        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + position) % 2 ** 63)
-        return rollout(self, plugin, device, [self.ctx.records[i] for i in index.tolist()], generator)
+        """The rollout's next micro-batch; a new rollout when the last one is trained."""
+        if not self.buffer:
+            self.buffer = fill_buffer(self, plugin, device)
+        return self.buffer.pop(0)
+
+
+def fill_buffer(source: OnlineSource, plugin: Any, device: torch.device) -> list[Batch]:
+    """A rollout: ``rollout_steps x accumulation`` micro-batches of this process, sampled by the
+    current policy, then trained ``epochs`` times (epoch e > 0 in an order drawn from the rollout's
+    position), ``accumulation`` micro-batches per optimizer step. Each micro-batch's randomness
+    comes from a generator seeded by its position in the prompt stream, so the samples do not
+    depend on how many processes share a step, and a resumed run draws the same ones. When the
+    rollout trains more than one step, the sampling policy's per-unit log-probs are kept as
+    ``old_unit_scores`` (the importance ratio's denominator)."""
+    options = source.ctx.options
+    rollout_steps, epochs = options.rollout_steps, options.epochs
+    start = source.consumed
+    batches = []
+    for _ in range(rollout_steps * source.accumulation):
+        position = source.consumed + source.ctx.rank * source.batch_size
+        index = next_slices(source)[source.ctx.rank]
+        generator = torch.Generator().manual_seed((source.seed * 1_000_003 + position) % 2 ** 63)
+        batches.append(rollout(source, plugin, device, [source.ctx.records[i] for i in index.tolist()],
+                               generator, keep_old=rollout_steps * epochs > 1))
+    order = list(batches)
+    replay = [{k: v for k, v in b.metrics.items() if not k.startswith("time/")} for b in batches]
+    for epoch in range(1, epochs):
+        shuffle = torch.Generator().manual_seed((source.seed * 1_000_003 + start) % 2 ** 63 + epoch)
+        order += [Batch(batches[i].data, None, batches[i].values, replay[i])
+                  for i in torch.randperm(len(batches), generator=shuffle).tolist()]
+    return order
 
 
 def rollout(source: OnlineSource, plugin: Any, device: torch.device, records: list,
-            generator: torch.Generator) -> Batch:
+            generator: torch.Generator, keep_old: bool = False) -> Batch:
     """Sample, score, compute advantages: the Batch of these prompts' groups."""
     options = source.ctx.options
     start = time.perf_counter()
@@ -157,20 +206,31 @@ def rollout(source: OnlineSource, plugin: Any, device: torch.device, records: li
                     "time/generate": torch.tensor(generated - start),
                     "time/score": torch.tensor(time.perf_counter() - generated)})
     data = plugin.encode(plugin.to_device(plugin.collate(samples.examples, generator), device))
-    values, value_metrics = source.advantages(rewards, Rollout(source, plugin, records, samples, data, generator))
+    context = Rollout(source, plugin, records, samples, data, generator)
+    values, value_metrics = source.advantages(rewards, context)
+    if keep_old:
+        values.setdefault("old_unit_scores", context.policy_scores().unit_scores.detach().float())
     metrics.update(value_metrics, **response_metrics(samples, options.max_new_tokens))
     return Batch(data, None, {k: v.to(device) for k, v in values.items()},
                  {k: torch.as_tensor(v).float() for k, v in metrics.items()})
 
 
 def response_metrics(samples: Any, max_new_tokens: int) -> dict[str, Tensor]:
-    """Response length mean and max, and the share cut at max_new_tokens without an end (token
-    plugins; ``finished`` in the trajectory says which responses ended with EOS)."""
+    """Response length mean and max, the share cut at max_new_tokens without an end (token
+    plugins; ``finished`` in the trajectory says which responses ended with EOS), and, when the
+    sampler recorded ``entropy_sums``, the policy's entropy per sampled token:
+
+        entropy = sum_{responses, tokens} H_t / sum_{responses} length
+    """
     trajectory = samples.trajectory if isinstance(samples.trajectory, dict) else {}
     ids = [len(c) for group in trajectory.get("completion_ids", []) for c in group]
     if not ids:
         return {}
     lengths = torch.tensor(ids, dtype=torch.float)
     finished = torch.tensor([f for group in trajectory.get("finished", []) for f in group] or [False] * len(ids))
-    return {"completions/mean_length": lengths.mean(), "completions/max_length": lengths.max(),
-            "completions/truncated": ((lengths >= max_new_tokens) & ~finished).float().mean()}
+    metrics = {"completions/mean_length": lengths.mean(), "completions/max_length": lengths.max(),
+               "completions/truncated": ((lengths >= max_new_tokens) & ~finished).float().mean()}
+    if "entropy_sums" in trajectory:
+        total = sum(h for group in trajectory["entropy_sums"] for h in group)
+        metrics["entropy"] = torch.tensor(total / max(float(lengths.sum()), 1.0))
+    return metrics

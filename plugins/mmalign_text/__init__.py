@@ -76,8 +76,9 @@ def mmalign_register_commands(register):
     from mmalign_text.sweep import add_sweep_arguments, sweep_command
 
     register("sweep", sweep_command, arguments=add_sweep_arguments,
-             help="the reward-KL frontier of the text demo: DPO at several betas and the paper's "
-                  "baselines; writes frontier.json and frontier.png")
+             help="the reward-KL frontier of the text demo: DPO at several betas, the paper's "
+                  "baselines, PPO, PPO-GT, GRPO, ReMax, RLOO and Best-of-N; writes frontier.json "
+                  "and frontier.png")
 
 
 @hookimpl

@@ -16,6 +16,7 @@ logical position ids, per layer type (:mod:`.layer_masks`); a model whose patter
 reproduce is scored on the plain path instead, chosen automatically and logged once.
 
 Scores equal the plain two-rows-per-pair path (tested to 1e-5 in fp32, scores and gradients).
+Sampled groups (k responses to one prompt) use the same mask and forward, :mod:`.group_sharing`.
 Log-probs are computed only at the N positions that predict a completion token (:mod:`.logps`).
 """
 
@@ -125,13 +126,21 @@ def collate_shared(examples: list, pad_id: int, pack: bool = True) -> SharedPref
             positions[-1][[0, c]] = o
             chosen_mask[i, 0] = rejected_mask[i, c] = 0
         count += c + n
+    return SharedPrefixBatch(input_ids, visibility(segment, block), position_ids, torch.cat(rows), torch.cat(positions),
+                             torch.cat(targets), layout, chosen_mask, rejected_mask, row_pairs, b, True,
+                             *_plain_layout(sizes, where, width))
+
+
+def visibility(segment: Tensor, block: Tensor) -> Tensor:
+    """The shared 4D mask [R, 1, T, T] (True: query i may attend key j) from each token's segment
+    [R, T] (PROMPT, a completion's id, PAD) and block [R, T] (which segment of the row it belongs
+    to): causal, within its block, the prompt and its own completion only."""
+    width = segment.shape[1]
     causal = torch.ones(width, width, dtype=torch.bool).tril()
     sq, sk = segment[:, :, None], segment[:, None, :]
     allowed = causal & (block[:, :, None] == block[:, None, :]) & (sk != PAD) & ((sk == PROMPT) | (sk == sq))
     allowed |= torch.eye(width, dtype=torch.bool)  # padding rows attend to themselves (no NaN)
-    return SharedPrefixBatch(input_ids, allowed[:, None], position_ids, torch.cat(rows), torch.cat(positions),
-                             torch.cat(targets), layout, chosen_mask, rejected_mask, row_pairs, b, True,
-                             *_plain_layout(sizes, where, width))
+    return allowed[:, None]
 
 
 def _plain_layout(sizes: list[tuple[int, int, int]], where: list[tuple[int, int]], width: int):
@@ -165,6 +174,20 @@ def shared_token_logps(model: nn.Module, batch: SharedPrefixBatch, inputs_embeds
     Each layer gets the shared mask restricted to its own attention pattern (sliding window,
     chunks; :mod:`.layer_masks`). For a model whose pattern cannot be reproduced that way, the
     pairs are scored as plain padded rows gathered from the batch: the same targets, the same layout."""
+    flat, sum_sq = shared_target_logps(model, batch, inputs_embeds, with_sum_sq=with_sum_sq, fused=fused)
+    mask = batch.chosen_mask + batch.rejected_mask
+    logps = flat[batch.layout] * mask
+    if not with_sum_sq:
+        return logps
+    return logps, sum_sq[batch.layout] * mask
+
+
+def shared_target_logps(model: nn.Module, batch, inputs_embeds: Tensor | None = None, *,
+                        with_sum_sq: bool = False, fused: bool = True) -> tuple[Tensor, Tensor | None]:
+    """log p(target) [N] of a shared batch (pairs here, sampled groups in :mod:`.group_sharing`:
+    anything with the shared rows, their 4D mask and positions, the targets and the plain layout),
+    and log sum_v p(v)^2 [N] with ``with_sum_sq``. Each layer gets the shared mask restricted to
+    its pattern; a model whose pattern cannot be reproduced runs the plain rows gathered from it."""
     plan = mask_plan(model)
     if plan is None:
         inputs, rows, positions = _plain_inputs(batch, inputs_embeds)
@@ -174,17 +197,12 @@ def shared_token_logps(model: nn.Module, batch: SharedPrefixBatch, inputs_embeds
         inputs.update(attention_mask=plan.masks(batch.attention_mask, batch.position_ids, dtype),
                       position_ids=batch.position_ids)
         rows, positions = batch.target_rows, batch.target_positions
-    flat, sum_sq = target_logps(model, inputs, rows, positions, batch.targets, with_sum_sq=with_sum_sq, fused=fused)
-    mask = batch.chosen_mask + batch.rejected_mask
-    logps = flat[batch.layout] * mask
-    if not with_sum_sq:
-        return logps
-    return logps, sum_sq[batch.layout] * mask
+    return target_logps(model, inputs, rows, positions, batch.targets, with_sum_sq=with_sum_sq, fused=fused)
 
 
-def _plain_inputs(batch: SharedPrefixBatch, inputs_embeds: Tensor | None):
-    """The model inputs of the plain path (2B right-padded rows with a padding mask, the model's
-    own masks and positions), and where each target is predicted in them."""
+def _plain_inputs(batch, inputs_embeds: Tensor | None):
+    """The model inputs of the plain path (one right-padded row per response with a padding mask,
+    the model's own masks and positions), and where each target is predicted in them."""
     if inputs_embeds is None:
         inputs = {"input_ids": batch.input_ids.flatten()[batch.plain_index]}
     else:

@@ -4,9 +4,11 @@
 
 By default each pair is one segment [prompt | chosen | rejected] (prefix sharing) and segments of
 different lengths share rows (packing), see :mod:`.prefix_sharing`; with
-``model.options.prefix_sharing: false`` chosen and rejected are 2B rows of one forward pass. Either
-way log-probs are computed only at the positions that predict a completion token, in chunks
-(:mod:`.logps`), never as full-vocabulary logits for the whole batch.
+``model.options.prefix_sharing: false`` chosen and rejected are 2B rows of one forward pass. Sampled
+groups (online algorithms) share each prompt among its k responses the same way (:mod:`.group_sharing`)
+and are sampled by a lean decode loop (:mod:`.decoding`; ``model.options.generation: hf`` for HF
+``generate``). Either way log-probs are computed only at the positions that predict a completion
+token, in chunks (:mod:`.logps`), never as full-vocabulary logits for the whole batch.
 """
 
 from __future__ import annotations
@@ -26,13 +28,15 @@ from mmalign_text.lengths import Limits, model_positions
 from mmalign.protocol import Samples
 from mmalign.scores import Scores
 from mmalign_text.logps import target_logps, unit_scores
-from mmalign_text.prefix_sharing import SharedPrefixBatch, collate_shared, shared_token_logps
+from mmalign_text.group_sharing import SharedGroupBatch, collate_groups, model_cost_ratio, responses_per_segment
+from mmalign_text.prefix_sharing import SharedPrefixBatch, collate_shared, shared_target_logps, shared_token_logps
 from mmalign_text.records import TextExample, tokenize_record
-from mmalign_text.sampling import TextGroup, group_rows, sample_contexts
+from mmalign_text.sampling import GENERATION, TextGroup, group_rows, sample_contexts
 
 # attn_implementation goes to from_pretrained (causal_lm.LOADING_OPTIONS); the others are the
-# plugin's own (scoring path, LD-DPO, WPO).
-KNOWN_OPTIONS = {"attn_implementation", "prefix_sharing", "packing", "fused_logps", "compile", "ld_alpha", "wpo"}
+# plugin's own (scoring path, LD-DPO, WPO, the sampler).
+KNOWN_OPTIONS = {"attn_implementation", "prefix_sharing", "packing", "fused_logps", "compile", "ld_alpha", "wpo",
+                 "generation"}
 
 
 @dataclass
@@ -77,6 +81,10 @@ class TextReward(CausalLMModels):
             if not isinstance(model_cfg.options.get(name, False), bool):
                 raise ConfigError(f"model.options.{name} must be true or false, got "
                                   f"{model_cfg.options[name]!r}.")
+        if model_cfg.options.get("generation", "fast") not in GENERATION:
+            raise ConfigError(f"model.options.generation must be one of {', '.join(GENERATION)} (fast: each "
+                              f"prompt prefilled once, a lean decode loop; hf: transformers' generate), got "
+                              f"{model_cfg.options['generation']!r}.")
         alpha = model_cfg.options.get("ld_alpha", 1.0)
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
             raise ConfigError(f"model.options.ld_alpha must be a number in [0, 1], got {alpha!r}.")
@@ -89,6 +97,7 @@ class TextReward(CausalLMModels):
         self.data = data_cfg
         self.tokenizer = load_tokenizer(model_cfg)
         self.limits = Limits.of(data_cfg, self.tokenizer, model_positions(model_cfg))
+        self._cost_ratio = "unknown"  # sampled groups' segment cost (group_sharing), read when first needed
 
     # --- models (load_reference, load_trained, save, load_weights: CausalLMModels) -------------
     def _from_pretrained(self, path: str, dtype: Optional[str] = None) -> nn.Module:
@@ -119,9 +128,8 @@ class TextReward(CausalLMModels):
         return tokenize_record(self.tokenizer, record, paired=paired, limits=self.limits)
 
     def collate(self, examples: list[TextExample], generator: Optional[torch.Generator] = None):
-        if isinstance(examples[0], TextGroup):  # sampled responses: plain rows, k per context
-            return TextBatch(*pad_rows(group_rows(examples), self.tokenizer.pad_token_id), len(examples),
-                             False, group=len(examples[0].completions))
+        if isinstance(examples[0], TextGroup):  # sampled responses: k per context
+            return self._collate_groups(examples)
         paired = examples[0].rejected_ids is not None
         # keep_end truncation can leave a pair's two rows different prompts: no shared prefix then
         if paired and self.cfg.options.get("prefix_sharing", True) and \
@@ -139,6 +147,19 @@ class TextReward(CausalLMModels):
         labels = torch.tensor([float(e.label) for e in examples]) if kto else None
         return TextBatch(*pad_rows(rows, self.tokenizer.pad_token_id), len(examples), paired, labels)
 
+    def _collate_groups(self, groups: list[TextGroup]):
+        """Segments [prompt | r_1 | ... | r_s] sharing the prompt (:mod:`.group_sharing`; s by its
+        cost estimate), or k plain rows per context (s = 1, or ``prefix_sharing: false``)."""
+        pad, k = self.tokenizer.pad_token_id, len(groups[0].completions)
+        if self.cfg.options.get("prefix_sharing", True) and k > 1:
+            if self._cost_ratio == "unknown":
+                self._cost_ratio = model_cost_ratio(self.cfg)
+            s = responses_per_segment([len(g.prompt_ids) for g in groups],
+                                      [[len(c) for c in g.completions] for g in groups], self._cost_ratio)
+            if s > 1:
+                return collate_groups(groups, pad, pack=self.cfg.options.get("packing", True), per_segment=s)
+        return TextBatch(*pad_rows(group_rows(groups), pad), len(groups), False, group=k)
+
     # --- scores and samples -----------------------------------------------------------------------
     def score(self, model: nn.Module, batch, *, per_unit: bool = False) -> Scores:
         """Summed completion log-probs [C, k] (pairs: k = 2; SFT, KTO: k = 1; sampled groups: k = n),
@@ -147,9 +168,13 @@ class TextReward(CausalLMModels):
             return self._score_shared(model, batch, per_unit)
         alpha = float(self.cfg.options.get("ld_alpha", 1.0))
         wpo = bool(self.cfg.options.get("wpo", False)) and batch.paired
-        inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-        flat, sum_sq = target_logps(model, inputs, batch.target_rows, batch.target_positions, batch.targets,
-                                    with_sum_sq=wpo, fused=bool(self.cfg.options.get("fused_logps", True)))
+        fused = bool(self.cfg.options.get("fused_logps", True))
+        if isinstance(batch, SharedGroupBatch):  # sampled groups sharing their prompts
+            flat, sum_sq = shared_target_logps(model, batch, fused=fused)
+        else:
+            inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+            flat, sum_sq = target_logps(model, inputs, batch.target_rows, batch.target_positions, batch.targets,
+                                        with_sum_sq=wpo, fused=fused)
         mask, b = batch.target_mask, batch.pairs
         token_logps = flat[batch.layout] * mask
         weights = None
@@ -192,10 +217,25 @@ class TextReward(CausalLMModels):
                max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0,
                batch_size: int = 256) -> Samples:
         """``n`` completions per context ({"prompt": str or chat messages}, as records give it),
-        the prompt tokenized as training tokenizes it; ``temperature=0``: greedy decoding. See :func:`mmalign_text.sampling.sample_contexts`."""
+        the prompt tokenized as training tokenizes it; ``temperature=0``: greedy decoding; decoded
+        as ``model.options.generation`` says. See :func:`mmalign_text.sampling.sample_contexts`."""
         return sample_contexts(model, self.tokenizer, self.limits, contexts, n, generator,
                                max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                               batch_size=batch_size)
+                               batch_size=batch_size, generation=self.cfg.options.get("generation", "fast"))
+
+
+    def load_value_model(self, policy: nn.Module, name_or_path: Optional[str]) -> nn.Module:
+        """PPO's critic: see :mod:`mmalign_text.values`."""
+        from mmalign_text.values import load_value_model
+
+        return load_value_model(self.cfg, policy, name_or_path)
+
+    def unit_values(self, model: nn.Module, batch) -> Tensor:
+        from mmalign_text.values import unit_values
+
+        if isinstance(batch, SharedGroupBatch):  # the critic reads the plain rows gathered from it
+            batch = TextBatch(*batch.plain_rows(), batch.pairs, False, group=batch.group)
+        return unit_values(model, batch)
 
 
 def wpo_weight(token_logps: Tensor, log_sum_sq: Tensor, mask: Tensor) -> Tensor:

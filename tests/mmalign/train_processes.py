@@ -24,9 +24,12 @@ from safetensors.torch import load_file
 # The modalities these tests run (each costs a few minutes of subprocesses on 2 CPU cores);
 # MMALIGN_TEST_MODALITIES=text picks a subset.
 # "text-grpo": the text modality trained online (GRPO: sampling, scoring, advantages per step).
-MODALITIES = tuple(os.environ.get("MMALIGN_TEST_MODALITIES", "text,diffusion,vlm,text-grpo").split(","))
+# "text-ppo": online with a critic the batch source trains and checkpoints, two epochs per rollout.
+MODALITIES = tuple(os.environ.get("MMALIGN_TEST_MODALITIES", "text,diffusion,vlm,text-grpo,text-ppo").split(","))
 ONLINE = {"text-grpo": {"name": "grpo", "options": {"samples_per_prompt": 4, "max_new_tokens": 6,
-                                                    "scorers": {"sentiment": 1.0}}}}
+                                                    "scorers": {"sentiment": 1.0}}},
+          "text-ppo": {"name": "ppo", "options": {"samples_per_prompt": 2, "max_new_tokens": 6, "epochs": 2,
+                                                  "value_lr": 1e-3, "scorers": {"sentiment": 1.0}}}}
 
 
 def registered(modality: str) -> bool:

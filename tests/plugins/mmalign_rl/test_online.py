@@ -4,6 +4,8 @@ steps, the source's metrics are logged, and a resumed run continues exactly."""
 from __future__ import annotations
 
 import json
+import math
+from types import SimpleNamespace
 
 import pytest
 from conftest import DEMO_DATA, TINY
@@ -11,6 +13,7 @@ from conftest import DEMO_DATA, TINY
 import mmalign
 from mmalign.errors import ConfigError
 from mmalign.hookspecs import hookimpl
+from mmalign_rl.source import response_metrics
 
 
 def shorter_is_better(prompts, responses, **columns):
@@ -63,9 +66,19 @@ def test_an_online_step_logs_what_online_users_read(tmp_path):
     row = mmalign.train(config(tmp_path, steps=1), log=lambda *a: None).history[-1]
     for key in ("loss", "kl", "clip_low", "clip_high", "rewards/mean", "rewards/std", "rewards/shorter",
                 "advantages/abs_mean", "completions/mean_length", "completions/max_length",
-                "completions/truncated", "time/generate", "time/score", "grad_norm"):
+                "completions/truncated", "entropy", "time/generate", "time/score", "grad_norm"):
         assert key in row, key
     assert row["records_seen"] == 4  # prompts
+    assert 0 < row["entropy"] <= math.log(134)  # nats per sampled token; the demo tokenizer has 134 tokens
+
+
+def test_entropy_is_the_mean_over_sampled_tokens_not_over_responses():
+    samples = SimpleNamespace(trajectory={"completion_ids": [[[5, 2], [5, 6, 7, 2]]], "finished": [[True, True]],
+                                          "entropy_sums": [[1.0, 5.0]]})
+    metrics = response_metrics(samples, max_new_tokens=8)
+    assert metrics["entropy"].item() == pytest.approx(6.0 / 6)  # (1 + 5) / (2 + 4) tokens, not (0.5 + 1.25) / 2
+    del samples.trajectory["entropy_sums"]  # a sampler that records none (generation: hf): no key
+    assert "entropy" not in response_metrics(samples, max_new_tokens=8)
 
 
 def test_scorers_get_the_records_other_fields(tmp_path):
@@ -78,16 +91,24 @@ def test_scorers_get_the_records_other_fields(tmp_path):
     assert row["rewards/sees_answer"] in (0.25, 0.5, 0.75)  # the answers of this step's 4 prompts
 
 
-def test_a_resumed_online_run_continues_exactly(tmp_path):
-    straight = mmalign.train(config(tmp_path / "a"), log=lambda *a: None)
-    cfg = config(tmp_path / "b")
+def assert_resume_continues_exactly(tmp_path, make_config):
+    """4 steps straight against 2 steps, stopped, then resumed to 4: the same metrics (wall-clock
+    time/* keys aside)."""
+    straight = mmalign.train(make_config(tmp_path / "a"), log=lambda *a: None)
+    cfg = make_config(tmp_path / "b")
     cfg["train"]["max_steps"] = 2
     mmalign.train(cfg, log=lambda *a: None)
     cfg["train"]["max_steps"] = 4
     resumed = mmalign.train(cfg, resume=True, log=lambda *a: None)
-    drop = ("time/generate", "time/score")
-    assert [{k: v for k, v in r.items() if k not in drop} for r in resumed.history] == \
-        [{k: v for k, v in r.items() if k not in drop} for r in straight.history]
+
+    def untimed(history):
+        return [{k: v for k, v in row.items() if not k.startswith("time/")} for row in history]
+
+    assert untimed(resumed.history) == untimed(straight.history)
+
+
+def test_a_resumed_online_run_continues_exactly(tmp_path):
+    assert_resume_continues_exactly(tmp_path, config)
 
 
 def test_bad_algorithm_options_are_refused_before_anything_loads(tmp_path):
@@ -99,5 +120,13 @@ def test_bad_algorithm_options_are_refused_before_anything_loads(tmp_path):
         mmalign.train(cfg, log=lambda *a: None)
     cfg = config(tmp_path, scorers={"nope": 1.0})
     with pytest.raises(mmalign.errors.RegistryError, match="Unknown scorer 'nope'"):
+        mmalign.train(cfg, log=lambda *a: None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_loss_keys_an_online_algorithm_would_ignore_are_refused(tmp_path):
+    cfg = config(tmp_path)
+    cfg["loss"]["name"] = "ipo"  # grpo trains its own loss: naming another must not pass silently
+    with pytest.raises(ConfigError, match="loss.name.*only loss.beta applies"):
         mmalign.train(cfg, log=lambda *a: None)
     assert not (tmp_path / "run").exists()
