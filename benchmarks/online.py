@@ -6,8 +6,8 @@ scored by :func:`even_word_share`, one update per rollout, beta 0.04 (k3 KL to a
 copy whose forward runs every step). Generation is part of the step on both sides.
 
 EOS suppression: the workload's model is saved with ``min_new_tokens = 64`` in its
-``generation_config.json``. mmalign's text plugin samples with ``model.generate`` and the model's
-generation defaults (so HF's ``MinNewTokensLengthLogitsProcessor`` masks EOS for 64 tokens); TRL
+``generation_config.json``. mmalign's text plugin samples with its decode loop, which reads the
+model's generation defaults as ``generate`` does (EOS masked for 64 tokens); TRL
 builds its own ``GenerationConfig``, so it gets ``generation_kwargs={"min_new_tokens": 64}``. Both
 runners check every step that each completion has exactly 64 tokens (and fail otherwise).
 """
