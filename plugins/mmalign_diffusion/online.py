@@ -28,6 +28,7 @@ from mmalign.protocol import Samples
 from mmalign_diffusion import components as C
 from mmalign_diffusion.batch import DiffusionBatch, DiffusionGroup
 from mmalign_diffusion.encoding import caption_embeddings
+from mmalign_diffusion.trajectory import step_log_prob, stochastic_steps
 from mmalign_text.causal_lm import unwrap_wrappers
 
 DECODE_CHUNK = 8  # images per VAE decode call: bounds the decoder's activation memory
@@ -46,6 +47,7 @@ class Trajectory:
     negative_pooled: Optional[Tensor]  # [1, P] SDXL, with guidance
     guidance_scale: float
     eta: float
+    log_probs: Optional[Tensor] = None  # [C*n, steps] each step's log p as drawn (0: deterministic step)
 
 
 def ddim_scheduler(comps: C.Components, steps: int):
@@ -167,14 +169,41 @@ def _run(plugin, model: nn.Module, captions: list[str], n: int, generator: torch
     # draws on the generator's device, then moved: the same generator gives the same samples anywhere
     draw = lambda: torch.randn(shape, generator=generator, device=generator.device).to(device)  # noqa: E731
     x = draw() * scheduler.init_noise_sigma
-    path = [x.float().cpu()]
-    for t in scheduler.timesteps:
+    path, log_probs = [x.float().cpu()], []
+    stochastic = stochastic_steps(scheduler, eta)
+    for k, t in enumerate(scheduler.timesteps):
         prediction = guided_prediction(model, scheduler.scale_model_input(x, t), t, inputs, guidance_scale)
         noise = draw() if eta > 0 else None
-        x = scheduler.step(prediction, t, x, eta=eta, variance_noise=noise).prev_sample
+        x_prev = scheduler.step(prediction, t, x, eta=eta, variance_noise=noise).prev_sample
+        log_probs.append(step_log_prob(scheduler, prediction, t, x, x_prev, eta).cpu() if stochastic[k]
+                         else torch.zeros(len(x)))
+        x = x_prev
         path.append(x.float().cpu())
-    trajectory.latents = torch.stack(path, 1)
+    trajectory.latents, trajectory.log_probs = torch.stack(path, 1), torch.stack(log_probs, 1)
     return trajectory
+
+
+def trajectory_log_probs(plugin, model: nn.Module, trajectory: Trajectory, n: int) -> tuple[Tensor, Tensor]:
+    """Every step's log p(x_{k+1} | x_k, c) of the recorded trajectory under ``model``
+    (:mod:`mmalign_diffusion.trajectory`): [C*n, steps] fp32, 0 where a step is deterministic, and
+    the [steps] ``stochastic`` mask. Gradients flow to ``model`` when enabled (the policy's side of
+    DDPO's ratio); an unchanged model gives back ``trajectory.log_probs`` (ratio 1)."""
+    device = plugin.device
+    scheduler = ddim_scheduler(plugin.comps, len(trajectory.timesteps))
+    stochastic = stochastic_steps(scheduler, trajectory.eta)
+    dtype = next(p.dtype for p in unwrap_wrappers(model).parameters())
+    inputs = unet_inputs(trajectory, n, device, dtype)
+    log_probs = []
+    for k, t in enumerate(scheduler.timesteps):
+        if not stochastic[k]:
+            log_probs.append(torch.zeros(trajectory.latents.shape[0], device=device))
+            continue
+        x_t = trajectory.latents[:, k].to(device)
+        prediction = guided_prediction(model, scheduler.scale_model_input(x_t, t), t, inputs,
+                                       trajectory.guidance_scale)
+        log_probs.append(step_log_prob(scheduler, prediction, t, x_t, trajectory.latents[:, k + 1].to(device),
+                                       trajectory.eta))
+    return torch.stack(log_probs, 1), stochastic
 
 
 @torch.no_grad()
