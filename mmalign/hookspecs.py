@@ -101,7 +101,7 @@ def mmalign_register_scorers(register: Callable[..., None]) -> None:
     verifier's ``answer``), of which a scorer receives those it names as parameters. Used as the
     reward functions of online algorithms, by Best-of-N sampling and by evaluations. Built-in:
     ``reward_model`` (text), ``sentiment`` (the text demo's gold reward), ``addition_exact`` (the
-    rl demo's verifier).
+    rl demo's verifier), ``shapes_hallucination`` (the vlm-rl demo's verifier).
     """
 
 
@@ -112,7 +112,7 @@ def mmalign_register_demos(register: Callable[..., None]) -> None:
     Call ``register(name, run)`` where ``run(out_dir, **options) -> dict`` writes ``report.json``
     and PNG plots into ``out_dir`` and returns the report. Built-in: ``text``, ``vlm``,
     ``diffusion``, ``text-frontier`` (what ``mmalign sweep`` runs), ``rl`` (a verifiable reward:
-    SFT then GRPO on 2-digit addition).
+    SFT then GRPO on 2-digit addition), ``vlm-rl`` (GRPO against a hallucination verifier).
     """
 
 

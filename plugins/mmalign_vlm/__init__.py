@@ -34,3 +34,17 @@ def mmalign_register_demos(register):
         return run_demo(out_dir, **options)
 
     register("vlm", run_vlm_demo)
+
+    def run_vlm_rl_demo(out_dir, **options):
+        from mmalign_vlm.rl_demo import run_demo
+
+        return run_demo(out_dir, **options)
+
+    register("vlm-rl", run_vlm_rl_demo)
+
+
+@hookimpl
+def mmalign_register_scorers(register):
+    from mmalign_vlm.rl_demo import shapes_hallucination_scorer
+
+    register("shapes_hallucination", shapes_hallucination_scorer)

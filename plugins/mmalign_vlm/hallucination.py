@@ -63,3 +63,18 @@ def pope(answers: list[bool], labels: list[bool]) -> dict[str, float]:
     recall = tp / max(1, tp + fn)
     return {"accuracy": (tp + tn) / n, "precision": precision, "recall": recall,
             "f1": 2 * precision * recall / max(1e-12, precision + recall), "yes_ratio": (tp + fp) / n}
+
+
+def hallucination_reward(captions: list[str], ground_truth: list[list[str]], vocabulary: Vocabulary) -> list[float]:
+    """A verifier for online RL: per caption, recall minus its own CHAIR_i,
+
+        r = |said & truth| / |truth| - |said - truth| / max(1, |said|)     in [-1, 1],
+
+    so naming every object present and nothing else scores 1, an absent object costs its share of
+    the mentions, and saying nothing scores 0 (no win from silence)."""
+    rewards = []
+    for caption, truth in zip(captions, ground_truth):
+        said = vocabulary.mentions(caption)
+        wrong = sum(o not in truth for o in said)
+        rewards.append(sum(o in said for o in truth) / max(1, len(truth)) - wrong / max(1, len(said)))
+    return rewards
