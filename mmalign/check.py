@@ -32,7 +32,7 @@ def read_data(cfg: Config) -> list[str]:
     points to resolved (outside paths refused unless data.allow_outside_paths) and decoded in full
     (one image at a time, dropped once checked). One line per file, or the DataError naming every
     bad record."""
-    from mmalign.data import prepare_examples, read_records
+    from mmalign.data import is_url, prepare_examples, read_records
     from mmalign.plugins import registry
 
     reg = registry()
@@ -48,7 +48,10 @@ def read_data(cfg: Config) -> list[str]:
         path = getattr(cfg.data, key.split(".")[1])
         if path is None:
             continue
-        records = read_records(path, cfg.data.format, key)
+        if is_url(path):  # mmalign check downloads nothing
+            lines.append(f"  {key}: {path} is a hub dataset, not read (check downloads nothing)")
+            continue
+        records = read_records(path, cfg.data.format, key, cfg.data.columns)
         _, report = prepare_examples(checker, records, paired=paired, strict=cfg.data.strict,
                                      path=path, duplicates=cfg.data.duplicates,
                                      allow_outside=cfg.data.allow_outside_paths)

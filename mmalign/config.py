@@ -68,6 +68,8 @@ class DataConfig:
     # file paths inside records (images) must resolve inside the data file's directory unless true
     allow_outside_paths: bool = False
     eval_size: int = 0  # hold out this many training records for eval when data.eval is unset
+    # {record key: column}: rename the columns of a data set that names them otherwise (every reader)
+    columns: Optional[dict] = None
     options: Any = field(default_factory=NoDataOptions, metadata={"internal": True})
 
 
@@ -183,14 +185,17 @@ HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # name or org/
 def _resolve_paths(cfg: Config, base: Path, skip: set[str] = frozenset()) -> None:
     """One rule, no fallback: a relative path written in a config file is relative to the file's
     directory ``base``, whatever the current directory holds. Exceptions: a model key whose value
-    does not exist there and reads as a hub id (``name`` or ``org/name``) stays a hub id, and keys
-    in ``skip`` (given with --set on the command line) stay relative to the current directory."""
+    does not exist there and reads as a hub id (``name`` or ``org/name``) stays a hub id, a value
+    with a scheme (``hf://org/name``) stays as written, and keys in ``skip`` (given with --set on
+    the command line) stay relative to the current directory."""
     for key in PATH_KEYS:
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         if value is None or key in skip:
             continue
         value = os.path.expanduser(value)
+        if "://" in value:  # a dataset id such as hf://org/name: not a path
+            continue
         if not Path(value).is_absolute():
             candidate = base / value
             if key in MODEL_KEYS and not candidate.exists() and HUB_ID.fullmatch(value):

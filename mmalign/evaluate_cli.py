@@ -53,7 +53,7 @@ def load_trained_run(cfg: Config) -> Loaded:
                           f"(`mmalign train CONFIG`) or set eval.checkpoint.")
     data_path = cfg.data.eval or cfg.data.train
     key = "data.eval" if cfg.data.eval else "data.train"
-    examples, _ = prepare_examples(reward, read_records(data_path, cfg.data.format, key),
+    examples, _ = prepare_examples(reward, read_records(data_path, cfg.data.format, key, cfg.data.columns),
                                    paired=spec.paired, strict=cfg.data.strict, path=data_path,
                                    duplicates=cfg.data.duplicates,
                                    allow_outside=cfg.data.allow_outside_paths)

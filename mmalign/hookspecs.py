@@ -56,8 +56,10 @@ def mmalign_register_datasets(register: Callable[..., None]) -> None:
 
     Call ``register(name, reader, suffixes=(...))`` where ``reader(path) -> list[Record]`` reads a
     file and raises :class:`mmalign.errors.DataError` naming the file and line on bad input.
-    ``suffixes`` lets ``format: auto`` pick the reader from the file name. Built-in: ``jsonl``,
-    ``json`` (mmalign_formats).
+    ``suffixes`` lets ``format: auto`` pick the reader from the file name; ``folders=predicate``
+    from a directory's layout; ``schemes=("hf://",)`` hands it data paths written with that prefix.
+    Built-in: ``jsonl``, ``json`` (mmalign_formats); ``parquet``, ``csv``, ``arrow``, ``hf``
+    (mmalign_hf_datasets).
     """
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmalign.config import Config, to_dict
+from mmalign.data import data_sha256
 from mmalign.errors import ConfigError
 from mmalign.run_files import writing
 
@@ -85,7 +86,7 @@ def run_settings(cfg: Config, data_content: str = "") -> dict:
     settings = {k: v for k, v in flat.items()
                 if not any(k == n or (n.endswith(".") and k.startswith(n)) for n in NOT_IDENTITY)}
     if cfg.data.train:
-        settings["data.train (sha256)"] = file_sha256(Path(cfg.data.train))
+        settings["data.train (sha256)"] = data_sha256(cfg.data.train, file_sha256)
     if data_content:
         settings["data.train (files it points to)"] = data_content
     return settings

@@ -11,7 +11,8 @@ inside its directory unless ``data.allow_outside_paths``: see mmalign_formats.fi
   as in the Diffusion-DPO paper).
 - SFT (unpaired losses): ``{"prompt": str, "image": IMAGE}``, or any of the above (the preferred image).
 
-IMAGE is a path, or the image file's bytes in base64 (as Pick-a-Pic's ``jpg_*`` bytes become in JSON).
+IMAGE is a path, or the image file's bytes in base64 (as Pick-a-Pic's ``jpg_*`` bytes become in JSON),
+or the bytes themselves (an image column read from Parquet, Arrow or a hub data set).
 A pair whose two images are the same bytes (under two names, say) is skipped and counted as
 "chosen identical to rejected", as text pairs are.
 """
@@ -124,13 +125,14 @@ def image_ref(record: Record, key: str) -> ImageRef:
     if value is None:
         raise DataError(f"{record.where}: missing key \"{key}\" (an image path relative to the data "
                         f"file, or base64 image bytes).")
-    if not isinstance(value, str) or not value:
+    if not isinstance(value, (str, bytes)) or not value:
         raise DataError(f"{where} must be an image path or base64 image bytes, got "
-                        f"{type(value).__name__ if value != '' else 'an empty string'}.")
-    path, data = _image_source(record, key, value)
+                        f"{type(value).__name__ if value not in ('', b'') else 'an empty value'}.")
+    # bytes: an image column of a Parquet / Arrow / hub data set (mmalign_hf_datasets)
+    path, data = (None, value) if isinstance(value, bytes) else _image_source(record, key, value)
     ref = ImageRef(path, data, (0, 0), where)
     raw = ref.read()
-    image = decode_image(raw, where, _name(ref))
+    image = decode_image(raw, where, "the image bytes" if isinstance(value, bytes) else _name(ref))
     ref.size = (image.height, image.width)
     ref._digest = hashlib.sha256(raw).hexdigest()  # the cache key of its latents: computed once
     return ref

@@ -27,6 +27,7 @@ from typing import Any, Optional
 
 from mmalign.data import Record
 from mmalign.errors import DataError, SkipRecord
+from mmalign_text.implicit_prompt import split_implicit_prompt
 from mmalign_text.lengths import Limits, check_positions, clip, refuse_unbounded, truncate_row
 
 
@@ -259,8 +260,9 @@ def _too_long(record: Record, limits: Limits, what: str, dropped: str) -> None:
 def tokenize_record(tokenizer, record: Record, *, paired: bool, limits: Limits = Limits()) -> TextExample:
     """Token ids of a record (module docstring). Rows longer than the model's positions are a
     DataError; records left without a completion token by truncation are skipped (as TRL drops
-    them), counted in the data report."""
-    f = record.fields
+    them), counted in the data report. A pair without a prompt has it taken from its start
+    (:mod:`.implicit_prompt`)."""
+    f = split_implicit_prompt(record)
     prompt = f.get("prompt")
     chosen_key = "chosen" if "chosen" in f or paired else "completion"
     keys = [chosen_key, "rejected"] if paired else [chosen_key]

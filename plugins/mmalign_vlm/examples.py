@@ -40,12 +40,12 @@ class VLMGroup:
 
 
 def resolve_image(value: Any, record: Record) -> Any:
-    """A PIL image as is, or the absolute path of the image file that ``value`` names, resolved
-    by mmalign_formats.files.resolve_data_path (relative to the data file; paths that leave its directory
-    refused unless data.allow_outside_paths)."""
+    """A PIL image or image bytes as they are, or the absolute path of the image file that
+    ``value`` names, resolved by mmalign_formats.files.resolve_data_path (relative to the data file;
+    paths that leave its directory refused unless data.allow_outside_paths)."""
     from mmalign_formats.files import resolve_data_path
 
-    if isinstance(value, Image.Image):
+    if isinstance(value, (Image.Image, bytes)):  # bytes: an image column (mmalign_hf_datasets)
         return value
     return str(resolve_data_path(record, value, "image"))
 
@@ -57,6 +57,8 @@ def load_image(value: Any, where: str) -> Image.Image:
 
     if isinstance(value, Image.Image):
         return to_rgb8(value)
+    if isinstance(value, bytes):
+        return decode_image(value, where)
     if not Path(value).is_file():
         raise DataError(f"{where}: image file '{value}' has disappeared since the data was checked.")
     return decode_image(value, where)
@@ -165,5 +167,6 @@ class VLMRecords:
         h = hashlib.sha256()
         for e in examples:
             for image in e.images:
-                h.update(image.tobytes() if isinstance(image, Image.Image) else Path(image).read_bytes())
+                h.update(image.tobytes() if isinstance(image, Image.Image) else
+                         image if isinstance(image, bytes) else Path(image).read_bytes())
         return h.hexdigest()

@@ -52,7 +52,8 @@ LINE_ERRORS = [
     ("string, not an object", '"just text"', ["expected a JSON object", "got str"]),
     ("number, not an object", "42", ["expected a JSON object", "got int"]),
     ("not UTF-8", b'{"prompt": "caf\xe9"}', ["not valid UTF-8", "Save the file as UTF-8"]),
-    ("missing prompt", json.dumps({"chosen": "a", "rejected": "b"}), ['missing key "prompt"', '"chosen"']),
+    # (a pair without "prompt" has it taken from chosen and rejected: tests/plugins/mmalign_text/test_implicit_prompt.py)
+    ("missing prompt", json.dumps({"chosen": "a"}), ['missing key "prompt"', '"chosen"']),
     ("missing chosen", json.dumps({"prompt": "a", "rejected": "b"}), ['missing key "chosen"']),
     ("missing rejected", json.dumps({"prompt": "a", "chosen": "b"}), ['missing key "rejected"']),
     ("empty chosen", pair(chosen=""), ['"chosen" is empty', "fix or remove"]),
@@ -108,7 +109,7 @@ FILE_ERRORS = [
     ("a directory", lambda t: {"data": {"train": str(t)}}, ["is a directory", "must name a data file"]),
     ("unknown data.format", lambda t: {"data": {"format": "csvx"}},
      ["Unknown dataset format 'csvx' (config key 'data.format')", "jsonl"]),
-    ("suffix of no format", lambda t: {"data": {"train": str(write_data(t, ["a,b"], "pairs.csv"))}},
+    ("suffix of no format", lambda t: {"data": {"train": str(write_data(t, ["a,b"], "pairs.txt"))}},
      ["Cannot tell the format", "Set data.format"]),
     ("JSON file that is not a list", lambda t: _json_list(t, '{"prompt": "a"}'),
      ["expected a JSON list of records"]),

@@ -14,9 +14,9 @@ from mmalign_formats import read_jsonl
 def test_missing_file_and_unknown_suffix(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         read_records(str(tmp_path / "x.jsonl"), "auto", "data.train")
-    (tmp_path / "x.csv").write_text("a,b\n")
+    (tmp_path / "x.txt").write_text("a,b\n")
     with pytest.raises(DataError, match="data.format"):
-        read_records(str(tmp_path / "x.csv"), "auto", "data.train")
+        read_records(str(tmp_path / "x.txt"), "auto", "data.train")
 
 
 class _Plugin:
@@ -106,3 +106,16 @@ def test_an_image_is_decoded_in_full_not_only_its_header(tmp_path):
         img.verify()  # what the diffusion plugin used to check: passes
     with pytest.raises(DataError, match="t:1: not a readable image .*truncated"):
         decode_image(tmp_path / "cut.jpg", "t:1")
+
+
+def test_data_content_identity_of_a_folder_and_a_dataset_id(tmp_path):
+    from mmalign.data import data_sha256
+    from mmalign.run_identity import file_sha256
+
+    (tmp_path / "saved").mkdir()
+    (tmp_path / "saved" / "state.json").write_text("{}")
+    before = data_sha256(str(tmp_path / "saved"), file_sha256)
+    (tmp_path / "saved" / "state.json").write_text('{"x": 1}')
+    assert data_sha256(str(tmp_path / "saved"), file_sha256) != before
+    ids = {data_sha256(f"hf://org/name?revision={r}", file_sha256) for r in ("a", "b")}
+    assert len(ids) == 2

@@ -179,6 +179,16 @@ def test_log_probs_are_chunked_and_recomputed_with_equal_gradients(tokenizer_dir
         assert torch.allclose(g_whole[name], g_chunked[name], atol=1e-6), name
 
 
+def test_a_batch_counts_the_tokens_its_forward_reads(tokenizer_dir):
+    reward, _ = make(tokenizer_dir)
+    exs = examples(reward)
+    prompts = sum(len(e.prompt_ids) for e in exs)
+    completions = sum(len(e.chosen_ids) + len(e.rejected_ids) for e in exs)
+    assert int(reward.batch_counts(reward.collate(exs))["tokens"]) == prompts + completions  # shared prompts
+    reward.cfg.options["prefix_sharing"] = False
+    assert int(reward.batch_counts(reward.collate(exs))["tokens"]) == 2 * prompts + completions  # a row each
+
+
 def test_truncation_and_eos(tokenizer_dir):
     """data.max_length: each row prompt + completion keeps its first tokens (TRL 1.16's keep_start);
     legacy: the prompt keeps its last max_prompt_length tokens, a completion its first."""
@@ -203,7 +213,7 @@ def test_truncation_and_eos(tokenizer_dir):
     ({"prompt": "a", "rejected": "b"}, 'missing key "chosen"'),
     ({"prompt": "a", "chosen": "  ", "rejected": "b"}, '"chosen" is empty'),
     ({"prompt": "a", "chosen": 3, "rejected": "b"}, "must be a string or a list of chat messages"),
-    ({"chosen": "a", "rejected": "b"}, 'missing key "prompt"'),
+    ({"chosen": "a"}, 'missing key "prompt"'),  # with "rejected" too the prompt is implicit
     ({"prompt": "a", "chosen": "x", "rejected": [{"role": "assistant", "content": "y"}]}, "both be strings"),
 ])
 def test_bad_records_name_the_record(tokenizer_dir, record, message):

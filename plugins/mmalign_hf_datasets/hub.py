@@ -1,0 +1,83 @@
+"""Hub datasets: ``data.train: hf://org/name?subset=S&split=SPLIT&revision=R`` (every option
+optional; ``split`` defaults to ``train`` and takes the ``datasets`` slice syntax, ``train[:1000]``),
+loaded with ``datasets.load_dataset`` into the user's ``datasets`` cache. The options live in the
+id rather than in ``data.*`` keys so that ``data.train`` and ``data.eval`` can name two splits."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+from urllib.parse import parse_qsl
+
+from mmalign.data import Record
+from mmalign.errors import ConfigError, DataError
+from mmalign_hf_datasets.rows import dataset_records, quiet_datasets
+
+HUB_SCHEME = "hf://"
+REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # name or org/name
+OPTIONS = ("subset", "split", "revision")
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+
+
+@dataclass(frozen=True)
+class HubDataset:
+    repo_id: str
+    subset: Optional[str] = None  # the dataset's configuration (load_dataset's ``name``)
+    split: str = "train"
+    revision: Optional[str] = None  # a branch, tag or commit: pin it to train on the same rows
+
+
+def parse_hub_id(text: str) -> HubDataset:
+    """``hf://org/name?split=test&subset=x`` -> HubDataset; a ConfigError naming what is wrong."""
+    form = f"{HUB_SCHEME}org/name?subset=...&split=...&revision=..."
+    rest = text.removeprefix(HUB_SCHEME)
+    repo_id, _, query = rest.partition("?")
+    if not REPO_ID.fullmatch(repo_id):
+        raise ConfigError(f"'{text}': '{repo_id}' is not a hub dataset id (name or org/name). Write "
+                          f"{form}, every option optional.")
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError:
+        raise ConfigError(f"'{text}': cannot read the options '{query}'. Write {form}.") from None
+    options = {}
+    for key, value in pairs:
+        if key not in OPTIONS:
+            raise ConfigError(f"'{text}': unknown option '{key}'. Options: {', '.join(OPTIONS)} ({form}).")
+        if key in options or not value:
+            raise ConfigError(f"'{text}': option '{key}' is {'given twice' if key in options else 'empty'}. "
+                              f"Give it once, with a value ({form}).")
+        options[key] = value
+    return HubDataset(repo_id, **options)
+
+
+def _load_failure(text: str, hub: HubDataset, error: Exception) -> DataError:
+    offline = [v for v in OFFLINE_VARIABLES
+               if os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")]
+    if offline:
+        hint = (f"{' and '.join(offline)} is set, so only a dataset already in the local datasets cache "
+                f"can be read: load it once with network access, or save it to local files (Parquet, "
+                f"save_to_disk) and point the config at them.")
+    else:
+        hint = ("Check the id, the subset and the split on the dataset's hub page, the network, and "
+                "for a gated or private dataset your login (hf auth login).")
+    return DataError(f"{text}: cannot load the hub dataset '{hub.repo_id}' (subset "
+                     f"{hub.subset or '(default)'}, split {hub.split}, revision {hub.revision or '(latest)'}): "
+                     f"{type(error).__name__}: "
+                     f"{str(error)[:300]}. {hint}")
+
+
+def read_hub(text: str) -> list[Record]:
+    """The rows of the hub dataset ``text`` names; ``where`` is ``hf://...:row N``. Paths inside
+    rows resolve against the current directory (hub rows normally hold image bytes)."""
+    import datasets
+
+    hub = parse_hub_id(text)
+    try:
+        with quiet_datasets():
+            dataset = datasets.load_dataset(hub.repo_id, hub.subset, split=hub.split, revision=hub.revision)
+    except Exception as e:  # network, unknown id or split, offline mode: one error, exit code 2
+        raise _load_failure(text, hub, e) from None
+    return dataset_records(dataset, text, Path.cwd())
