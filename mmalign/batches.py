@@ -41,9 +41,10 @@ class BatchStream:
     """The offline batch source: micro-batches of the training examples, epoch after epoch.
     Where it stands (``consumed``, ``generator``) is the run's data state, saved in checkpoints.
     A batch source is anything with ``next_batch(plugin, device) -> Batch``, that state, and the
-    three members below: an online source samples its batches from the policy instead
-    (``plugin.sample``), may hold a rollout between optimizer steps (``at_boundary``) and may keep
-    tensors of its own that a checkpoint must save (a PPO critic: ``source_state``)."""
+    members below: an online source samples its batches from the policy instead (``plugin.sample``;
+    its ``examples_per_batch``: prompts x samples), may hold a rollout between optimizer steps
+    (``at_boundary``) and may keep tensors of its own that a checkpoint must save (a PPO critic:
+    ``source_state``)."""
 
     examples: list
     batch_size: int  # per process and micro-batch
@@ -59,6 +60,11 @@ class BatchStream:
         """Examples one epoch hands out: whole optimizer steps of every process."""
         span = self.batch_size * self.accumulation * self.world
         return len(self.examples) // span * span
+
+    @property
+    def examples_per_batch(self) -> int:
+        """Training examples in one process's micro-batch (the log's time/samples_per_s)."""
+        return self.batch_size
 
     def next_batch(self, plugin: Any, device: torch.device) -> Batch:
         return next_batch(self, plugin, device)

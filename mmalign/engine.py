@@ -32,6 +32,11 @@ from mmalign.nonfinite import message as nonfinite_message
 from mmalign.run_files import append_metrics, read_metrics, summary_table, truncate_metrics, write_atomic
 from mmalign.run_identity import check_same_run
 from mmalign.run_setup import Run, RunState, any_process, build_run, cache_reference
+from mmalign.throughput import Meter
+
+# the progress bar's postfix: row key -> its label there
+_SHOWN = {"loss": "loss", "rewards/accuracies": "rewards/accuracies", "rewards/mean": "rewards/mean",
+          "time/samples_per_s": "samples/s", "time/tokens_per_s": "tokens/s", "time/images_per_s": "images/s"}
 
 
 @dataclass
@@ -75,8 +80,9 @@ def train(cfg: Config, *, resume: str | bool | None = None, log=print, overwrite
     contents moved aside); ``resume`` refuses another run's checkpoint unless ``force_resume``
     (see :mod:`mmalign.run_identity`)."""
     with ExitStack() as cleanup:  # releases output_dir's lock however the run ends
+        clock = Meter()  # time/elapsed counts from here: loading the models is part of the run
         run = build_run(cfg, resume=resume, log=log, overwrite=overwrite, cleanup=cleanup)
-        state = RunState()
+        state = RunState(meter=clock)
         if resume:
             restore(run, state, resume, force_resume)
         if run.is_main:
@@ -114,6 +120,7 @@ def restore(run: Run, state: RunState, resume: Any, force_resume: bool) -> None:
                                   data_generator=run.stream.generator, rank=run.accelerator.process_index,
                                   state=saved_state)
     state.step, state.skipped = loaded["step"], loaded.get("skipped_steps", 0)
+    state.meter.started -= loaded.get("elapsed", 0.0)  # time/elapsed continues the run's clock
     run.stream.consumed = loaded["consumed"]
     state.window = [{k: torch.tensor(v) for k, v in m.items()} for m in loaded.get("metrics_window", [])]
     if "source_tensors" in loaded:  # what the online source keeps of its own (a PPO critic)
@@ -124,9 +131,11 @@ def restore(run: Run, state: RunState, resume: Any, force_resume: bool) -> None:
                 f"{run.stream.world}: training continues from the same data position, but not bit for bit.")
 
 
-def micro_step(run: Run, last: bool) -> tuple[dict[str, Tensor], bool]:
+def micro_step(run: Run, meter: Meter, last: bool) -> tuple[dict[str, Tensor], bool]:
     """One micro-batch: scores, loss, backward. Returns its metrics and whether the loss was finite."""
+    start = time.perf_counter()
     batch = run.stream.next_batch(run.plugin, run.accelerator.device)
+    meter.add_batch(time.perf_counter() - start, run.stream.examples_per_batch, run.plugin.batch_counts(batch.data))
     per_unit = run.objective.spec.per_unit
     with nullcontext() if last else run.accelerator.no_sync(run.policy):
         ref = run.reference.scores(batch, per_unit=per_unit) if run.reference else None
@@ -145,7 +154,7 @@ def train_step(run: Run, state: RunState) -> None:
     or gradient stops the run or skips the update (``train.on_nonfinite``)."""
     cfg, accum = run.cfg, run.stream.accumulation
     start = time.perf_counter()
-    results = [micro_step(run, last=i == accum - 1) for i in range(accum)]
+    results = [micro_step(run, state.meter, last=i == accum - 1) for i in range(accum)]
     step_metrics = [m for m, _ in results]
     # every parameter of the prepared model: FSDP replaces them (DTensors), and accelerate
     # clips FSDP models only when handed exactly model.parameters()
@@ -164,10 +173,13 @@ def train_step(run: Run, state: RunState) -> None:
         if any_process(run.accelerator, not all_finite(trained(run.policy)))[0]:  # e.g. lr: .inf
             raise TrainingError(nonfinite_message("weights after the update", state.step + 1, run.out))
         step_metrics[-1]["grad_norm"] = torch.tensor(grad_norm)
-        step_metrics[-1]["time/step"] = torch.tensor(time.perf_counter() - start)  # generation included
-        state.window.extend(step_metrics)
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
+    seconds = time.perf_counter() - start  # generation included
+    state.meter.add_step(seconds)  # a skipped step too: its work was done
+    if not bad:
+        step_metrics[-1]["time/step"] = torch.tensor(seconds)
+        state.window.extend(step_metrics)
     state.step += 1
 
 
@@ -177,6 +189,8 @@ def record(run: Run, state: RunState, bar) -> None:
     is_eval = bool(cfg.train.eval_every) and step % cfg.train.eval_every == 0
     if step % cfg.train.log_every == 0 or step == run.total_steps or is_eval:
         row = _reduce(run.accelerator, state.window, step, state.lr, run.stream.consumed)
+        row["epoch"] = run.stream.consumed / run.stream.per_epoch
+        row.update(state.meter.row(run.accelerator))
         if cfg.train.on_nonfinite == "skip":
             row["skipped_steps"] = state.skipped
         if is_eval or (step == run.total_steps and run.eval_examples):
@@ -190,8 +204,7 @@ def record(run: Run, state: RunState, bar) -> None:
             append_metrics(run.out / "metrics.jsonl", row)
             for cb in run.callbacks:
                 cb.on_log(step, row)
-            bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "rewards/accuracies", "rewards/mean")
-                             if k in row})
+            bar.set_postfix({name: f"{row[k]:.3g}" for k, name in _SHOWN.items() if k in row})
     bar.update(1)
 
 
@@ -217,6 +230,7 @@ def save_checkpoint(run: Run, state: RunState) -> None:
     if run.is_main:
         trainer_state = {"step": state.step, "consumed": run.stream.consumed, "total_steps": run.total_steps,
                          "processes": run.stream.world, "skipped_steps": state.skipped,
+                         "elapsed": state.meter.elapsed(),
                          "metrics_window": [{k: float(v) for k, v in m.items()} for m in state.window],
                          "source": source_meta}
         ckpt.save_checkpoint(run.out / "checkpoints", state.step,

@@ -125,6 +125,13 @@ class ModalityPlugin:
         reference cache's and the run identity's key."""
         return ""
 
+    def batch_counts(self, batch: Any) -> dict[str, Any]:
+        """What one scoring pass of ``batch`` (as ``encode`` returned it) processes, for the log's
+        rates: ``{"tokens": n}`` (the non-padding tokens of the forward) or ``{"images": n}``, n an
+        int or a 0-dim tensor (left on the device: read once per metrics row). ``{}``: the plugin
+        cannot say, and the run logs no such rate."""
+        return {}
+
     # --- scores and samples ------------------------------------------------------------------------
     def score(self, model: nn.Module, batch: Any, *, per_unit: bool = False) -> Scores:
         """Deterministic scores of the batch's responses under ``model``."""

@@ -26,6 +26,7 @@ from mmalign.losses.objective import Objective, check_fits, make_objective
 from mmalign.reference import make_reference
 from mmalign.run_identity import RunIdentity, claim_output_dir, new_identity
 from mmalign.schedule import make_scheduler
+from mmalign.throughput import Meter
 
 
 @dataclass
@@ -64,6 +65,7 @@ class RunState:
     lr: float = 0.0  # the learning rate of the last step
     window: list[dict[str, Tensor]] = field(default_factory=list)  # metrics since the last row
     history: list[dict] = field(default_factory=list)
+    meter: Meter = field(default_factory=Meter)  # the clock, and work and time since the last row
 
 
 def build_run(cfg: Config, *, resume: Any, log: Callable, overwrite: bool, cleanup: ExitStack) -> Run:
@@ -135,7 +137,7 @@ def bind_objective(cfg: Config, reg: Any, plugin: Any) -> tuple[Any, Objective]:
 
 def prompt_records(cfg: Config, path: str, key: str) -> list:
     """The records at ``path`` (data.train, data.eval) for an online algorithm: each needs a "prompt"."""
-    records = read_records(path, cfg.data.format, key)
+    records = read_records(path, cfg.data.format, key, cfg.data.columns)
     bad = [r.where for r in records if "prompt" not in r.fields]
     if bad:
         raise DataError(f"{bad[0]}: an online algorithm ({cfg.algorithm.name}) needs a \"prompt\" in every "
@@ -157,7 +159,7 @@ def source_context(cfg: Config, reg: Any, plugin: Any, accelerator: Any, policy:
 def load_data(cfg: Config, plugin: Any, paired: bool, log: Callable) -> tuple[list, list, list]:
     """(training examples, held-out examples, data reports)."""
     def prepare(path: str, key: str):
-        records = read_records(path, cfg.data.format, key)
+        records = read_records(path, cfg.data.format, key, cfg.data.columns)
         examples, report = prepare_examples(plugin, records, paired=paired, strict=cfg.data.strict, path=path,
                                             duplicates=cfg.data.duplicates,
                                             allow_outside=cfg.data.allow_outside_paths)

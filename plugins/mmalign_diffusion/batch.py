@@ -30,6 +30,12 @@ class DiffusionBatch:
     pooled: Optional[Tensor] = None  # [B, P] SDXL pooled text embedding
 
 
+def image_counts(batch: DiffusionBatch) -> dict[str, int]:
+    """The plugin's ``batch_counts``: the images a scoring pass denoises, one latent row each (a
+    pair's two, a sampled group's n)."""
+    return {"images": batch.latents.shape[0]} if batch.latents is not None else {}
+
+
 @dataclass
 class DiffusionGroup:
     """n images sampled for one caption, as the VAE latents x_0 the sampler ended on: decoding them

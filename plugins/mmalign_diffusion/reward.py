@@ -5,15 +5,15 @@
 
 with eps and t drawn once per pair in ``collate`` and shared by chosen, rejected, policy and
 reference. The engine's sigmoid loss -log sigmoid(beta * ((s_pol_w - s_ref_w) - (s_pol_l - s_ref_l)))
-is then exactly Diffusion-DPO's eq. 14 as the diffusers DPO scripts implement it:
+is then exactly Diffusion-DPO's eq. 14 as the diffusers SDXL DPO script implements it:
 
     loss = -log sigmoid(-beta_dpo / 2 * ((mse_pol_w - mse_pol_l) - (mse_ref_w - mse_ref_l)))
 
-The 1/2 is folded into the score so that ``loss.beta`` means the scripts' ``--beta_dpo`` (2500 for
-SD 1.5, 5000 for SDXL): the paper's beta * T * omega(lambda_t) with a constant weight is beta_dpo / 2
-when the squared norm is a per-dimension mean. Chosen and rejected go through the UNet in one pass
-of 2B rows. SFT minimises -s = mse / 2 on the chosen image; ``sample`` (mmalign_diffusion.online)
-draws DDIM trajectories whose groups score as [C, n] the same way.
+The 1/2 is folded into the score so that ``loss.beta`` means that script's ``--beta_dpo`` (the SD
+1.5 script has no 1/2: its beta_dpo is loss.beta / 2); the paper's beta * T * omega(lambda_t) with a
+constant weight is beta_dpo / 2 when the squared norm is a per-dimension mean. Chosen and rejected
+go through the UNet in one pass of 2B rows. SFT minimises -s = mse / 2 on the chosen image;
+``sample`` (mmalign_diffusion.online) draws DDIM trajectories whose groups score as [C, n] alike.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from mmalign.protocol import ModalityPlugin, Samples
 from mmalign.scores import Scores
 from mmalign_diffusion import components as C
 from mmalign_diffusion import online
-from mmalign_diffusion.batch import DiffusionBatch, DiffusionGroup
+from mmalign_diffusion.batch import DiffusionBatch, DiffusionGroup, image_counts
 from mmalign_diffusion.cache import TensorCache, fingerprint
 from mmalign_diffusion.encoding import caption_embeddings, image_latents
 from mmalign_diffusion.lora import (WEIGHT_NAME, LoraUNet, add_lora, load_lora_unet,
@@ -43,7 +43,7 @@ from mmalign_diffusion.options import OPTIONS, SUPPORTED_DTYPES, check_options  
 from mmalign_diffusion.records import DiffusionExample, choose_view, parse_record
 from mmalign_text.causal_lm import unwrap_wrappers
 
-SCORE_SCALE = 0.5  # s = -0.5 * mse: loss.beta == --beta_dpo of the diffusers scripts
+SCORE_SCALE = 0.5  # s = -0.5 * mse: loss.beta == --beta_dpo of the diffusers SDXL script
 
 
 class _RecordsOnly:
@@ -57,6 +57,7 @@ class _RecordsOnly:
 class DiffusionReward(ModalityPlugin):
     score_kind = "denoising"  # s = -SCORE_SCALE * weighted denoising error
     name = "diffusion"
+    batch_counts = staticmethod(image_counts)  # {"images": n} for the log's time/images_per_s
 
     @property
     def deterministic_collate(self) -> bool:
@@ -234,9 +235,8 @@ class DiffusionReward(ModalityPlugin):
     def to_device(self, batch: DiffusionBatch, device: torch.device) -> DiffusionBatch:
         """The batch's tensors moved to ``device`` (the image references stay as they are)."""
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return replace(batch, noise=move(batch.noise), timesteps=move(batch.timesteps),
-                       time_ids=move(batch.time_ids), latents=move(batch.latents), text=move(batch.text),
-                       pooled=move(batch.pooled))
+        return replace(batch, **{k: move(getattr(batch, k)) for k in ("noise", "timesteps", "time_ids", "latents",
+                                                                      "text", "pooled")})
 
     def _encoders_to(self, device: torch.device) -> None:
         """The frozen VAE and text encoders follow the batches (and the sampled model) to ``device``."""

@@ -149,6 +149,10 @@ class OnlineSource:
         return len(self.ctx.records) // span * span
 
     @property
+    def examples_per_batch(self) -> int:
+        return self.batch_size * self.ctx.options.samples_per_prompt
+
+    @property
     def at_boundary(self) -> bool:
         return not self.buffer
 

@@ -227,6 +227,17 @@ class CausalLMModels(ModalityPlugin):
     def load_reference(self, name_or_path: str) -> nn.Module:
         return self._from_pretrained(name_or_path)
 
+    def batch_counts(self, batch) -> dict[str, Tensor]:
+        """{"tokens": the non-padding tokens of the policy forward}: on the shared-prefix path each
+        token of the shared rows once (a prompt shared by its responses counts once), else the
+        padding mask's ones (every row the forward reads, a pair's prompt in both)."""
+        from mmalign_text.prefix_sharing import shared_tokens
+
+        if getattr(batch, "plain_index", None) is not None:
+            return {"tokens": shared_tokens(batch)}
+        mask = getattr(batch, "attention_mask", None)
+        return {"tokens": mask.sum()} if isinstance(mask, Tensor) and mask.dim() == 2 else {}
+
     def load_trained(self, directory: str | Path) -> nn.Module:
         """A model written by ``save``: a full model, or base + adapter."""
         directory = Path(directory)

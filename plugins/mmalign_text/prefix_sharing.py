@@ -182,6 +182,14 @@ def shared_token_logps(model: nn.Module, batch: SharedPrefixBatch, inputs_embeds
     return logps, sum_sq[batch.layout] * mask
 
 
+def shared_tokens(batch) -> Tensor:
+    """The non-padding tokens of a shared batch's rows (pairs or sampled groups), each once: every
+    one is a prompt or completion token of some response, so these are the distinct places the
+    plain rows gather from. A 0-dim tensor on the batch's device (no synchronisation)."""
+    seen = torch.zeros(batch.input_ids.numel(), device=batch.plain_mask.device)
+    return seen.scatter_reduce(0, batch.plain_index.flatten(), batch.plain_mask.flatten().to(seen.dtype), "amax").sum()
+
+
 def shared_target_logps(model: nn.Module, batch, inputs_embeds: Tensor | None = None, *,
                         with_sum_sq: bool = False, fused: bool = True) -> tuple[Tensor, Tensor | None]:
     """log p(target) [N] of a shared batch (pairs here, sampled groups in :mod:`.group_sharing`:

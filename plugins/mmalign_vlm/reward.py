@@ -69,6 +69,11 @@ class VLMReward(VLMRecords, VLMScoring, CausalLMModels):
     def extra_hint(self, name: str) -> str:
         return ": set model.options.corrupted_image to random_crop or mask_patches"
 
+    def batch_counts(self, batch) -> dict[str, Tensor]:
+        """The language model's tokens, image tokens included as the rows hold them (the vision
+        tower's patches are not counted); a shared batch's rows are its text batch's."""
+        return super().batch_counts(batch.text if isinstance(batch, VLMSharedBatch) else batch)
+
     @staticmethod
     def check_config(model_cfg: ModelConfig, data_cfg: DataConfig) -> None:
         """The plugin's keys, checked by mmalign.validation before anything loads (overrides the

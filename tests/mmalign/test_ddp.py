@@ -72,9 +72,13 @@ def test_two_processes_match_one_and_resume_exactly(modality, tmp_path):
     assert [r["step"] for r in two] == list(range(1, TRAIN["max_steps"] + 1))
     epochs = ddp_cfg.get("algorithm", {}).get("options", {}).get("epochs", 1)  # passes over each rollout
     assert [r["records_seen"] for r in two] == [2 * micro * -(-r["step"] // epochs) for r in two]
+    per_step = 2 * micro * ddp_cfg.get("algorithm", {}).get("options", {}).get("samples_per_prompt", 1)
+    for r in map(json.loads, (tmp_path / "ddp" / "run" / "metrics.jsonl").read_text().splitlines()):
+        assert r["time/samples_per_s"] * r["time/step"] == pytest.approx(per_step)  # both processes' examples
     for name in single_runs:
         one = rows(tmp_path / name / "run")
         assert [r["records_seen"] for r in one] == [r["records_seen"] for r in two]
+        assert [r["epoch"] for r in one] == [r["epoch"] for r in two]
         for a, b in zip(one, two):
             assert abs(a["loss"] - b["loss"]) <= LOSS_TOLERANCE, (name, a["step"], a["loss"], b["loss"])
     assert proc.stdout.count(" read, ") == 1 and proc.stdout.count("final model:") == 1

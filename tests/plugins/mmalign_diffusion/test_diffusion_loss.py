@@ -138,6 +138,7 @@ def test_chosen_and_rejected_in_one_unet_pass_with_shared_noise(tmp_path):
     with torch.no_grad():
         first, second = reward.score(policy, batch), reward.score(policy, batch)
     assert calls == [6, 6]  # 2B rows, one pass per call
+    assert reward.batch_counts(batch) == {"images": 6}  # a pair's two images (the log's time/images_per_s)
     assert torch.equal(first.chosen, second.chosen)  # deterministic given the batch
 
 
@@ -151,5 +152,5 @@ def test_sft_score_is_the_denoising_loss(tmp_path):
         loss, _ = preference_loss(registry().get("losses", "sft"), scores, None, beta=1.0, options={})
         noisy = reward.scheduler.add_noise(batch.latents, batch.noise, batch.timesteps)
         pred = policy(noisy, batch.timesteps, encoder_hidden_states=batch.text).sample
-    assert scores.rejected is None and batch.latents.shape[0] == 2
+    assert scores.rejected is None and batch.latents.shape[0] == 2 and reward.batch_counts(batch) == {"images": 2}
     assert float(loss) == pytest.approx(0.5 * float((pred - batch.noise).pow(2).mean()), rel=1e-5)

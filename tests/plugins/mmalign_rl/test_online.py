@@ -69,6 +69,10 @@ def test_an_online_step_logs_what_online_users_read(tmp_path):
                 "completions/truncated", "entropy", "time/generate", "time/score", "grad_norm"):
         assert key in row, key
     assert row["records_seen"] == 4  # prompts
+    assert row["epoch"] == 4 / 512
+    assert row["time/samples_per_s"] * row["time/step"] == pytest.approx(4 * 8)  # prompts x samples_per_prompt
+    assert row["time/tokens_per_s"] > row["time/samples_per_s"]  # every sample holds a few tokens
+    assert row["time/generate"] + row["time/score"] <= row["time/data"] <= row["time/step"]  # the rollout
     assert 0 < row["entropy"] <= math.log(134)  # nats per sampled token; the demo tokenizer has 134 tokens
 
 

@@ -51,6 +51,17 @@ def layouts(pad: int):
     return out
 
 
+def test_a_batch_counts_each_token_its_forward_reads_once(tokenizer_dir):
+    reward, _ = make(tokenizer_dir, prefix_sharing=False)
+    prompts, responses = 5 + 1 + 3, 12 + 12 + 13
+    plain = reward.batch_counts(reward.collate(GROUPS))["tokens"]
+    assert int(plain) == 4 * prompts + responses  # a plain row per response, each with its prompt
+    for s, segments in ((4, 1), (2, 2), (3, 2)):  # a segment per s responses, each with the prompt once
+        for pack in (True, False):
+            batch = collate_groups(GROUPS, reward.tokenizer.pad_token_id, pack=pack, per_segment=s)
+            assert int(reward.batch_counts(batch)["tokens"]) == segments * prompts + responses, (s, pack)
+
+
 def hf_token_logps(model, prompt, completion):
     with torch.no_grad():
         logps = model(torch.tensor([prompt + completion])).logits.log_softmax(-1)[0]

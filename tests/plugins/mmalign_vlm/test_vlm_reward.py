@@ -63,6 +63,10 @@ def test_packed_pairs_equal_the_naive_path(vlm_world, tmp_path, monkeypatch):
     assert torch.allclose(packed.rejected, naive.rejected, atol=1e-5)
     for name, grad in packed_grads.items():
         assert torch.allclose(grad, naive_grads[name], atol=1e-5), name
+    prompts = sum(len(e.prompt_ids) for e in exs)  # image tokens included
+    completions = sum(len(e.chosen_ids) + len(e.rejected_ids) for e in exs)
+    assert int(reward.batch_counts(batch)["tokens"]) == prompts + completions  # a pair's prompt once
+    assert int(reward.batch_counts(reward.collate(exs))["tokens"]) == 2 * prompts + completions  # a row each
 
 
 def _grads(model, scores):
