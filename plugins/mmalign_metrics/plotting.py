@@ -54,8 +54,9 @@ def draw_panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], title:
 
 
 def plot_panels(path: str | Path, panels: dict[str, dict[str, tuple[Sequence[float], Sequence[float]]]],
-                title: str = "") -> Path:
-    """Panels side by side; each is ``{series label: (xs, ys)}``. Written atomically."""
+                title: str = "", axes: dict[str, tuple[str, str]] | None = None) -> Path:
+    """Panels side by side; each is ``{series label: (xs, ys)}``. ``axes``: ``{panel: (x label,
+    y label)}``, written under the panel. Written atomically."""
     width, height, margin = 330, 260, 40
     image = Image.new("RGB", (margin + len(panels) * (width + margin), height + 2 * margin), "white")
     draw = ImageDraw.Draw(image)
@@ -64,6 +65,9 @@ def plot_panels(path: str | Path, panels: dict[str, dict[str, tuple[Sequence[flo
     for i, (name, series) in enumerate(panels.items()):
         left = margin + i * (width + margin)
         draw_panel(draw, (left, margin, left + width, margin + height - 20), name, series)
+        if axes and name in axes:
+            draw.text((left + 110, margin + height - 4), f"x: {axes[name][0]}", fill=(0, 0, 0))
+            draw.text((left + 4, margin + height + 12), f"y: {axes[name][1]}", fill=(0, 0, 0))
     path = Path(path)
     tmp = path.with_name(path.stem + ".tmp.png")
     image.save(tmp)

@@ -152,22 +152,16 @@ def build_report(sft_history: list[dict], grpo_history: list[dict], curve: list[
 
 def plot(path: Path, sft_history: list[dict], curve: list[dict]) -> None:
     from mmalign_metrics.plotting import plot_panels
-    from PIL import Image, ImageDraw
 
     keys = (("all", "accuracy"), ("with a carry", "accuracy_carry"), ("no carry", "accuracy_no_carry"))
     sft = {name: tuple(zip(*_curve(sft_history, "eval/" + key))) or ((), ()) for name, key in keys}
     grpo = {name: ([p["step"] for p in curve], [p[key] for p in curve]) for name, key in keys}
+    y = "share of 500 held-out sums exactly right"
     plot_panels(path, {"SFT: held-out greedy accuracy": sft, "GRPO: held-out greedy accuracy": grpo},
                 title="mmalign demo rl: 2-digit addition, SFT on a biased teacher, then GRPO "
-                      "with an exact-match verifier")
-    # axis labels under each panel (plot_panels draws titles and value ranges only)
-    image = Image.open(path)
-    draw = ImageDraw.Draw(image)
-    for i, stage in enumerate(("SFT", "GRPO")):
-        left = 40 + i * (330 + 40)
-        draw.text((left + 110, 296), f"x: {stage} optimizer step", fill=(0, 0, 0))
-        draw.text((left + 4, 312), "y: share of 500 held-out sums exactly right", fill=(0, 0, 0))
-    image.save(path)
+                      "with an exact-match verifier",
+                axes={"SFT: held-out greedy accuracy": ("SFT optimizer step", y),
+                      "GRPO: held-out greedy accuracy": ("GRPO optimizer step", y)})
 
 
 def table(r: dict) -> str:

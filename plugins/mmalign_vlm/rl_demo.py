@@ -112,15 +112,16 @@ def _evaluate(out: Path, cfg, final_dir: Path) -> dict:
 
 def _plot(out: Path, report: dict) -> None:
     rewards, kl = report["grpo_reward_curve"], report["grpo_kl_curve"]
+    reward_panel, kl_panel = "GRPO: verifier reward of sampled captions", "GRPO: KL to the SFT model"
     plot_panels(out / "report.png", {
-        "GRPO: verifier reward of sampled captions": {"mean": ([s for s, _ in rewards], [v for _, v in rewards])},
-        "GRPO: KL to the SFT model (nats per token)": {"kl": ([s for s, _ in kl], [v for _, v in kl])},
-        "held-out CHAIR_i / recall (x: 0 CHAIR_i, 1 recall)": {
-            "SFT": ([0, 1], [report["chair_i_reference"], report["recall_reference"]]),
-            "GRPO": ([0, 1], [report["chair_i_policy"], report["recall_policy"]])},
-    }, title="mmalign demo vlm-rl: hallucination (CHAIR) before and after GRPO with a verifier")
-    bar_chart(out / "chair.png", "CHAIR_i of held-out greedy captions: SFT vs GRPO",
-              {"SFT": report["chair_i_reference"], "GRPO": report["chair_i_policy"]})
+        reward_panel: {"mean": ([s for s, _ in rewards], [v for _, v in rewards])},
+        kl_panel: {"kl": ([s for s, _ in kl], [v for _, v in kl])},
+    }, title="mmalign demo vlm-rl: GRPO with a hallucination verifier (CHAIR: chair.png)",
+        axes={reward_panel: ("GRPO optimizer step", "recall - CHAIR_i per caption (-1 .. 1)"),
+              kl_panel: ("GRPO optimizer step", "nats per token")})
+    bar_chart(out / "chair.png", "held-out greedy captions: CHAIR_i and recall, SFT vs GRPO",
+              {"CHAIR_i SFT": report["chair_i_reference"], "CHAIR_i GRPO": report["chair_i_policy"],
+               "recall SFT": report["recall_reference"], "recall GRPO": report["recall_policy"]})
 
 
 def _table(r: dict) -> str:
