@@ -39,7 +39,8 @@ def read_data(cfg: Config) -> list[str]:
     if cfg.algorithm.name:  # prompts for an online algorithm: each record needs one
         from mmalign.run_setup import prompt_records
 
-        return [f"  {key}: {len(prompt_records(cfg, path, key))} prompt records read from {path}"
+        return [f"  {key}: {path} is a hub dataset, not read (check downloads nothing)" if is_url(path)
+                else f"  {key}: {len(prompt_records(cfg, path, key))} prompt records read from {path}"
                 for key, path in (("data.train", cfg.data.train), ("data.eval", cfg.data.eval)) if path]
     checker = record_checker(cfg, reg)
     paired = reg.get("losses", cfg.loss.name, "loss.name").paired

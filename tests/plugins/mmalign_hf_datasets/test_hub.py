@@ -66,6 +66,16 @@ def test_a_config_file_keeps_the_id_as_written_and_check_downloads_nothing(tmp_p
     assert "data.train: hf://org/prefs?split=train is a hub dataset, not read" in capsys.readouterr().out
 
 
+def test_check_reads_no_hub_prompts_of_an_online_config(tmp_path, tokenizer_dir, capsys, monkeypatch):
+    cfg = base_config(tmp_path, tokenizer_dir, "hf://org/prompts?split=train")
+    cfg["algorithm"] = {"name": "grpo", "options": {"scorers": {"sentiment": 1.0}}}
+    cfg["loss"] = {"beta": 0.04}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("check must not load"))
+    assert main(["check", str(tmp_path / "cfg.yaml")]) == 0
+    assert "data.train: hf://org/prompts?split=train is a hub dataset, not read" in capsys.readouterr().out
+
+
 def test_offline_without_a_cached_copy_is_exit_2_with_the_fix(tmp_path, tokenizer_dir, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "empty-cache")
