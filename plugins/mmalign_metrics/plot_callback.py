@@ -32,11 +32,13 @@ class PlotCallback(Callback):
             panels = {
                 "loss": series("loss", "train"),
                 "reward of sampled responses": {**series("rewards/mean", "mean"), **series("rewards/std", "std")},
-                "KL to the reference (nats per token)": series("kl", "kl"),
-                "response length (tokens)": series("completions/mean_length", "mean"),
-                "policy entropy (nats per token)": series("entropy", "entropy"),
+                "KL to the reference": series("kl", "kl"),
+                "response length": series("completions/mean_length", "mean"),
+                "policy entropy": series("entropy", "entropy"),
             }
-            panels = {name: lines for name, lines in panels.items() if lines}
+            y = {"loss": "the algorithm's loss", "reward of sampled responses": "weighted scorer reward",
+                 "KL to the reference": "nats per token", "response length": "tokens (mean)",
+                 "policy entropy": "nats per sampled token"}
         else:
             panels = {
                 "loss": {**series("loss", "train"), **series("eval/loss", "eval")},
@@ -44,4 +46,8 @@ class PlotCallback(Callback):
                                     **series("eval/reward_accuracy", "eval")},
                 "reward margin": {**series("rewards/margins", "train"), **series("eval/margin", "eval")},
             }
-        plot_panels(self.path, panels, title="mmalign training curves")
+            y = {"loss": "loss", "reward accuracy": "share of pairs with r(chosen) > r(rejected)",
+                 "reward margin": "r(chosen) - r(rejected), mean"}
+        panels = {name: lines for name, lines in panels.items() if lines}
+        plot_panels(self.path, panels, title="mmalign training curves",
+                    axes={name: ("optimizer step", y[name]) for name in panels})
