@@ -174,7 +174,10 @@ def _plot(out: Path, history: list[dict], g_ref: list[float], g_pol: list[float]
         "DPO loss": {"train": (steps, [r["loss"] for r in history])},
         "implicit reward accuracy": {"train (1 draw)": (steps, [r.get("rewards/accuracies", 0) for r in history])},
         "gold score per seed": {"reference": (order, g_ref), "policy": (order, g_pol)},
-    }, title="mmalign demo diffusion: Diffusion-DPO towards brighter images (tiny SDXL)")
+    }, title="mmalign demo diffusion: Diffusion-DPO towards brighter images (tiny SDXL)",
+        axes={"DPO loss": ("optimizer step", "Diffusion-DPO loss"),
+              "implicit reward accuracy": ("optimizer step", "share of pairs ranked right"),
+              "gold score per seed": ("held-out caption and seed", "mean brightness of the sample (0-1)")})
 
 
 def _table(r: dict) -> str:

@@ -165,7 +165,10 @@ def _plot(out: Path, history: list[dict], g_ref: list[float], g_pol: list[float]
         "DPO loss": {"train": (steps, [r["loss"] for r in history])},
         "reward accuracy": {"train": (steps, [r.get("rewards/accuracies", 0) for r in history])},
         "gold reward distribution": hist,
-    }, title="mmalign demo text: controlled sentiment (DPO, section 6.1 in miniature)")
+    }, title="mmalign demo text: controlled sentiment (DPO, section 6.1 in miniature)",
+        axes={"DPO loss": ("optimizer step", "sigmoid DPO loss"),
+              "reward accuracy": ("optimizer step", "share of pairs with r(chosen) > r(rejected)"),
+              "gold reward distribution": ("gold reward of a sample", "share of held-out samples")})
 
 
 def _table(r: dict) -> str:

@@ -118,19 +118,15 @@ def run_sweep(out_dir: str | Path, *, betas=(0.1, 0.5, 2.0, 8.0), quick: bool = 
 
 def plot_frontier(path: Path, points: list[dict]) -> None:
     """One panel, gold reward against KL, a labelled series per method (points sorted by KL)."""
-    from PIL import Image, ImageDraw
-
     series = {}
     for method in dict.fromkeys(p["method"] for p in points):
         pts = sorted((p["kl"], p["gold_reward"]) for p in points if p["method"] == method)
         series[LABELS[method]] = ([x for x, _ in pts], [y for _, y in pts])
-    plot_panels(path, {"gold reward vs KL(policy || SFT reference)": series},
-                title="mmalign sweep: reward-KL frontier (DPO paper, figure 2 left, in miniature)")
-    image = Image.open(path)  # axis labels under the panel (plot_panels draws value ranges only)
-    draw = ImageDraw.Draw(image)
-    draw.text((44, 296), "x: KL(policy || reference), nats, sampled (Best-of-N: log N - (N-1)/N)", fill=(0, 0, 0))
-    draw.text((44, 312), "y: mean gold reward (#positive - #negative words), held-out", fill=(0, 0, 0))
-    image.save(path)
+    panel = "gold reward vs KL(policy || SFT reference)"
+    plot_panels(path, {panel: series},
+                title="mmalign sweep: reward-KL frontier (DPO paper, figure 2 left, in miniature)",
+                axes={panel: ("KL(policy || reference), nats (Best-of-N: log N - (N-1)/N)",
+                              "mean held-out gold reward (#positive - #negative words)")})
 
 
 def table(frontier: dict) -> str:

@@ -121,11 +121,12 @@ def run_demo(out_dir: str | Path, *, quick: bool = False, seed: int = 0, beta: f
     plot_panels(out / "report.png", {
         "DPO loss": {"train": (steps, [r["loss"] for r in result.history])},
         "reward accuracy": {"train": (steps, [r.get("rewards/accuracies", 0) for r in result.history])},
-        "CHAIR_i / recall": {"reference": ([0, 1], [report["chair_i_reference"], report["recall_reference"]]),
-                             "policy": ([0, 1], [report["chair_i_policy"], report["recall_policy"]])},
-    }, title="mmalign demo vlm: hallucination (CHAIR) before and after DPO")
-    bar_chart(out / "chair.png", "CHAIR_i: reference vs policy",
-              {"reference": report["chair_i_reference"], "policy": report["chair_i_policy"]})
+    }, title="mmalign demo vlm: DPO against hallucination (CHAIR: chair.png)",
+        axes={"DPO loss": ("optimizer step", "DPO loss (+ NLL on the chosen caption)"),
+              "reward accuracy": ("optimizer step", "share of pairs with r(chosen) > r(rejected)")})
+    bar_chart(out / "chair.png", "held-out greedy captions: CHAIR_i and recall, reference vs policy",
+              {"CHAIR_i reference": report["chair_i_reference"], "CHAIR_i policy": report["chair_i_policy"],
+               "recall reference": report["recall_reference"], "recall policy": report["recall_policy"]})
     log(_table(report))
     return report
 
