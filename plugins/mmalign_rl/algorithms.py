@@ -9,7 +9,7 @@ optional KL to the reference), differing in its options: the clip range, the imp
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 import torch
 from torch import Tensor
@@ -35,6 +35,9 @@ class RolloutOptions:
     scorers: dict = field(default_factory=dict)  # {name: weight} or {name: {weight: w, <option>: v}}
     rollout_steps: int = 1  # optimizer steps' worth of prompts sampled at once (TRL: steps_per_generation)
     epochs: int = 1  # passes over each rollout (PPO's ppo_epochs; TRL GRPO's num_iterations)
+    #: the loss's importance ratio divides by the sampling policy's per-unit log-probs, which a
+    #: rollout trained for more than one step must keep (``old_unit_scores``)
+    ratio_needs_old_scores: ClassVar[bool] = True
 
     @property
     def steps_per_rollout(self) -> int:

@@ -23,7 +23,7 @@ to the source, so with k > 2 all k responses are scored and k - 2 of them do not
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import torch
 from torch import Tensor
@@ -46,6 +46,7 @@ class OnlineDPOOptions(RolloutOptions):
     samples_per_prompt: int = 2  # k: the best and the worst of k form the pair
     loss: str = "sigmoid"  # a pair loss of the registry that uses the reference
     loss_options: dict = field(default_factory=dict)  # that loss's own options (its loss.options)
+    ratio_needs_old_scores: ClassVar[bool] = False  # a pair loss against the reference: no ratio
 
     def problem(self):
         return self.rollout_problem(2, "a preference pair needs two responses")

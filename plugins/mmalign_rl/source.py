@@ -176,9 +176,10 @@ def fill_buffer(source: OnlineSource, plugin: Any, device: torch.device) -> list
     comes from a generator seeded by its position in the prompt stream, so the samples do not
     depend on how many processes share a step, and a resumed run draws the same ones. When the
     rollout trains more than one step, the sampling policy's per-unit log-probs are kept as
-    ``old_unit_scores`` (the importance ratio's denominator)."""
+    ``old_unit_scores`` (the importance ratio's denominator) for a loss that takes that ratio."""
     options = source.ctx.options
     rollout_steps, epochs = options.rollout_steps, options.epochs
+    keep_old = rollout_steps * epochs > 1 and options.ratio_needs_old_scores
     start = source.consumed
     batches = []
     for _ in range(rollout_steps * source.accumulation):
@@ -186,7 +187,7 @@ def fill_buffer(source: OnlineSource, plugin: Any, device: torch.device) -> list
         index = next_slices(source)[source.ctx.rank]
         generator = torch.Generator().manual_seed((source.seed * 1_000_003 + position) % 2 ** 63)
         batches.append(rollout(source, plugin, device, [source.ctx.records[i] for i in index.tolist()],
-                               generator, keep_old=rollout_steps * epochs > 1))
+                               generator, keep_old=keep_old))
     order = list(batches)
     replay = [{k: v for k, v in b.metrics.items() if not k.startswith("time/")} for b in batches]
     for epoch in range(1, epochs):

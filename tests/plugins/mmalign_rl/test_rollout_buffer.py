@@ -38,3 +38,17 @@ def test_a_resumed_multi_epoch_run_continues_exactly(tmp_path):
     cfg["train"]["max_steps"] = 4
     resumed = mmalign.train(cfg, resume=True, log=lambda *a: None)
     assert without_time(resumed.history) == without_time(straight.history)
+
+
+@pytest.mark.parametrize("algorithm,keeps", [("grpo", True), ("online_dpo", False)])
+def test_old_log_probs_are_kept_only_for_a_loss_that_takes_the_ratio(tmp_path, monkeypatch, algorithm, keeps):
+    """A rollout trained twice keeps the sampling policy's per-unit log-probs for GRPO's ratio;
+    online DPO's pair loss takes no ratio, so it is spared that extra scoring pass."""
+    from mmalign_rl import source
+
+    calls = []
+    original = source.Rollout.policy_scores
+    monkeypatch.setattr(source.Rollout, "policy_scores", lambda self: calls.append(1) or original(self))
+    options = {"samples_per_prompt": 2} if algorithm == "online_dpo" else {}
+    mmalign.train(config(tmp_path, algorithm, steps=2, epochs=2, **options), log=lambda *a: None)
+    assert bool(calls) == keeps
