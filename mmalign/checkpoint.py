@@ -7,7 +7,8 @@ by the next save). ``keep_last`` renames an old checkpoint to ``.pruned-step-N``
 so a kill during the deletion never leaves a partial ``step-N`` either. Everything is safetensors or JSON: nothing written here is a pickle.
 
 Layout of ``step-N/``: ``model/`` (the plugin's ``save``: loads with plain ``from_pretrained``),
-``optimizer.safetensors`` + ``trainer_state.json`` (step, data position, scheduler, optimizer
+``optimizer.safetensors`` (or, for a sharded FSDP2 run, ``sharded/``: model and optimizer state,
+one safetensors file per process, see :mod:`mmalign.sharding`) + ``trainer_state.json`` (step, data position, scheduler, optimizer
 hyper-parameters), ``rng.safetensors`` (every random generator; under multi-process training
 ``rng-rank{r}.safetensors`` holds those of process r > 0), ``run_identity.json`` (the run's id and
 settings, see :mod:`mmalign.run_identity`), ``source.safetensors`` when the online source keeps
@@ -39,11 +40,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mmalign.errors import ConfigError
-from mmalign.run_files import writing
+from mmalign.run_files import fsync_dir, fsync_tree, writing
 from mmalign.checkpoint_verify import (IDENTITY, MANIFEST, STEP_DIR, find_resume_checkpoint,  # noqa: F401
                                        latest_checkpoint, list_checkpoints, rng_file, run_id_of,
                                        verify_checkpoint)
 from mmalign.run_identity import file_sha256
+from mmalign.sharding import SHARDED_DIR
 
 CRASH_ENV = "MMALIGN_TEST_CRASH_AT"
 SOURCE_FILE = "source.safetensors"
@@ -57,13 +59,6 @@ def _test_crash_point(point: str, step: int) -> None:
     name, _, at = wanted.partition("@")
     if name == point and (not at or int(at) == step):
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _fsync_tree(root: Path) -> None:
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
-            with path.open("rb") as f:
-                os.fsync(f.fileno())
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -139,32 +134,50 @@ def _write_manifest(directory: Path, step: int) -> None:
                                                  indent=1, sort_keys=True))
 
 
+def staging_dir(root: Path, step: int) -> Path:
+    """The temporary directory a checkpoint of ``step`` is written into before its rename."""
+    return root / f".tmp-step-{step:07d}"
+
+
+def start_checkpoint(root: Path, step: int) -> Path:
+    """Create the (empty) staging directory of ``step``, removing what an interrupted save left."""
+    tmp = staging_dir(root, step)
+    with writing(root, "write a checkpoint"):
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in [*root.glob(".tmp-step-*"), *root.glob(".pruned-step-*")]:
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir()
+    return tmp
+
+
 def save_checkpoint(root: Path, step: int, *, save_model, optimizer, scheduler,
                     data_generator: torch.Generator, trainer_state: dict, keep_last: int,
                     rng_states: list[dict[str, torch.Tensor]] | None = None,
-                    identity_json: str = "{}", source_tensors: dict | None = None) -> Path:
+                    identity_json: str = "{}", source_tensors: dict | None = None,
+                    sharded: dict | None = None) -> Path:
     """Write ``root/step-{step}`` atomically, with its manifest; then keep only the newest
     ``keep_last`` checkpoints of this run (same ``run_id`` in ``identity_json``).
 
     ``rng_states``: the :func:`rng_state` of every process (index = rank), gathered by the caller
-    under multi-process training; default: this process's only. A failed write (full disk,
-    read-only folder) removes the partial checkpoint and raises a ConfigError naming the path."""
+    under multi-process training; default: this process's only. ``sharded``: the model and
+    optimizer state were already written into ``sharded/`` of :func:`start_checkpoint`'s directory
+    by every process (:func:`mmalign.sharding.save_sharded`, which returned this dict); then
+    ``save_model`` and ``optimizer`` are not used. A failed write (full disk, read-only folder)
+    removes the partial checkpoint and raises a ConfigError naming the path."""
     final = root / f"step-{step:07d}"
-    tmp = root / f".tmp-step-{step:07d}"
+    tmp = staging_dir(root, step)
     try:
         with writing(root, "write a checkpoint"):
-            root.mkdir(parents=True, exist_ok=True)
-            for stale in [*root.glob(".tmp-step-*"), *root.glob(".pruned-step-*")]:
-                shutil.rmtree(stale, ignore_errors=True)
-            tmp.mkdir()
+            if sharded is None:
+                start_checkpoint(root, step)
             _write_files(tmp, step, save_model, optimizer, scheduler, data_generator, trainer_state,
-                         rng_states, identity_json, source_tensors)
+                         rng_states, identity_json, source_tensors, sharded)
             _test_crash_point("save:before_rename", step)
             replaced = None
             if final.exists():  # the same step again (SIGTERM right after a periodic save; a resume)
                 replaced = _move_old_aside(final)
             os.replace(tmp, final)
-            _fsync_dir(root)
+            fsync_dir(root)
             if replaced is not None:  # only once the new one is in place: a crash never leaves neither
                 shutil.rmtree(replaced, ignore_errors=True)
     except BaseException:
@@ -183,11 +196,15 @@ def save_checkpoint(root: Path, step: int, *, save_model, optimizer, scheduler,
 
 
 def _write_files(tmp: Path, step: int, save_model, optimizer, scheduler, data_generator,
-                 trainer_state: dict, rng_states, identity_json: str, source_tensors) -> None:
-    save_model(tmp / "model")
+                 trainer_state: dict, rng_states, identity_json: str, source_tensors, sharded) -> None:
+    if sharded is None:
+        save_model(tmp / "model")
     _test_crash_point("save:after_model", step)
-    tensors, opt_meta = optimizer_tensors(optimizer)
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    if sharded is None:
+        tensors, opt_meta = optimizer_tensors(optimizer)
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+    else:
+        opt_meta = sharded
     for rank, rng in enumerate(rng_states or [rng_state(data_generator)]):
         save_file({k: v.contiguous() for k, v in rng.items()}, str(tmp / rng_file(rank)))
     _test_crash_point("save:after_optimizer", step)
@@ -199,7 +216,7 @@ def _write_files(tmp: Path, step: int, save_model, optimizer, scheduler, data_ge
     for path in sorted(tmp.rglob("*.safetensors")):
         canonical_safetensors(path)
     _write_manifest(tmp, step)  # last: a checkpoint without one is incomplete
-    _fsync_tree(tmp)
+    fsync_tree(tmp)
 
 
 def _move_old_aside(path: Path) -> Path | None:
@@ -219,24 +236,28 @@ def _move_old_aside(path: Path) -> Path | None:
     return None if damaged else aside
 
 
-def _fsync_dir(root: Path) -> None:
-    dir_fd = os.open(root, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def load_checkpoint(path: Path, *, load_model, optimizer, scheduler,
-                    data_generator: torch.Generator, rank: int = 0, state: dict | None = None) -> dict:
+                    data_generator: torch.Generator, rank: int = 0, state: dict | None = None,
+                    load_sharded=None) -> dict:
     """Restore model weights, optimizer, scheduler and this process's RNGs; return the trainer
     state (``state``: already read by :func:`verify_checkpoint`). A process with no saved RNGs
     (more processes than when saved) keeps its own, and the returned state has
-    ``"rng_restored": False``. Weights or optimizer state that do not fit the model: ConfigError."""
+    ``"rng_restored": False``. Weights or optimizer state that do not fit the model: ConfigError.
+    A checkpoint of sharded state (``sharded/``) is loaded by ``load_sharded(directory, meta)``
+    (every process calls this function then); one with ``model/`` by ``load_model``, which is
+    None when the run is sharded and cannot take whole weights."""
     state = dict(state) if state is not None else json.loads((path / "trainer_state.json").read_text())
+    sharded = state["optimizer"] if "sharded" in state["optimizer"] else None
+    if sharded is None and load_model is None:
+        raise ConfigError(f"--resume: {path} was written by an unsharded run (model/ holds whole "
+                          f"weights), and this run shards the model (FSDP). Resume it without FSDP "
+                          f"(DDP or one process), or start a new run.")
     try:
-        load_model(path / "model")
-        load_optimizer(optimizer, load_file(str(path / "optimizer.safetensors")), state["optimizer"])
+        if sharded is not None:
+            load_sharded(path / SHARDED_DIR, sharded)
+        else:
+            load_model(path / "model")
+            load_optimizer(optimizer, load_file(str(path / "optimizer.safetensors")), state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
     except ConfigError:
         raise

@@ -89,10 +89,11 @@ def verify_checkpoint(path: Path) -> tuple[dict, dict] | str:
                           f"tokenizer's text files) from a checkpoint, never a file of another kind "
                           f"(a pickle can run code), even one its manifest lists. Remove it and its "
                           f"line in {manifest_path}, then resume again.")
-    for name in ("trainer_state.json", "optimizer.safetensors", rng_file(0), IDENTITY):
+    sharded = any(name.startswith("sharded/") for name in files)  # FSDP2: model and optimizer state
+    for name in ("trainer_state.json", rng_file(0), IDENTITY, *(() if sharded else ("optimizer.safetensors",))):
         if name not in files:
             return f"{path / name} is missing"
-    if not any(name.startswith("model/") for name in files):
+    if not sharded and not any(name.startswith("model/") for name in files):
         return f"{path / 'model'} holds no model files"
     for name, digest in sorted(files.items()):
         if name not in present:

@@ -32,6 +32,7 @@ from mmalign.nonfinite import message as nonfinite_message
 from mmalign.run_files import append_metrics, read_metrics, summary_table, truncate_metrics, write_atomic
 from mmalign.run_identity import check_same_run
 from mmalign.run_setup import Run, RunState, any_process, build_run, cache_reference
+from mmalign.sharding import full_model_state, full_parameters, load_sharded, save_shards
 from mmalign.throughput import Meter
 
 # the progress bar's postfix: row key -> its label there
@@ -115,10 +116,11 @@ def restore(run: Run, state: RunState, resume: Any, force_resume: bool) -> None:
         run.out / "checkpoints", None if resume is True else Path(resume), run.log)
     check_same_run(path, saved, run.identity, force=force_resume, log=run.log)
     run.identity.run_id = saved.get("run_id") or run.identity.run_id  # the same run, continued
-    loaded = ckpt.load_checkpoint(path, load_model=lambda d: run.plugin.load_weights(run.unwrapped, d),
-                                  optimizer=run.optimizer, scheduler=run.scheduler,
+    whole = None if run.sharded else lambda d: run.plugin.load_weights(run.unwrapped, d)
+    loaded = ckpt.load_checkpoint(path, load_model=whole, optimizer=run.optimizer, scheduler=run.scheduler,
                                   data_generator=run.stream.generator, rank=run.accelerator.process_index,
-                                  state=saved_state)
+                                  state=saved_state,
+                                  load_sharded=lambda d, meta: load_sharded(d, run.policy, run.optimizer, meta))
     state.step, state.skipped = loaded["step"], loaded.get("skipped_steps", 0)
     state.meter.started -= loaded.get("elapsed", 0.0)  # time/elapsed continues the run's clock
     run.stream.consumed = loaded["consumed"]
@@ -227,6 +229,8 @@ def save_checkpoint(run: Run, state: RunState) -> None:
         rngs = gather_object(rngs)
     check_before_save(run.unwrapped, run.optimizer, state.step, run.out, "saving a checkpoint")
     source_tensors, source_meta = run.stream.source_state()
+    sharded = save_shards(run.out / "checkpoints", state.step, run.policy, run.optimizer,
+                          run.accelerator) if run.sharded else None
     if run.is_main:
         trainer_state = {"step": state.step, "consumed": run.stream.consumed, "total_steps": run.total_steps,
                          "processes": run.stream.world, "skipped_steps": state.skipped,
@@ -238,7 +242,7 @@ def save_checkpoint(run: Run, state: RunState) -> None:
                              scheduler=run.scheduler, data_generator=run.stream.generator,
                              trainer_state=trainer_state, keep_last=run.cfg.train.keep_last,
                              rng_states=rngs, identity_json=run.identity.to_json(),
-                             source_tensors=source_tensors)
+                             source_tensors=source_tensors, sharded=sharded)
     run.accelerator.wait_for_everyone()
 
 
@@ -246,8 +250,11 @@ def finish(run: Run, state: RunState) -> TrainResult:
     """``final/``, the callbacks' end, the metrics table."""
     final = run.out / "final"
     check_before_save(run.unwrapped, run.optimizer, state.step, run.out, "saving final/")  # every process
+    full = full_model_state(run.policy) if run.sharded else None  # FSDP: gathered on the main process
     if run.is_main:
-        ckpt.save_final(with_model_card(lambda d: run.plugin.save(run.unwrapped, d), run.cfg, state.history), final)
+        with full_parameters(run.unwrapped, full) if full is not None else nullcontext():
+            ckpt.save_final(with_model_card(lambda d: run.plugin.save(run.unwrapped, d), run.cfg, state.history),
+                            final)
         for cb in run.callbacks:
             cb.on_train_end(state.history)
         run.log(summary_table(state.history))

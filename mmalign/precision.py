@@ -27,6 +27,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from mmalign import sharding
 from mmalign.errors import ConfigError
 
 AUTOCAST_OF_DTYPE = {"bfloat16": "bf16", "float16": "fp16"}
@@ -67,6 +68,8 @@ def make_accelerator(mixed: str, *, cpu: bool, log_with: list[str] | None = None
         AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision=mixed, cpu=cpu, log_with=log_with or None,
                               project_dir=project_dir if log_with else None)
+    sharding.enable_fsdp_on_cpu(accelerator)
+    sharding.check_supported(accelerator)
     _check_supported(accelerator, mixed)
     return accelerator
 

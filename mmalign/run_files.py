@@ -6,6 +6,7 @@ a file) into a one-paragraph error naming the path and the fix (exit code 2)."""
 from __future__ import annotations
 
 import errno
+import os
 import json
 from contextlib import contextmanager
 from pathlib import Path
@@ -98,3 +99,20 @@ def summary_table(history: list[dict]) -> str:
         b = f"{last[k]:.4f}" if k in last else "-"
         lines.append(f"{k:<{width}}  {a:>12}  {b:>12}")
     return "\n".join(lines)
+
+
+def fsync_tree(root: Path) -> None:
+    """Flush every file under ``root`` to disk (before the rename that publishes it)."""
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            with path.open("rb") as f:
+                os.fsync(f.fileno())
+
+
+def fsync_dir(root: Path) -> None:
+    """Flush a directory's entries (a rename within it) to disk."""
+    dir_fd = os.open(root, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -23,9 +23,10 @@ from mmalign.data import prepare_examples, read_records
 from mmalign.errors import ConfigError, DataError
 from mmalign.algorithms import SourceContext, algorithm_loss, build_options
 from mmalign.losses.objective import Objective, check_fits, make_objective
-from mmalign.reference import make_reference
+from mmalign.reference import FrozenCopy, make_reference
 from mmalign.run_identity import RunIdentity, claim_output_dir, new_identity
 from mmalign.schedule import make_scheduler
+from mmalign.sharding import is_sharded
 from mmalign.throughput import Meter
 
 
@@ -55,6 +56,11 @@ class Run:
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
 
+    @property
+    def sharded(self) -> bool:
+        """FSDP2: no process holds whole weights; checkpoints and final/ are written by all."""
+        return is_sharded(self.accelerator)
+
 
 @dataclass
 class RunState:
@@ -82,6 +88,10 @@ def build_run(cfg: Config, *, resume: Any, log: Callable, overwrite: bool, clean
                                              cpu=not torch.cuda.is_available(), log_with=cfg.train.report_to,
                                              project_dir=Path(cfg.output_dir) / "trackers")
     main_log = log if accelerator.is_main_process else _quiet
+    if cfg.algorithm.name and is_sharded(accelerator):
+        raise ConfigError(f"algorithm.name: {cfg.algorithm.name} under FSDP is not supported yet: each process "
+                          f"would decode its own prompts with sharded weights and wait for the others' "
+                          f"gathers. Train online with DDP (configs/accelerate/ddp.yaml); see docs/scale.md.")
     set_seed(cfg.seed)
     plugin = reg.get("rewards", cfg.model.reward, "model.reward")(cfg.model, cfg.data)
     algorithm, objective = bind_objective(cfg, reg, plugin)
@@ -202,6 +212,8 @@ def build_models(cfg: Config, plugin: Any, needs_reference: bool, accelerator: A
     warmup = cfg.train.warmup_steps or int(cfg.train.warmup_ratio * total_steps)
     scheduler = make_scheduler(optimizer, cfg.train.lr_scheduler, warmup, total_steps)
     policy, optimizer = accelerator.prepare(policy, optimizer)
+    if isinstance(reference, FrozenCopy) and is_sharded(accelerator):  # FSDP: shard it too
+        reference.model = accelerator.prepare_model(reference.model, evaluation_mode=True)
     return policy, optimizer, scheduler, reference
 
 

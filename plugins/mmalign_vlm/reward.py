@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from mmalign.config import DataConfig, ModelConfig
 from mmalign.errors import ConfigError
 from mmalign.protocol import Samples
+from mmalign.sharding import fsdp_requested
 from mmalign_text.causal_lm import (CausalLMModels, attach_lora, check_special_tokens, compile_layers,
                                     enable_gradient_checkpointing, from_pretrained, from_tiny, pad_rows,
                                     token_defaults, unwrap)
@@ -103,7 +104,15 @@ class VLMReward(VLMRecords, VLMScoring, CausalLMModels):
             raise ConfigError(f"model.options: unknown option '{sorted(unknown)[0]}' for the vlm "
                               f"plugin. Known: {', '.join(sorted(KNOWN_OPTIONS))}.")
         self.cfg, self.data = model_cfg, data_cfg
-        self.options = {"train_vision_tower": False, "train_projector": True, "encode_once": True,
+        # Under FSDP the images go through the model's own forward (encode_once off): features
+        # merged into the embeddings outside it would lose their gradients (mmalign.sharding).
+        sharded = fsdp_requested()
+        if sharded and model_cfg.options.get("encode_once"):
+            raise ConfigError("model.options.encode_once: true cannot train under FSDP: the image "
+                              "features are merged into the embeddings outside the model's forward, "
+                              "and FSDP would drop their gradients. Remove the option (under FSDP it "
+                              "defaults to false: the model's own forward encodes the images).")
+        self.options = {"train_vision_tower": False, "train_projector": True, "encode_once": not sharded,
                         "corrupted_image": "none", "corruption_seed": 0, "prefix_sharing": True,
                         "packing": True, "fused_logps": True, "compile": False, **model_cfg.options}
         if self.options["corrupted_image"] not in ("none", "random_crop", "mask_patches"):

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from mmalign.errors import DataError
 from mmalign.scores import Scores
+from mmalign.sharding import run_as_forward
 from mmalign_text.causal_lm import unwrap
 from mmalign_text.layer_masks import mask_plan
 from mmalign_text.logps import target_logps, unit_scores
@@ -44,8 +45,10 @@ class VLMScoring:
     """score and the image-feature helpers of the VLM reward."""
 
     def image_features(self, model: nn.Module, groups: list[Group]) -> list[Tensor]:
-        """Projected image features per example [n_tokens, H]: one vision-tower call for all."""
-        return self.family.features(unwrap(model), self.family.batch(groups), [_image_count(g) for g in groups])
+        """Projected image features per example [n_tokens, H]: one vision-tower call for all. Not
+        the model's forward, so under FSDP2 it runs as part of one (run_as_forward)."""
+        return run_as_forward(model, self.family.features, unwrap(model), self.family.batch(groups),
+                              [_image_count(g) for g in groups])
 
     def score(self, model: nn.Module, batch, *, per_unit: bool = False) -> Scores:
         """Summed completion log-probs [C, k] (pairs: k = 2; SFT: 1; sampled groups: n), with

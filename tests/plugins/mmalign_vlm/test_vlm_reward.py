@@ -9,7 +9,7 @@ import torch
 
 from mmalign.config import load_config
 from mmalign_formats import read_jsonl
-from mmalign.errors import DataError
+from mmalign.errors import ConfigError, DataError
 from mmalign_vlm.reward import VLMReward, generate, load_image
 from vlm_helpers import make_vlm_config as vlm_config
 from vlm_helpers import vlm_world  # noqa: F401  (a fixture)
@@ -241,3 +241,14 @@ def test_trl_max_length_keeps_the_prompt_and_cuts_the_completion(vlm_world, tmp_
     cfg = load_config(data=vlm_config(vlm_world, tmp_path, data={"max_length": 10}))
     with pytest.raises(SkipRecord, match="prompt fills data.max_length"):
         VLMReward(cfg.model, cfg.data).prepare(_record(vlm_world), paired=True)
+
+
+def test_under_fsdp_images_go_through_the_models_own_forward(vlm_world, tmp_path, monkeypatch):
+    # image features merged into the embeddings outside forward would lose their gradients under
+    # FSDP2 (mmalign.sharding.run_as_forward): the plain path is the default there, the other refused
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    cfg = load_config(data=vlm_config(vlm_world, tmp_path))
+    assert VLMReward(cfg.model, cfg.data).options["encode_once"] is False
+    cfg = load_config(data=vlm_config(vlm_world, tmp_path, model={"options": {"encode_once": True}}))
+    with pytest.raises(ConfigError, match="encode_once: true cannot train under FSDP"):
+        VLMReward(cfg.model, cfg.data)
