@@ -51,6 +51,10 @@ def load_trained_run(cfg: Config) -> Loaded:
     if not checkpoint.exists():
         raise ConfigError(f"eval: no trained model at '{checkpoint}'. Train first "
                           f"(`mmalign train CONFIG`) or set eval.checkpoint.")
+    if (checkpoint / "sharded").is_dir() or checkpoint.name == "sharded":
+        raise ConfigError(f"eval.checkpoint: '{checkpoint}' is a sharded FSDP checkpoint, which holds no whole "
+                          f"model. Evaluate the run's final/, or resume the run (with or without FSDP) to "
+                          f"write one.")
     data_path = cfg.data.eval or cfg.data.train
     key = "data.eval" if cfg.data.eval else "data.train"
     examples, _ = prepare_examples(reward, read_records(data_path, cfg.data.format, key, cfg.data.columns),

@@ -78,6 +78,9 @@ def test_train_then_eval(tmp_path, tokenizer_dir, pairs_file, capsys):
 
     result = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert 0.0 <= result["eval/reward_accuracy"] <= 1.0 and result["eval/pairs"] == 512
+    (tmp_path / "step-0000002" / "sharded").mkdir(parents=True)  # an FSDP checkpoint: no whole model
+    code, _, err = run_cli(["eval", str(path), "--set", f"eval.checkpoint={tmp_path / 'step-0000002'}"], capsys)
+    assert code == 2 and "is a sharded FSDP checkpoint" in err
 
 
 def test_real_process_exit_code(tmp_path):
