@@ -1,4 +1,4 @@
-"""Reference-free losses: SimPO, CPO, ORPO and SFT (the engine skips the reference pass)."""
+"""Reference-free losses: SimPO, CPO, ORPO, CPL and SFT (the engine skips the reference pass)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mmalign.losses.spec import LossOptionError
 from mmalign_losses.builtin import loss
 
 
@@ -67,6 +68,37 @@ def orpo(pc: Tensor, pr: Tensor, rc: Tensor | None, rr: Tensor | None, *, beta: 
     """
     avg_w, avg_l = pc / lengths[0].clamp(min=1), pr / lengths[1].clamp(min=1)
     return -beta * F.logsigmoid(log_odds(avg_w) - log_odds(avg_l))
+
+
+def _check_conservative_bias(value: float) -> None:
+    if not 0.0 < value <= 1.0:
+        raise LossOptionError(f"loss.options.conservative_bias: lambda must be in (0, 1]; got {value}.")
+
+
+@loss("cpl", needs_reference=False,
+      summary="CPL (Hejna et al. 2023): contrastive preference learning over segments, temperature "
+              "alpha = beta, conservative bias lambda")
+def cpl(pc: Tensor, pr: Tensor, rc: Tensor | None, rr: Tensor | None, *, beta: float,
+        conservative_bias: float = 0.5) -> Tensor:
+    """Contrastive Preference Learning (Hejna et al. 2023, "Contrastive Preference Learning:
+    Learning from Human Feedback without RL", eq. 5 with the conservative bias of section 3.2):
+    under the regret-based model of preferences the optimal advantage is A*(s, a) = alpha log
+    pi*(a | s), so a segment's summed advantage is alpha * s_theta(sigma) with s_theta(sigma) =
+    sum_t log pi(a_t | s_t) (discount 1 over a segment), and
+
+        L = -log [ exp(alpha s_theta(sigma+)) / (exp(alpha s_theta(sigma+))
+                                                  + exp(lambda alpha s_theta(sigma-))) ]
+          = -log sigmoid(alpha s_theta(sigma+) - lambda alpha s_theta(sigma-))
+
+    alpha (the temperature of the maximum-entropy RL framework) is ``loss.beta``; lambda in
+    (0, 1] is ``conservative_bias`` (the paper's CPL(lambda)): lambda < 1 weighs the rejected
+    segment less, a bias towards in-distribution actions that keeps the policy near the data;
+    lambda = 1 is plain CPL, i.e. ``cpo``. The paper adds a behaviour-cloning term on the data
+    (``loss.sft_weight``). L = log(1 + e^(alpha s (lambda - 1))) when both scores equal s.
+    ``rc``, ``rr`` are ignored. Shapes: pc, pr [B]; returns [B].
+    """
+    _check_conservative_bias(conservative_bias)
+    return -F.logsigmoid(beta * pc - conservative_bias * beta * pr)
 
 
 @loss("sft", needs_reference=False, responses="single", lengths=True,

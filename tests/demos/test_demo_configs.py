@@ -1,5 +1,5 @@
 """The standalone demo configs (configs/demo/*.yaml): `mmalign train` then `mmalign eval` reports
-implicit-reward accuracy on the held-out pairs, for all three modalities."""
+implicit-reward accuracy on the held-out pairs, for every modality."""
 
 import json
 from pathlib import Path
@@ -11,7 +11,7 @@ from mmalign.cli import main
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "demo"
 
 
-@pytest.mark.parametrize("modality", ["text", "vlm", pytest.param("diffusion", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("modality", ["text", "vlm", "control", pytest.param("diffusion", marks=pytest.mark.slow)])
 def test_train_then_eval_reports_implicit_reward_accuracy(tmp_path, modality):
     config = str(CONFIGS / f"{modality}.yaml")
     short = ["--set", f"output_dir={tmp_path}", "--set", "train.max_steps=6", "--set", "train.eval_every=0",

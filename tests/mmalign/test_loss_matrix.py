@@ -18,13 +18,16 @@ from mmalign.batches import Batch
 from mmalign.reference import make_reference
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "demo"
-MODALITIES = {"text": ("text.yaml", 0.1), "vlm": ("vlm.yaml", 0.1), "diffusion": ("diffusion.yaml", 500.0)}
+MODALITIES = {"text": ("text.yaml", 0.1), "vlm": ("vlm.yaml", 0.1), "diffusion": ("diffusion.yaml", 500.0),
+              "control": ("control.yaml", 0.1)}
+# control: a segment's score sums 16 steps' log-densities, so one Adam step at 1e-3 moves h by tens
+LEARNING_RATES = {"diffusion": 3e-3, "control": 1e-4}
 OPTIONS = {"weighted": {"terms": {"sigmoid": 0.5, "ipo": 0.5}}}
 MODEL_OPTIONS = {"mdpo": {"corrupted_image": "random_crop"}}  # mDPO's third row
 
 
 # the extra scores each plugin computes (for the losses that declare them)
-EXTRAS = {"text": {"mismatched", "desirable"}, "vlm": {"chosen_corrupted"}, "diffusion": set()}
+EXTRAS = {"text": {"mismatched", "desirable"}, "vlm": {"chosen_corrupted"}, "diffusion": set(), "control": set()}
 
 
 def applies(spec, modality):
@@ -61,7 +64,7 @@ def loss_on_fixed_batch(name: str, modality: str, steps: int = 6) -> list[float]
     disable_dropout(policy)
     reference = make_reference("auto", policy, reward, None, spec.needs_reference, torch.device("cpu"))
     params = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-3 if modality != "diffusion" else 3e-3)
+    optimizer = torch.optim.AdamW(params, lr=LEARNING_RATES.get(modality, 1e-3))
     history = []
     for _ in range(steps + 1):
         ref = reference.scores(Batch(batch)) if reference else None
