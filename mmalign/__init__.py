@@ -10,14 +10,24 @@ from mmalign.scores import Scores, implicit_reward
 __version__ = "0.1.0"
 
 
-def train(config, *, resume=None, overrides=None, log=print, overwrite=False, force_resume=False):
+def train(config, *, train_dataset=None, eval_dataset=None, resume=None, overrides=None, log=print,
+          overwrite=False, force_resume=False):
     """Train from a Config, a dict or a YAML path. Returns an :class:`mmalign.engine.TrainResult`.
-    ``overwrite`` / ``force_resume``: as ``mmalign train --overwrite`` / ``--force-resume``."""
+    ``train_dataset`` / ``eval_dataset``: a ``datasets.Dataset`` or a list of dicts, in place of
+    ``data.train`` / ``data.eval`` (see :mod:`mmalign.in_memory`). ``overwrite`` /
+    ``force_resume``: as ``mmalign train --overwrite`` / ``--force-resume``."""
+    import dataclasses
+
     from mmalign.engine import train as _train
+    from mmalign.in_memory import keep
 
     if not isinstance(config, Config):
         config = load_config(config, overrides) if not isinstance(config, dict) else load_config(
             data=config, overrides=overrides)
+    given = {"train": train_dataset, "eval": eval_dataset}
+    addresses = {key: keep(f"{key}_dataset", value) for key, value in given.items() if value is not None}
+    if addresses:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, **addresses))
     return _train(config, resume=resume, log=log, overwrite=overwrite, force_resume=force_resume)
 
 

@@ -30,7 +30,7 @@ def mmalign_register_rewards(register: Callable[..., None]) -> None:
     samples responses. Its class attributes declare what it provides (``score_kind``,
     ``provides_extras``, ``per_unit_scores``, ``deterministic_collate``, ``data_options``) and its
     static ``check_config(model_cfg, data_cfg)`` checks the plugin's own keys before any model loads.
-    Built-in names: ``text``, ``reward_model`` (mmalign_text), ``vlm``, ``diffusion``.
+    Built-in names: ``text``, ``reward_model`` (mmalign_text), ``vlm``, ``diffusion``, ``control``.
     """
 
 
@@ -59,7 +59,8 @@ def mmalign_register_datasets(register: Callable[..., None]) -> None:
     ``suffixes`` lets ``format: auto`` pick the reader from the file name; ``folders=predicate``
     from a directory's layout; ``schemes=("hf://",)`` hands it data paths written with that prefix.
     Built-in: ``jsonl``, ``json`` (mmalign_formats); ``parquet``, ``csv``, ``arrow``, ``hf``
-    (mmalign_hf_datasets).
+    (mmalign_hf_datasets), ``memory`` (mmalign_hf_datasets: ``train_dataset=`` of ``mmalign.train``);
+    ``npz`` (mmalign_control).
     """
 
 
@@ -74,7 +75,8 @@ def mmalign_register_evaluators(register: Callable[..., None]) -> None:
     Built-in: ``reward_accuracy`` (implicit-reward accuracy and margin on held-out pairs),
     ``chair``, ``pope`` (mmalign_vlm), ``diffusion_accuracy`` (mmalign_diffusion),
     ``addition_accuracy`` (mmalign_text: the rl demo's held-out greedy accuracy),
-    ``online_rewards`` (mmalign_rl: an online run's reward functions on answers to data.eval's prompts).
+    ``online_rewards`` (mmalign_rl: an online run's reward functions on answers to data.eval's prompts),
+    ``control_return`` (mmalign_control: gymnasium rollouts of the mean action).
     """
 
 
@@ -103,7 +105,9 @@ def mmalign_register_scorers(register: Callable[..., None]) -> None:
     verifier's ``answer``), of which a scorer receives those it names as parameters. Used as the
     reward functions of online algorithms, by Best-of-N sampling and by evaluations. Built-in:
     ``reward_model`` (text), ``sentiment`` (the text demo's gold reward), ``addition_exact`` (the
-    rl demo's verifier), ``shapes_hallucination`` (the vlm-rl demo's verifier).
+    rl demo's verifier), ``shapes_hallucination`` (the vlm-rl demo's verifier), ``brightness`` (the
+    diffusion demo world's gold score, for DDPO and online Diffusion-DPO), ``clip_preference``
+    (PickScore-style) and ``aesthetic`` (LAION-style) image reward models from local paths.
     """
 
 
@@ -114,7 +118,9 @@ def mmalign_register_demos(register: Callable[..., None]) -> None:
     Call ``register(name, run)`` where ``run(out_dir, **options) -> dict`` writes ``report.json``
     and PNG plots into ``out_dir`` and returns the report. Built-in: ``text``, ``vlm``,
     ``diffusion``, ``text-frontier`` (what ``mmalign sweep`` runs), ``rl`` (a verifiable reward:
-    SFT then GRPO on 2-digit addition), ``vlm-rl`` (GRPO against a hallucination verifier).
+    SFT then GRPO on 2-digit addition), ``vlm-rl`` (GRPO against a hallucination verifier),
+    ``diffusion-rl`` (DDPO, GRPO and online Diffusion-DPO against the diffusion world's gold score),
+    ``control`` (CPL against behaviour cloning on Pendulum-v1).
     """
 
 

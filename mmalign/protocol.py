@@ -153,6 +153,18 @@ class ModalityPlugin:
         baseline), which a token plugin implements as ``do_sample=False``."""
         raise NotImplementedError(f"the '{self.name}' plugin cannot sample responses.")
 
+    @classmethod
+    def sampling_options(cls, options: Any) -> dict:
+        """The keywords the online source passes to :meth:`sample`, from an online algorithm's
+        options (``algorithm.options``); static, checked before anything loads (ConfigError naming
+        the key). Token plugins sample with ``max_new_tokens``, ``temperature`` and ``top_p``; a
+        plugin with controls of its own (diffusion: steps, eta, guidance) overrides this and reads
+        them from ``options.sampling``."""
+        if getattr(options, "sampling", None):
+            raise ConfigError(f"algorithm.options.sampling: the '{cls.name}' plugin has no sampling options "
+                              f"of its own; set max_new_tokens, temperature and top_p in algorithm.options.")
+        return {k: getattr(options, k) for k in ("max_new_tokens", "temperature", "top_p") if hasattr(options, k)}
+
     # --- a value model (PPO's critic), for plugins that support one -------------------------------
     def load_value_model(self, policy: nn.Module, name_or_path: Optional[str]) -> nn.Module:
         """A critic with one value per scored unit, in fp32: from ``name_or_path``, or (None) from

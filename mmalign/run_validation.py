@@ -51,6 +51,13 @@ def _validate_names(cfg: Any, where: str, command: str, reg: Any) -> None:
                    f"is '{cfg.algorithm.name or spec.name}', which needs per-unit scores (per-token "
                    f"log-probs), and the '{modality}' plugin does not provide them.")
     algorithm = reg.get("algorithms", cfg.algorithm.name) if cfg.algorithm.name else None
+    if algorithm is not None:  # what the plugin samples with (text: temperature; diffusion: steps, eta)
+        from mmalign.algorithms import build_options
+
+        try:
+            factory_entry.obj.sampling_options(build_options(algorithm, cfg.algorithm.options, where))
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
     if algorithm is not None and algorithm.needs_beta and not cfg.loss.beta:
         raise fail(where, "loss.beta", f"is 0, but algorithm '{algorithm.name}' trains loss '{spec.name}', "
                                        f"whose implicit reward beta * log(pi / pi_ref) needs beta > 0 "

@@ -52,3 +52,14 @@ def base_config(tmp_path: Path, tokenizer_dir: Path, train_file: Path, **section
     for name, values in sections.items():
         cfg.setdefault(name, {}).update(values)
     return cfg
+
+
+@pytest.fixture(scope="session")
+def full_diffusion_demo(tmp_path_factory):
+    """The full offline diffusion demo (about 2.5 minutes on 2 cores), run once: its own outcome
+    check (tests/demos/test_diffusion_demo.py) and where the diffusion RL demo's starts."""
+    from mmalign.cli import main
+
+    out = tmp_path_factory.mktemp("diffusion-demo")
+    assert main(["demo", "diffusion", "--out", str(out)]) == 0
+    return out

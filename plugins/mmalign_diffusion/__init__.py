@@ -1,7 +1,8 @@
 """mmalign's diffusion plugin: Diffusion-DPO (Wallace et al.) for SD 1.5 and SDXL UNets.
 
 Registered through the ``mmalign`` entry-point group, exactly as a third-party plugin would be:
-the reward ``diffusion``, the evaluator ``diffusion_accuracy`` and the demo ``diffusion``.
+the reward ``diffusion``, the evaluator ``diffusion_accuracy``, the scorers ``brightness`` (the demo
+world's gold score), ``clip_preference`` and ``aesthetic`` (image reward models from local paths) and the demos ``diffusion`` and ``diffusion-rl``.
 """
 
 from mmalign.hookspecs import hookimpl
@@ -33,6 +34,16 @@ def mmalign_register_losses(register):
 
 
 @hookimpl
+def mmalign_register_scorers(register):
+    from mmalign_diffusion.image_scorers import aesthetic_scorer, clip_preference_scorer
+    from mmalign_diffusion.world import brightness_scorer
+
+    register("brightness", brightness_scorer)  # the demo world's gold score: a reward for online runs
+    register("clip_preference", clip_preference_scorer)  # PickScore-style CLIP preference model
+    register("aesthetic", aesthetic_scorer)  # LAION-aesthetics-style CLIP + linear head
+
+
+@hookimpl
 def mmalign_register_evaluators(register):
     from mmalign_diffusion.evaluate import diffusion_accuracy
 
@@ -47,3 +58,10 @@ def mmalign_register_demos(register):
         return run_demo(out_dir, **options)
 
     register("diffusion", run_diffusion_demo)
+
+    def run_diffusion_rl_demo(out_dir, **options):
+        from mmalign_diffusion.rl_demo import run_demo
+
+        return run_demo(out_dir, **options)
+
+    register("diffusion-rl", run_diffusion_rl_demo)  # DDPO, GRPO, online Diffusion-DPO

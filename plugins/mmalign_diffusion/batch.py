@@ -28,6 +28,7 @@ class DiffusionBatch:
     latents: Optional[Tensor] = None  # [R, C, h, w] set by encode (cached VAE latents) or collate (groups)
     text: Optional[Tensor] = None  # [B, L, D] set by encode (cached text embeddings)
     pooled: Optional[Tensor] = None  # [B, P] SDXL pooled text embedding
+    steps: Optional["SampledSteps"] = None  # [R] rows' trajectories: scored per denoising step (DDPO)
 
 
 def image_counts(batch: DiffusionBatch) -> dict[str, int]:
@@ -44,7 +45,25 @@ class DiffusionGroup:
     caption: str
     latents: Tensor  # [n, C, h, w] float32, on CPU
     where: str = "sampled"
+    steps: Optional["SampledSteps"] = None  # the n trajectories, when they are what trains (DDPO)
 
     def digest(self) -> str:
         """sha256 of the latents' bytes: the group's content, as an image's digest is."""
         return hashlib.sha256(self.latents.contiguous().numpy().tobytes()).hexdigest()
+
+
+@dataclass
+class SampledSteps:
+    """Sampled DDIM trajectories as training data (DDPO): in a group example its n rows, in a batch
+    its R rows (response-major, as the latents) with the steps each row trains."""
+
+    latents: Tensor  # [rows, S+1, C, h, w] x_T, ..., x_0 (step k goes from latents[:, k] to latents[:, k+1])
+    timesteps: Tensor  # [S] long
+    trainable: Tensor  # [S] bool: steps with sigma > 0, which have a log-probability
+    log_probs: Tensor  # [rows, S] each step's log p as drawn (0 on deterministic steps)
+    negative_text: Optional[Tensor]  # [1, L, D] classifier-free guidance's unconditional embedding; None without
+    negative_pooled: Optional[Tensor]  # [1, P] SDXL, with guidance
+    guidance_scale: float
+    eta: float
+    timestep_fraction: float  # share of the trainable steps each row trains (DDPO's timestep_fraction)
+    selected: Optional[Tensor] = None  # [rows, U] long: indices of the steps each row trains (drawn in collate)

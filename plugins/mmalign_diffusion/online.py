@@ -28,6 +28,8 @@ from mmalign.protocol import Samples
 from mmalign_diffusion import components as C
 from mmalign_diffusion.batch import DiffusionBatch, DiffusionGroup
 from mmalign_diffusion.encoding import caption_embeddings
+from mmalign_diffusion.noise import batch_draws
+from mmalign_diffusion.steps import collate_steps, conditioning, group_steps
 from mmalign_diffusion.trajectory import step_log_prob, stochastic_steps
 from mmalign_text.causal_lm import unwrap_wrappers
 
@@ -48,6 +50,7 @@ class Trajectory:
     guidance_scale: float
     eta: float
     log_probs: Optional[Tensor] = None  # [C*n, steps] each step's log p as drawn (0: deterministic step)
+    stochastic: Optional[Tensor] = None  # [steps] bool: the steps with sigma > 0 (a log-probability)
 
 
 def ddim_scheduler(comps: C.Components, steps: int):
@@ -63,11 +66,16 @@ def ddim_scheduler(comps: C.Components, steps: int):
 
 
 def sample(plugin, model: nn.Module, contexts: list[Any], n: int, generator: torch.Generator, *,
-           steps: int = 20, guidance_scale: float = 1.0, eta: float = 1.0, **unknown: Any) -> Samples:
+           steps: int = 20, guidance_scale: float = 1.0, eta: float = 1.0, score: str = "denoising",
+           timestep_fraction: float = 1.0, **unknown: Any) -> Samples:
     """``n`` images for each context ({"prompt": caption}) from ``model`` (the UNet, LoRA-wrapped
     or not), starting noise and step noise drawn from ``generator``. Guidance > 1 is classifier-free
-    guidance against the empty caption (SDXL: zero embeddings, as its pipelines do)."""
+    guidance against the empty caption (SDXL: zero embeddings, as its pipelines do). ``score``: what
+    the group examples train, "denoising" (the Diffusion-DPO score of the images) or "trajectory"
+    (the log-probs of ``timestep_fraction`` of their steps: DDPO, mmalign_diffusion.steps)."""
     captions = _check(contexts, n, steps, guidance_scale, eta, unknown)
+    if score == "trajectory" and not eta > 0:
+        raise ConfigError(f"diffusion sample: score 'trajectory' needs eta > 0 (steps with a log-probability), got {eta!r}.")
     device = next(model.parameters()).device
     plugin._encoders_to(device)
     was_training = model.training
@@ -80,7 +88,8 @@ def sample(plugin, model: nn.Module, contexts: list[Any], n: int, generator: tor
     x0 = trajectory.latents[:, -1]
     images = decode_latents(plugin.comps, x0)
     responses = [images[i * n:(i + 1) * n] for i in range(len(captions))]
-    examples = [DiffusionGroup(c, x0[i * n:(i + 1) * n].clone(), f"sample of context {i}")
+    examples = [DiffusionGroup(c, x0[i * n:(i + 1) * n].clone(), f"sample of context {i}",
+                               group_steps(trajectory, i, n, timestep_fraction) if score == "trajectory" else None)
                 for i, c in enumerate(captions)]
     return Samples(list(contexts), responses, examples, trajectory)
 
@@ -90,7 +99,7 @@ def _check(contexts: list[Any], n: int, steps: int, guidance_scale: float, eta: 
     """The captions of ``contexts``, after checking the options."""
     if unknown:
         raise ConfigError(f"diffusion sample: unknown option '{sorted(unknown)[0]}'. Known: "
-                          f"steps, guidance_scale, eta.")
+                          f"steps, guidance_scale, eta, score, timestep_fraction.")
     for name, value, low in (("n", n, 1), ("steps", steps, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ConfigError(f"diffusion sample: {name} must be an integer >= {low}, got {value!r}.")
@@ -102,10 +111,12 @@ def _check(contexts: list[Any], n: int, steps: int, guidance_scale: float, eta: 
                           f"log-probs DDPO needs; 0: deterministic DDIM), got {eta!r}.")
     captions = []
     for i, context in enumerate(contexts):
-        prompt = context.get("prompt") if isinstance(context, Mapping) else None
+        fields = getattr(context, "fields", context)  # a data record (the online source) or a mapping
+        prompt = fields.get("prompt") if isinstance(fields, Mapping) else None
         if not isinstance(prompt, str):
-            raise DataError(f"diffusion sample: context {i} must be a mapping with a string \"prompt\" "
-                            f"(the caption), got {context!r:.80}.")
+            where = getattr(context, "where", f"context {i}")
+            raise DataError(f"diffusion sample: {where} must be a mapping with a string \"prompt\" "
+                            f"(the caption), got {fields!r:.80}.")
         captions.append(prompt)
     if not captions:
         raise DataError("diffusion sample: no contexts given.")
@@ -132,17 +143,9 @@ def _conditioning(plugin, captions: list[str], guidance_scale: float) -> dict:
 
 def unet_inputs(trajectory: Trajectory, n: int, device: torch.device, dtype: torch.dtype) -> dict:
     """UNet keyword inputs for the C*n rows (2*C*n with guidance: unconditional rows first)."""
-    def rows(cond: Tensor, negative: Optional[Tensor]) -> Tensor:
-        cond = cond.repeat_interleave(n, 0)
-        return cond if negative is None else torch.cat([negative.expand_as(cond), cond])
-
-    text = rows(trajectory.text, trajectory.negative_text)
-    kwargs = {"encoder_hidden_states": text.to(device, dtype)}
-    if trajectory.time_ids is not None:
-        pooled = rows(trajectory.pooled, trajectory.negative_pooled)
-        kwargs["added_cond_kwargs"] = {"text_embeds": pooled.to(device, dtype),
-                                       "time_ids": trajectory.time_ids.expand(len(text), 6).to(device, dtype)}
-    return kwargs
+    pooled = trajectory.pooled.repeat_interleave(n, 0) if trajectory.pooled is not None else None
+    return conditioning(trajectory.text.repeat_interleave(n, 0), pooled, trajectory.time_ids,
+                        trajectory.negative_text, trajectory.negative_pooled, device, dtype)
 
 
 def guided_prediction(model: nn.Module, x: Tensor, t: Tensor, inputs: dict, guidance_scale: float) -> Tensor:
@@ -180,6 +183,7 @@ def _run(plugin, model: nn.Module, captions: list[str], n: int, generator: torch
         x = x_prev
         path.append(x.float().cpu())
     trajectory.latents, trajectory.log_probs = torch.stack(path, 1), torch.stack(log_probs, 1)
+    trajectory.stochastic = stochastic
     return trajectory
 
 
@@ -224,16 +228,18 @@ def decode_latents(comps: C.Components, latents: Tensor) -> list:
 def collate_groups(plugin, groups: list[DiffusionGroup], generator: Optional[torch.Generator]) -> DiffusionBatch:
     """Sampled groups -> a batch of n * C rows, response-major (row j * C + i: sample j of context i),
     one noise draw and timestep per group; the latents are the samples' own, so encode only embeds
-    the captions. SDXL micro-conditioning: uncropped, at the training resolution (as sampled)."""
+    the captions. Groups that carry their trajectories (score "trajectory") bring them along, with
+    the steps each row trains drawn here (mmalign_diffusion.steps). SDXL micro-conditioning: uncropped, at the training resolution (as sampled)."""
     n = groups[0].latents.shape[0]
     if any(g.latents.shape[0] != n for g in groups):
         raise DataError(f"diffusion collate: sampled groups of different sizes "
                         f"({sorted({g.latents.shape[0] for g in groups})}); a batch needs the same n.")
-    noise, timesteps, _, _ = plugin._draws(groups, generator)
+    noise, timesteps, _, _ = batch_draws(plugin, groups, generator)
     latents = torch.stack([g.latents for g in groups], 1).flatten(0, 1).float()
     time_ids = None
     if plugin.comps.architecture == "sdxl":
         res = plugin.comps.resolution
         time_ids = torch.tensor([C.time_ids((res, res), (0, 0), res)] * len(latents), dtype=torch.float32)
+    steps = collate_steps(groups, generator) if groups[0].steps is not None else None
     return DiffusionBatch([g.caption for g in groups], [], [], noise, timesteps, time_ids, paired=False,
-                          latents=latents)
+                          latents=latents, steps=steps)

@@ -30,17 +30,19 @@ from mmalign.config import DataConfig, ModelConfig
 from mmalign.data import Record
 from mmalign.errors import ConfigError
 from mmalign.precision import DTYPES
-from mmalign.protocol import ModalityPlugin, Samples
+from mmalign.protocol import ModalityPlugin, Samples, move_tensors
 from mmalign.scores import Scores
 from mmalign_diffusion import components as C
 from mmalign_diffusion import online
 from mmalign_diffusion.batch import DiffusionBatch, DiffusionGroup, image_counts
 from mmalign_diffusion.cache import TensorCache, fingerprint
 from mmalign_diffusion.encoding import caption_embeddings, image_latents
+from mmalign_diffusion.noise import batch_draws
 from mmalign_diffusion.lora import (WEIGHT_NAME, LoraUNet, add_lora, load_lora_unet,
                                     load_lora_weights_into, loading_code, save_lora)
-from mmalign_diffusion.options import OPTIONS, SUPPORTED_DTYPES, check_options  # noqa: F401
+from mmalign_diffusion.options import OPTIONS, SUPPORTED_DTYPES, check_options, sampling_options  # noqa: F401
 from mmalign_diffusion.records import DiffusionExample, choose_view, parse_record
+from mmalign_diffusion.steps import trajectory_scores
 from mmalign_text.causal_lm import unwrap_wrappers
 
 SCORE_SCALE = 0.5  # s = -0.5 * mse: loss.beta == --beta_dpo of the diffusers SDXL script
@@ -58,6 +60,7 @@ class DiffusionReward(ModalityPlugin):
     score_kind = "denoising"  # s = -SCORE_SCALE * weighted denoising error
     name = "diffusion"
     batch_counts = staticmethod(image_counts)  # {"images": n} for the log's time/images_per_s
+    per_unit_scores = True  # sampled trajectories: one unit per trained denoising step
 
     @property
     def deterministic_collate(self) -> bool:
@@ -174,7 +177,7 @@ class DiffusionReward(ModalityPlugin):
             return online.collate_groups(self, examples, generator)
         paired = examples[0].rejected is not None
         res = self.comps.resolution
-        noise, timesteps, flips, crops = self._draws(examples, generator)
+        noise, timesteps, flips, crops = batch_draws(self, examples, generator)
         images, views = [], []
         for side in ("chosen", "rejected") if paired else ("chosen",):
             for i, e in enumerate(examples):
@@ -188,29 +191,6 @@ class DiffusionReward(ModalityPlugin):
                                      for ref, v in zip(images, views)], dtype=torch.float32)
         return DiffusionBatch([e.caption for e in examples], images, views, noise, timesteps,
                               time_ids, paired)
-
-    def _draws(self, examples: list, generator: Optional[torch.Generator]) -> tuple[Tensor, ...]:
-        """(noise [B, C, h, w], timesteps [B], flips [B], crop positions [B]), per noise mode."""
-        shape = (self.comps.vae.config.latent_channels, self.comps.latent_size, self.comps.latent_size)
-        steps = self.scheduler.config.num_train_timesteps
-        if self.options["noise"] == "per_example":
-            draws = [self._draw(shape, steps, torch.Generator().manual_seed(self._pair_seed(e))) for e in examples]
-            return tuple(torch.stack(d) for d in zip(*draws))
-        if generator is None:
-            raise ValueError("collate with noise: per_step needs the run's generator")
-        return self._draw(shape, steps, generator, (len(examples),))
-
-    @staticmethod
-    def _draw(shape: tuple, steps: int, generator: torch.Generator, size: tuple = ()):
-        """(noise, timestep, flip, crop position) drawn in this order: one set, or ``size`` of them."""
-        return (torch.randn((*size, *shape), generator=generator), torch.randint(0, steps, size, generator=generator),
-                torch.rand(size, generator=generator) < 0.5, torch.rand(size, generator=generator))
-
-    def _pair_seed(self, e: DiffusionExample | DiffusionGroup) -> int:
-        content = [e.digest(), ""] if isinstance(e, DiffusionGroup) else \
-            [e.chosen.digest(), e.rejected.digest() if e.rejected is not None else ""]
-        parts = [e.caption, *content, str(self.options["noise_seed"])]
-        return int(hashlib.sha256("\0".join(parts).encode()).hexdigest()[:15], 16)
 
     def content_fingerprint(self, examples: list[DiffusionExample]) -> str:
         """The images' bytes (sha256 digests) in order: part of the on-disk reference-cache key."""
@@ -234,9 +214,9 @@ class DiffusionReward(ModalityPlugin):
 
     def to_device(self, batch: DiffusionBatch, device: torch.device) -> DiffusionBatch:
         """The batch's tensors moved to ``device`` (the image references stay as they are)."""
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        move = lambda t: None if t is None else move_tensors(t, device)  # noqa: E731
         return replace(batch, **{k: move(getattr(batch, k)) for k in ("noise", "timesteps", "time_ids", "latents",
-                                                                      "text", "pooled")})
+                                                                      "text", "pooled", "steps")})
 
     def _encoders_to(self, device: torch.device) -> None:
         """The frozen VAE and text encoders follow the batches (and the sampled model) to ``device``."""
@@ -287,7 +267,10 @@ class DiffusionReward(ModalityPlugin):
 
     def score(self, model: nn.Module, batch: DiffusionBatch, *, per_unit: bool = False) -> Scores:
         """Scores [B, k] with s = -SCORE_SCALE * denoising error, one unit per image (rows are
-        response-major, so row j * B + i is response j of context i)."""
+        response-major, so row j * B + i is response j of context i); a batch of sampled
+        trajectories scores the log-probs of its steps, one unit per step (mmalign_diffusion.steps)."""
+        if batch.steps is not None:  # sampled trajectories: per denoising step log-probs (DDPO)
+            return trajectory_scores(self, model, batch)
         s = -SCORE_SCALE * self.denoising_error(model, batch)
         sums = s.view(-1, batch.noise.shape[0]).t().contiguous()
         return Scores(sums, torch.ones_like(sums))
@@ -296,5 +279,8 @@ class DiffusionReward(ModalityPlugin):
     def sample(self, model: nn.Module, contexts: list, n: int, generator: torch.Generator,
                **options) -> Samples:
         """``n`` images per context ({"prompt": caption}) by DDIM with the trajectory recorded;
-        options ``steps`` (20), ``guidance_scale`` (1.0), ``eta`` (1.0): see mmalign_diffusion.online."""
+        options ``steps`` (20), ``guidance_scale`` (1.0), ``eta`` (1.0), ``score``, ``timestep_fraction``:
+        see mmalign_diffusion.online."""
         return online.sample(self, model, contexts, n, generator, **options)
+
+    sampling_options = classmethod(lambda cls, options: sampling_options(options))  # algorithm.options.sampling

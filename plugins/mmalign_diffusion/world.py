@@ -45,6 +45,35 @@ def gold_score(img: Image.Image) -> float:
     return float(np.asarray(img.convert("RGB"), dtype=np.float64).mean() / 255.0)
 
 
+def caption_fidelity(img: Image.Image, text: str, min_share: float = 0.05, distance: float = 40.0) -> bool:
+    """A simple checker that the image still shows its caption ("a red circle"): the pixels farther
+    than ``distance`` (RGB) from the background (the median of the border pixels) cover at least
+    ``min_share`` of the image (a shape is present), and their mean colour's hue (the colour minus
+    its grey level) is nearest, by cosine, to the caption's colour. Relative to the background, so
+    a brighter background alone does not fail it; washed-out or drifted colours do."""
+    import numpy as np
+
+    pixels = np.asarray(img.convert("RGB"), dtype=np.float64)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    shape = np.linalg.norm(pixels - np.median(border, 0), axis=-1) > distance
+    if shape.mean() < min_share:
+        return False
+    mean = pixels[shape].mean(0)
+    hue = mean - mean.mean()
+
+    def similarity(colour: str) -> float:
+        reference = np.array(COLOURS[colour], dtype=np.float64)
+        reference -= reference.mean()
+        return float(hue @ reference / (np.linalg.norm(hue) * np.linalg.norm(reference) + 1e-9))
+
+    return max(COLOURS, key=similarity) == text.split()[1]
+
+
+def brightness_scorer():
+    """The gold score as a reward function of online runs: ``scorer(prompts, images) -> [brightness]``."""
+    return lambda prompts, responses: [gold_score(image) for image in responses]
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -33,11 +33,17 @@ class RolloutOptions:
     temperature: float = 1.0
     top_p: float = 1.0
     scorers: dict = field(default_factory=dict)  # {name: weight} or {name: {weight: w, <option>: v}}
+    #: the modality plugin's own sampling options, checked by its ``sampling_options`` (diffusion:
+    #: num_inference_steps, eta, guidance_scale, timestep_fraction, score); token plugins take none
+    sampling: dict = field(default_factory=dict)
     rollout_steps: int = 1  # optimizer steps' worth of prompts sampled at once (TRL: steps_per_generation)
     epochs: int = 1  # passes over each rollout (PPO's ppo_epochs; TRL GRPO's num_iterations)
     #: the loss's importance ratio divides by the sampling policy's per-unit log-probs, which a
     #: rollout trained for more than one step must keep (``old_unit_scores``)
     ratio_needs_old_scores: ClassVar[bool] = True
+    #: what the algorithm asks of the plugin beyond sampling and scoring ("greedy": a greedy
+    #: response per prompt; "value_model": a critic), so a plugin without it refuses the config
+    needs: ClassVar[tuple[str, ...]] = ()
 
     @property
     def steps_per_rollout(self) -> int:

@@ -22,7 +22,7 @@ checkpoints (``source.safetensors``), so the engine loop is the same as for ever
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 import torch
 from torch import Tensor
@@ -41,6 +41,8 @@ from mmalign_rl.source import OnlineSource, Rollout, build_scorers
 class PPOOptions(RolloutOptions):
     """``algorithm.options`` of PPO (defaults: TRL's former PPOTrainer / "The N implementation
     details of RLHF with PPO", Huang et al. 2024)."""
+
+    needs: ClassVar[tuple[str, ...]] = ("value_model",)
 
     samples_per_prompt: int = 1
     epochs: int = 4  # ppo_epochs: passes over each rollout

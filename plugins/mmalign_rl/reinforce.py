@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 import torch
 from torch import Tensor
@@ -38,6 +38,8 @@ from mmalign_rl.source import OnlineSource, Rollout, build_scorers, score_respon
 @dataclass
 class ReMaxOptions(RolloutOptions):
     """``algorithm.options`` of ``remax``: one sample per prompt (the paper), token-mean loss."""
+
+    needs: ClassVar[tuple[str, ...]] = ("greedy",)
 
     samples_per_prompt: int = 1
     loss_aggregation: Literal["sequence_mean", "token_mean", "constant_norm"] = "token_mean"

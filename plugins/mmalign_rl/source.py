@@ -203,8 +203,7 @@ def rollout(source: OnlineSource, plugin: Any, device: torch.device, records: li
     options = source.ctx.options
     start = time.perf_counter()
     samples = plugin.sample(source.ctx.policy, records, options.samples_per_prompt, generator,
-                            max_new_tokens=options.max_new_tokens, temperature=options.temperature,
-                            top_p=options.top_p)
+                            **plugin.sampling_options(options))
     generated = time.perf_counter()
     rewards, metrics = score_responses(source.scorers, records, samples.responses)
     metrics.update({"rewards/mean": rewards.mean(), "rewards/std": rewards.std(),

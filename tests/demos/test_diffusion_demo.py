@@ -36,9 +36,8 @@ def test_shipped_config_trains_and_resumes(tmp_path):
 
 
 @pytest.mark.slow
-def test_full_demo_outcome(tmp_path):
-    assert main(["demo", "diffusion", "--out", str(tmp_path)]) == 0
-    report = json.loads((tmp_path / "report.json").read_text())
+def test_full_demo_outcome(full_diffusion_demo):  # tests/conftest.py: `mmalign demo diffusion`
+    report = json.loads((full_diffusion_demo / "report.json").read_text())
     assert report["implicit_accuracy_reference"] == 0.5
     assert report["implicit_accuracy_policy"] >= 0.8
     assert report["win_rate_vs_reference"] >= 0.8

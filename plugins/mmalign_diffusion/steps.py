@@ -1,0 +1,103 @@
+"""Sampled trajectories as what trains: each denoising step is a scored unit (DDPO, Black et al. 2023).
+
+A sampled image's score is the sum of its trained steps' log-probabilities under the model,
+
+    s(c, x_T..x_0) = sum_{k in K} log p_theta(x_{k+1} | x_k, c)    (mmalign_diffusion.trajectory)
+
+and the per-unit scores are the terms, so the online loop's policy losses (PPO-clip per unit,
+the group baselines, a per-step KL to the reference) train diffusion models unchanged. K is a
+random subset of the stochastic steps, ``int(timestep_fraction * S)`` of them (at least one),
+drawn per image in ``collate`` (DDPO trains on a random permutation's first fraction of the
+steps of each sample). A step is recomputed at its recorded (x_t, t, x_{t-1}) with the guided
+prediction the sampler used (classifier-free guidance against the unconditional embedding);
+under the model that sampled it, it gives back the recorded log-prob (ratio 1).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from mmalign.scores import Scores
+from mmalign_diffusion.batch import DiffusionBatch, SampledSteps
+from mmalign_diffusion.trajectory import step_log_prob
+from mmalign_text.causal_lm import unwrap_wrappers
+
+
+def group_steps(trajectory, context: int, n: int, timestep_fraction: float) -> SampledSteps:
+    """Context ``context``'s n rows of a sampler's Trajectory (mmalign_diffusion.online)."""
+    rows = slice(context * n, (context + 1) * n)
+    return SampledSteps(trajectory.latents[rows].clone(), trajectory.timesteps.clone(), trajectory.stochastic,
+                        trajectory.log_probs[rows].clone(), trajectory.negative_text, trajectory.negative_pooled,
+                        trajectory.guidance_scale, trajectory.eta, timestep_fraction)
+
+
+def trained_step_count(trainable: Tensor, fraction: float) -> int:
+    """How many steps each image trains: int(fraction x stochastic steps), at least one (DDPO)."""
+    return max(1, int(fraction * int(trainable.sum())))
+
+
+def collate_steps(groups: list, generator: Optional[torch.Generator]) -> SampledSteps:
+    """The groups' trajectories as R rows in response-major order (row j * C + i: sample j of
+    context i), and for each row the steps it trains: the first U of a random permutation of the
+    stochastic steps, from ``generator``."""
+    first = groups[0].steps
+    latents = torch.stack([g.steps.latents for g in groups], 1).flatten(0, 1)
+    log_probs = torch.stack([g.steps.log_probs for g in groups], 1).flatten(0, 1)
+    stochastic = first.trainable.nonzero().squeeze(1)
+    count = trained_step_count(first.trainable, first.timestep_fraction)
+    if generator is None:
+        raise ValueError("collate of sampled trajectories needs the run's generator (it draws the steps to train)")
+    selected = torch.stack([stochastic[torch.randperm(len(stochastic), generator=generator)[:count]].sort().values
+                            for _ in range(len(latents))])
+    return SampledSteps(latents.float(), first.timesteps, first.trainable, log_probs, first.negative_text,
+                        first.negative_pooled, first.guidance_scale, first.eta, first.timestep_fraction, selected)
+
+
+def conditioning(text: Tensor, pooled: Optional[Tensor], time_ids: Optional[Tensor], negative_text: Optional[Tensor],
+                 negative_pooled: Optional[Tensor], device: torch.device, dtype: torch.dtype) -> dict:
+    """UNet keyword inputs for rows conditioned on ``text`` [rows, L, D] (and SDXL's ``pooled``
+    [rows, P], ``time_ids`` [rows or 1, 6]); with a negative embedding, the unconditional rows first
+    (classifier-free guidance, as the pipelines batch it)."""
+    def rows(cond: Tensor, negative: Optional[Tensor]) -> Tensor:
+        return cond if negative is None else torch.cat([negative.expand_as(cond), cond])
+
+    kwargs = {"encoder_hidden_states": rows(text, negative_text).to(device, dtype)}
+    if time_ids is not None:
+        time_ids = time_ids.expand(len(text), 6)
+        kwargs["added_cond_kwargs"] = {"text_embeds": rows(pooled, negative_pooled).to(device, dtype),
+                                       "time_ids": rows(time_ids, time_ids if negative_text is not None else None)
+                                       .to(device, dtype)}
+    return kwargs
+
+
+def trajectory_scores(plugin, model: nn.Module, batch: DiffusionBatch) -> Scores:
+    """Scores [C, n] of sampled images: the sums of their trained steps' log-probs under
+    ``model``, with the per-step terms as unit scores [C, n, U] (module docstring). Steps are
+    grouped by timestep, one UNet pass per distinct step (rows at other timesteps wait)."""
+    from mmalign_diffusion.online import ddim_scheduler, guided_prediction
+
+    steps, device = batch.steps, batch.latents.device
+    contexts = len(batch.captions)
+    rows, units = steps.selected.shape
+    scheduler = ddim_scheduler(plugin.comps, len(steps.timesteps))
+    dtype = next(p.dtype for p in unwrap_wrappers(model).parameters())
+    row_index = torch.arange(rows, device=device)[:, None].expand(rows, units)
+    unit_index = torch.arange(units, device=device)[None].expand(rows, units)
+    log_probs = torch.zeros(rows, units, device=device)
+    for k in steps.selected.unique().tolist():
+        where = steps.selected == k
+        r, u = row_index[where], unit_index[where]
+        t = steps.timesteps[k]
+        x_t, x_prev = steps.latents[r, k], steps.latents[r, k + 1]
+        time_ids = batch.time_ids[r] if batch.time_ids is not None else None
+        pooled = batch.pooled[r % contexts] if batch.pooled is not None else None
+        inputs = conditioning(batch.text[r % contexts], pooled, time_ids, steps.negative_text,
+                              steps.negative_pooled, device, dtype)
+        prediction = guided_prediction(model, scheduler.scale_model_input(x_t, t), t, inputs, steps.guidance_scale)
+        log_probs = log_probs.index_put((r, u), step_log_prob(scheduler, prediction, t, x_t, x_prev, steps.eta))
+    per_context = log_probs.view(rows // contexts, contexts, units).transpose(0, 1).contiguous()  # [C, n, U]
+    ones = torch.ones_like(per_context)
+    return Scores(per_context.sum(-1), ones.sum(-1), unit_scores=per_context, unit_mask=ones)
