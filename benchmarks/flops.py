@@ -49,6 +49,8 @@ def timed_flops_per_step(w: Workload) -> float:
     2 rows (chosen, rejected) per pair; the VAE and text encoders are cached after the warm-up."""
     if w.kind == "online":
         return online_step_flops(w)
+    if w.kind == "vlm_online":
+        return vlm_online_step_flops(w)
     if w.kind == "diffusion":
         return 2 * w.pairs * (w.params["policy_flops_per_row"] + w.params["reference_flops_per_row"])
     steps = step_lengths(w)[w.warmup:]
@@ -65,6 +67,22 @@ def online_step_flops(w: Workload) -> float:
     rows = w.pairs * w.samples
     n = w.records[0]
     return 10.0 * (w.params["blocks"] * rows * (n.prompt + n.chosen) + w.params["lm_head"] * rows * n.chosen)
+
+
+def vlm_online_step_flops(w: Workload) -> float:
+    """One vlm_grpo step on mmalign's path, C contexts x G samples = R rows of image tokens I +
+    prompt P + completion L. Each context's image and prompt go through the model once per group,
+    in generation (2 N T: prefilled once, KV cache repeated per sample) and in the update (policy
+    forward + backward 6, reference forward 2; group sharing); the completions once per row:
+
+        FLOPs/step = 10 N_blocks (C (I + P) + R L) + 10 N_lm_head R L
+                     + 10 C (N_vision (I + 1) + N_projector I)
+    """
+    contexts, n = w.pairs, w.records[0]
+    rows = contexts * w.samples
+    tokens = contexts * (n.image_tokens + n.prompt) + rows * n.chosen
+    image = w.params["vision"] * (IMAGE_TOKENS + 1) + w.params["projector"] * IMAGE_TOKENS
+    return 10.0 * (w.params["blocks"] * tokens + w.params["lm_head"] * rows * n.chosen + contexts * image)
 
 
 def matmul_peak(device: str = "cpu", size: int | None = None, repeats: int = 10) -> dict[str, float]:

@@ -39,6 +39,12 @@ def even_word_share(prompts, completions, **columns) -> list[float]:
     return out
 
 
+def completion_texts(completions: list) -> list[str]:
+    """TRL passes a conversational prompt's completions (vlm_grpo) as [{"role": "assistant",
+    "content": text}], mmalign passes strings: the text either way, for the one reward function."""
+    return [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+
+
 def online_lengths(w: Workload) -> list[Lengths]:
     """One record per prompt: ``chosen`` is one completion's length (G of them per prompt)."""
     return [Lengths(PROMPT_TOKENS, COMPLETION_TOKENS, 0) for _ in range(w.records_count)]
@@ -46,36 +52,55 @@ def online_lengths(w: Workload) -> list[Lengths]:
 
 def write_online_data(w: Workload, tok, rng, words) -> None:
     """Prompt records (64 words = 64 tokens, checked) and the model's EOS suppression."""
+    write_prompt_records(w, tok, [{"prompt": words(rng, n.prompt)} for n in w.records], PROMPT_TOKENS)
+
+
+def write_prompt_records(w: Workload, tok, rows: list[dict], prompt_tokens: int) -> None:
+    """Write the online workload's records after checking that each prompt string is
+    ``prompt_tokens`` tokens, and save the model with ``min_new_tokens`` = the completion length
+    in its ``generation_config.json`` (EOS masked until then: every completion is that long)."""
     from transformers import GenerationConfig
 
-    rows = [{"prompt": words(rng, n.prompt)} for n in w.records]
     for i, row in enumerate(rows):
         n = len(tok(row["prompt"], add_special_tokens=False)["input_ids"])
-        if n != PROMPT_TOKENS:
-            raise AssertionError(f"prompt {i}: {n} tokens, expected {PROMPT_TOKENS}")
+        if n != prompt_tokens:
+            raise AssertionError(f"prompt {i}: {n} tokens, expected {prompt_tokens}")
     Path(w.data_file).write_text("".join(json.dumps(r) + "\n" for r in rows))
     generation = GenerationConfig.from_pretrained(w.model_dir)
-    generation.min_new_tokens = COMPLETION_TOKENS  # EOS masked until 64 tokens: every completion is 64
+    generation.min_new_tokens = completion_tokens(w)
     generation.save_pretrained(w.model_dir)
 
 
-def check_full_length(where: str, lengths) -> None:
-    if any(n != COMPLETION_TOKENS for n in lengths):
+def completion_tokens(w: Workload) -> int:
+    """Every completion's length in the workload (64 for grpo / rloo, 48 for vlm_grpo)."""
+    return w.records[0].chosen
+
+
+def algorithm(w: Workload) -> str:
+    """mmalign's algorithm name, which also picks TRL's trainer: grpo (also vlm_grpo) or rloo."""
+    return w.name.removeprefix("vlm_")
+
+
+def check_full_length(where: str, lengths, expected: int) -> None:
+    if any(n != expected for n in lengths):
         raise RuntimeError(f"{where}: completion lengths {sorted(set(lengths))}, expected all "
-                           f"{COMPLETION_TOKENS} (EOS suppression did not apply)")
+                           f"{expected} (EOS suppression did not apply)")
 
 
 # --- mmalign ----------------------------------------------------------------------------------------
 def online_config(w: Workload, precision: str, out_dir: str) -> dict:
-    """mmalign's online config: the algorithm ``w.name`` with G = 8, 64 new tokens, temperature 1,
-    the benchmark scorer; beta 0.04, full fine-tuning, reference copy, AdamW, linear schedule."""
+    """mmalign's online config: the algorithm of ``w`` with G = 8, 64 new tokens (vlm_grpo: 48),
+    temperature 1, the benchmark scorer; beta 0.04, full fine-tuning (the VLM's vision tower too,
+    as TRL trains everything), reference copy, AdamW, linear schedule."""
+    vlm = w.kind == "vlm_online"
     return {
         "output_dir": out_dir, "seed": 0,
-        "model": {"reward": "text", "name_or_path": w.model_dir},
+        "model": {"reward": "vlm" if vlm else "text", "name_or_path": w.model_dir,
+                  "options": {"train_vision_tower": True} if vlm else {}},
         "reference": {"strategy": "copy", "cache": "none"},
         "data": {"train": w.data_file, "max_length": 1024},
-        "algorithm": {"name": w.name, "options": {
-            "samples_per_prompt": w.samples, "max_new_tokens": COMPLETION_TOKENS, "temperature": 1.0,
+        "algorithm": {"name": algorithm(w), "options": {
+            "samples_per_prompt": w.samples, "max_new_tokens": completion_tokens(w), "temperature": 1.0,
             "scorers": {"benchmark_even_words": 1.0}}},
         "loss": {"beta": BETA},
         "train": {"max_steps": w.total_steps, "batch_size": w.pairs, "lr": LR,
@@ -109,7 +134,8 @@ def run_mmalign_online(w: Workload, precision: str, out_dir: str, log=print) -> 
     with mmalign.register(BenchmarkPlugin(), name="benchmarks"):
         mmalign.train(online_config(w, precision, out_dir), log=log, overwrite=True)
     for i, row in enumerate(rows):
-        check_full_length(f"mmalign step {i + 1}", [row["completions/mean_length"], row["completions/max_length"]])
+        check_full_length(f"mmalign step {i + 1}", [row["completions/mean_length"], row["completions/max_length"]],
+                          completion_tokens(w))
     timed = rows[w.warmup:]
     split = {"generate_s": [float(r["time/generate"]) for r in timed],
              "score_s": [float(r["time/score"]) for r in timed]}
@@ -134,8 +160,9 @@ def trl_online_args(w: Workload, variant: str, out_dir: str, device: str):
     generate (no vLLM); "default": TRL's bf16 autocast + gradient checkpointing, "fp32": both off."""
     from trl import GRPOConfig, RLOOConfig
 
+    length = completion_tokens(w)
     kwargs = dict(output_dir=out_dir, per_device_train_batch_size=w.pairs * w.samples, num_generations=w.samples,
-                  max_completion_length=COMPLETION_TOKENS, generation_kwargs={"min_new_tokens": COMPLETION_TOKENS},
+                  max_completion_length=length, generation_kwargs={"min_new_tokens": length},
                   temperature=1.0, beta=BETA, num_iterations=1, steps_per_generation=1, use_vllm=False,
                   max_steps=w.total_steps, learning_rate=LR, max_grad_norm=1.0, report_to="none",
                   save_strategy="no", disable_tqdm=True, seed=0, shuffle_dataset=False, logging_steps=1,
@@ -144,12 +171,25 @@ def trl_online_args(w: Workload, variant: str, out_dir: str, device: str):
         kwargs.update(bf16=False, gradient_checkpointing=False)
     elif variant != "default":
         raise ValueError(f"unknown TRL variant {variant!r}")
-    return (GRPOConfig if w.name == "grpo" else RLOOConfig)(**kwargs)
+    return (GRPOConfig if algorithm(w) == "grpo" else RLOOConfig)(**kwargs)
+
+
+def _trl_inputs(w: Workload) -> tuple:
+    """(model, processing class or None, dataset in mmalign's order, prompt tokens per row)."""
+    if w.kind == "vlm_online":
+        from benchmarks.vlm_online import trl_vlm_inputs
+
+        n = w.records[0]
+        return (*trl_vlm_inputs(w), n.image_tokens + n.prompt)
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+
+    dataset = Dataset.from_list([{"prompt": r["prompt"]} for r in peer_records(w)])
+    return AutoModelForCausalLM.from_pretrained(w.model_dir), None, dataset, PROMPT_TOKENS
 
 
 def run_trl_online(w: Workload, variant: str, out_dir: str, device: str) -> dict:
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, TrainerCallback
+    from transformers import TrainerCallback
     from trl import GRPOTrainer, RLOOTrainer
 
     from benchmarks.runners import _memory, _sync, summarize
@@ -166,30 +206,32 @@ def run_trl_online(w: Workload, variant: str, out_dir: str, device: str) -> dict
                 split[k].append(spent[k])
                 spent[k] = 0.0
 
-    model = AutoModelForCausalLM.from_pretrained(w.model_dir)
-    generate = model.generate
+    model, processor, dataset, prompt_tokens = _trl_inputs(w)
+    generate, eos = model.generate, model.generation_config.eos_token_id
 
     def timed_generate(*args, **kwargs):  # TRL calls the unwrapped model's generate: time and check it
         start = time.perf_counter()
         out = generate(*args, **kwargs)
         spent["generate_s"] += time.perf_counter() - start
-        new = out[:, kwargs["input_ids"].shape[1]:]
-        ends = (new == model.config.eos_token_id).any(-1).tolist()
-        check_full_length("TRL generate", [new.shape[1] if not e else -1 for e in ends])
+        width = kwargs["input_ids"].shape[1]
+        if width != prompt_tokens or not bool(kwargs["attention_mask"].all()):
+            raise RuntimeError(f"TRL generate: prompts of {width} tokens (with padding), expected {prompt_tokens}")
+        new = out[:, width:]
+        ends = (new == eos).any(-1).tolist()
+        check_full_length("TRL generate", [new.shape[1] if not e else -1 for e in ends], completion_tokens(w))
         return out
 
     def reward(prompts, completions, **kwargs):  # the same function as mmalign's, timed
         start = time.perf_counter()
-        values = even_word_share(prompts, completions)
+        values = even_word_share(prompts, completion_texts(completions))
         spent["score_s"] += time.perf_counter() - start
         return values
 
     reward.__name__ = "even_word_share"
     model.generate = timed_generate
-    dataset = Dataset.from_list([{"prompt": r["prompt"]} for r in peer_records(w)])  # mmalign's order
-    trainer_class = GRPOTrainer if w.name == "grpo" else RLOOTrainer
+    trainer_class = GRPOTrainer if algorithm(w) == "grpo" else RLOOTrainer
     trainer = trainer_class(model=model, reward_funcs=reward, args=trl_online_args(w, variant, out_dir, device),
-                            train_dataset=dataset, callbacks=[Timer()])
+                            train_dataset=dataset, processing_class=processor, callbacks=[Timer()])
     trainer.train()
     timed = {k: v[w.warmup:] for k, v in split.items()}
     return {**summarize(stamps, w.warmup), **_split(timed), **_memory()}

@@ -38,7 +38,7 @@ RESULTS = REPO / "benchmarks" / "results" / "latest.json"
 VARIANTS = {"text": [("mmalign", "fp32"), ("mmalign", "bf16"), ("trl", "default"), ("trl", "fp32")],
             "diffusion": [("mmalign", "fp32"), ("mmalign", "bf16"), ("diffusers_dpo", "fp32"),
                           ("diffusers_dpo", "bf16")]}
-VARIANTS["vlm"] = VARIANTS["online"] = VARIANTS["text"]
+VARIANTS["vlm"] = VARIANTS["online"] = VARIANTS["vlm_online"] = VARIANTS["text"]
 PEER_SETTINGS = {"trl_default": ("bf16", "TRL defaults: bf16 autocast + gradient checkpointing"),
                  "trl_fp32": ("fp32", "TRL with bf16=False, gradient_checkpointing=False"),
                  "diffusers_dpo_fp32": ("fp32", "diffusers SDXL DPO step, fp32 (the script's default)"),

@@ -201,7 +201,7 @@ def main(argv: list[str]) -> None:
         result = run_peak(device)
     else:
         w = Workload.from_json(spec["workload"])
-        if w.kind == "online" and what in ("mmalign", "trl"):
+        if w.kind in ("online", "vlm_online") and what in ("mmalign", "trl"):
             from benchmarks.online import run_mmalign_online, run_trl_online
 
             run = run_mmalign_online if what == "mmalign" else run_trl_online

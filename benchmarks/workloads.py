@@ -43,7 +43,7 @@ class Lengths:
 @dataclass
 class Workload:
     name: str
-    kind: str  # "text", "vlm", "diffusion" or "online"
+    kind: str  # "text", "vlm", "diffusion", "online" (text) or "vlm_online"
     description: str
     warmup: int  # steps run before timing starts
     steps: int  # timed steps
@@ -86,7 +86,7 @@ def workload_names() -> list[str]:
     blocked with MMALIGN_BLOCK_PLUGINS)."""
     from mmalign.plugins import registry
 
-    names = ["text_long", "text_variable", "vlm", "grpo", "rloo"]
+    names = ["text_long", "text_variable", "vlm", "grpo", "rloo", "vlm_grpo"]
     return names + (["diffusion"] if "diffusion" in registry().names("rewards") else [])
 
 
@@ -111,6 +111,10 @@ def make_workload(name: str, quick: bool = False) -> Workload:
         peer = "GRPOTrainer" if name == "grpo" else "RLOOTrainer"
         return Workload(name, "online", f"Llama 7.3M, {name}: 2 prompts of 64 tokens x 8 completions of 64 "
                                         f"tokens/step, generation included (peer: TRL {peer})",
+                        warmup, steps, pairs=2, samples=8)
+    if name == "vlm_grpo":  # see benchmarks/vlm_online.py
+        return Workload(name, "vlm_online", "LLaVA of vlm, grpo: 2 images + prompts of 32 tokens x 8 completions "
+                                            "of 48 tokens/step, generation included (peer: TRL GRPOTrainer)",
                         warmup, steps, pairs=2, samples=8)
     raise ValueError(f"unknown workload '{name}'; known: {', '.join(workload_names())}")
 
@@ -198,7 +202,7 @@ def _build_model(w: Workload, tok, model_dir: Path) -> dict:
     count = lambda m: sum(p.numel() for p in m.parameters())
     params = {"blocks": sum(count(layer) for layer in lm.layers) + count(lm.norm),
               "embeddings": count(lm.embed_tokens), "lm_head": count(model.lm_head)}
-    if w.kind == "vlm":
+    if w.kind in ("vlm", "vlm_online"):
         params["vision"] = count(model.model.vision_tower)
         params["projector"] = count(model.model.multi_modal_projector)
     params["total"] = count(model)
@@ -234,14 +238,19 @@ def build(w: Workload, root: str | Path) -> Workload:
         return w
     rng = random.Random(f"{SEED}-{w.name}")
     tok = build_tokenizer(model_dir)
-    if w.kind == "vlm":
+    if w.kind in ("vlm", "vlm_online"):
         _save_processor(tok, model_dir)
     w.params = _build_model(w, tok, model_dir)
-    if w.kind == "online":
+    if w.kind in ("online", "vlm_online"):
         from benchmarks.online import online_lengths, write_online_data
+        from benchmarks.vlm_online import vlm_online_lengths, write_vlm_online_data
 
-        w.records = online_lengths(w)
-        write_online_data(w, tok, rng, _words)
+        if w.kind == "online":
+            w.records = online_lengths(w)
+            write_online_data(w, tok, rng, _words)
+        else:
+            w.records = vlm_online_lengths(w)
+            write_vlm_online_data(w, tok, rng, _words, _write_images)
         w.order = visit_order(len(w.records), w.total_steps * w.pairs)
         (root / "workload.json").write_text(json.dumps(w.to_json()))
         return w

@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from mmalign_text.group_sharing import SharedGroupBatch
 from mmalign_text.prefix_sharing import SharedPrefixBatch
 
 Group = dict  # str -> Tensor: one example's image inputs
@@ -38,6 +39,31 @@ class VLMSharedBatch:
     def to(self, device: torch.device) -> "VLMSharedBatch":
         return VLMSharedBatch(self.text.to(device), move_groups(self.groups, device), self.row_groups,
                               self.segments, self.pairs)
+
+
+@dataclass
+class VLMGroupBatch:
+    """Prefix sharing for sampled groups: segments [images + prompt | r_a | ... | r_b] of one
+    context's responses (:mod:`mmalign_text.group_sharing`), packed into rows; each context's
+    images encoded once and scattered into every segment of it."""
+
+    text: SharedGroupBatch
+    groups: list[Group]  # per context
+    row_groups: list[list[int]]  # per row, the context of each segment in it, in order
+
+    def to(self, device: torch.device) -> "VLMGroupBatch":
+        return VLMGroupBatch(self.text.to(device), move_groups(self.groups, device), self.row_groups)
+
+
+def segment_contexts(text: SharedGroupBatch) -> list[list[int]]:
+    """Per row of ``text``, the context of each segment in it, in order: a segment starts where its
+    prompt does, and each response's plain row begins with its prompt (VLM prompts are never empty)."""
+    width, k = text.input_ids.shape[1], text.group
+    starts = sorted({divmod(int(first), width) + (i // k,) for i, first in enumerate(text.plain_index[:, 0])})
+    rows: list[list[int]] = [[] for _ in range(text.input_ids.shape[0])]
+    for row, _, context in starts:
+        rows[row].append(context)
+    return rows
 
 
 @dataclass

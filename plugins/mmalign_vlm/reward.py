@@ -25,8 +25,9 @@ from mmalign.sharding import fsdp_requested
 from mmalign_text.causal_lm import (CausalLMModels, attach_lora, check_special_tokens, compile_layers,
                                     enable_gradient_checkpointing, from_pretrained, from_tiny, pad_rows,
                                     token_defaults, unwrap)
+from mmalign_text.group_sharing import collate_groups, model_cost_ratio, responses_per_segment
 from mmalign_text.prefix_sharing import collate_shared
-from mmalign_vlm.batches import Group, VLMBatch, VLMSharedBatch, segments_of
+from mmalign_vlm.batches import Group, VLMBatch, VLMGroupBatch, VLMSharedBatch, segment_contexts, segments_of
 from mmalign_vlm.examples import VLMExample, VLMGroup, VLMRecords, load_image, resolve_image
 from mmalign_vlm.families import family_of
 from mmalign_vlm.generation import generate, sample_contexts
@@ -73,7 +74,7 @@ class VLMReward(VLMRecords, VLMScoring, CausalLMModels):
     def batch_counts(self, batch) -> dict[str, Tensor]:
         """The language model's tokens, image tokens included as the rows hold them (the vision
         tower's patches are not counted); a shared batch's rows are its text batch's."""
-        return super().batch_counts(batch.text if isinstance(batch, VLMSharedBatch) else batch)
+        return super().batch_counts(batch.text if isinstance(batch, (VLMSharedBatch, VLMGroupBatch)) else batch)
 
     @staticmethod
     def check_config(model_cfg: ModelConfig, data_cfg: DataConfig) -> None:
@@ -208,10 +209,15 @@ class VLMReward(VLMRecords, VLMScoring, CausalLMModels):
         return self.image_group(images)["pixel_values"]
 
     def collate(self, examples: list[VLMExample], generator: Optional[torch.Generator] = None):
-        if isinstance(examples[0], VLMGroup):  # sampled responses: plain rows, k per context
+        if isinstance(examples[0], VLMGroup):  # sampled responses: k per context
             k = len(examples[0].completions)
-            rows = [(g.prompt_ids, c) for g in examples for c in g.completions]
             groups = [self.image_group([load_image(v, g.where) for v in g.images]) for g in examples]
+            shared = self._group_segments(examples)
+            if shared:
+                text = collate_groups(examples, self.tokenizer.pad_token_id, pack=self.options["packing"],
+                                      per_segment=shared)
+                return VLMGroupBatch(text, groups, segment_contexts(text))
+            rows = [(g.prompt_ids, c) for g in examples for c in g.completions]
             return VLMBatch(*pad_rows(rows, self.tokenizer.pad_token_id), groups,
                             [[i // k] for i in range(len(rows))], len(examples), False, group=k)
         paired = examples[0].rejected_ids is not None
@@ -235,6 +241,20 @@ class VLMReward(VLMRecords, VLMScoring, CausalLMModels):
             firsts = torch.stack([g["pixel_values"][0] for g in groups])
             corrupted = corrupt_images(firsts, self.options["corrupted_image"], generator)
         return VLMBatch(*pad_rows(rows, self.tokenizer.pad_token_id), groups, row_groups, b, paired, corrupted)
+
+    def _group_segments(self, groups: list[VLMGroup]) -> int:
+        """Responses per shared segment of sampled groups (:mod:`mmalign_text.group_sharing`'s cost
+        estimate), or 0 for k plain rows per context: with ``prefix_sharing: false``, without
+        ``encode_once``, for M-RoPE families (their 3D positions are made per plain row) and when the
+        estimate picks one response per segment."""
+        k = len(groups[0].completions)
+        if not (self.options["prefix_sharing"] and self.options["encode_once"]) or self.family.mrope or k < 2:
+            return 0
+        if not hasattr(self, "_cost_ratio"):  # read once, without weights
+            self._cost_ratio = model_cost_ratio(self.cfg)
+        s = responses_per_segment([len(g.prompt_ids) for g in groups],
+                                  [[len(c) for c in g.completions] for g in groups], self._cost_ratio)
+        return s if s > 1 else 0
 
     def sample(self, model: nn.Module, contexts: list[Any], n: int, generator: torch.Generator, *,
                max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0,

@@ -7,6 +7,10 @@
 - once: two rows per pair, the image features computed once per pair and scattered into both.
 - plain (``encode_once: false``, and mDPO on families other than LLaVA): the model's own forward
   with the processor's image outputs for every row.
+- sampled groups (online algorithms): segments [images + prompt | r_1 | ... | r_s] sharing the
+  prompt among a context's responses (:mod:`mmalign_text.group_sharing`, s by its cost estimate),
+  each context's images encoded once and scattered into each of its segments; k plain rows per
+  context (images still encoded once) with ``prefix_sharing: false`` and for M-RoPE families.
 
     s(x, y) = sum_t log p_theta(y_t | images, prompt, y_<t)     (image and prompt tokens masked)
 
@@ -27,8 +31,8 @@ from mmalign.sharding import run_as_forward
 from mmalign_text.causal_lm import unwrap
 from mmalign_text.layer_masks import mask_plan
 from mmalign_text.logps import target_logps, unit_scores
-from mmalign_text.prefix_sharing import shared_token_logps
-from mmalign_vlm.batches import Group, VLMBatch, VLMSharedBatch
+from mmalign_text.prefix_sharing import shared_target_logps, shared_token_logps
+from mmalign_vlm.batches import Group, VLMBatch, VLMGroupBatch, VLMSharedBatch
 from mmalign_vlm.families import rope_positions
 
 log = logging.getLogger("mmalign")
@@ -55,6 +59,8 @@ class VLMScoring:
         ``per_unit`` also the per-token log-probs [C, k, U]; on every path."""
         if isinstance(batch, VLMSharedBatch):
             return self._score_shared(model, batch, per_unit)
+        if isinstance(batch, VLMGroupBatch):
+            return self._score_groups(model, batch, per_unit)
         once = self.options["encode_once"]
         log_once(f"vlm plugin: {self.family.name} pairs scored on the {'once-per-pair' if once else 'plain'} path")
         inputs = self._inputs_once(model, batch) if once else self._inputs_plain(model, batch)
@@ -85,6 +91,18 @@ class VLMScoring:
                  f"{' + packing' if self.options['packing'] else ''}) path")
         logps = shared_token_logps(model, t, inputs_embeds=embeds, fused=self.options["fused_logps"])
         return _scores([(logps * t.chosen_mask, t.chosen_mask), (logps * t.rejected_mask, t.rejected_mask)], per_unit)
+
+    def _score_groups(self, model: nn.Module, batch: VLMGroupBatch, per_unit: bool) -> Scores:
+        """Sampled groups sharing their prompts: each context's images encoded once, scattered into
+        every segment of it; response j of context c is row c k + j of the layout."""
+        t = batch.text
+        feats = self.image_features(model, batch.groups)
+        embeds = self._embeds_with_images(model, t.input_ids, feats, batch.row_groups)
+        log_once(f"vlm plugin: {self.family.name} sampled groups scored on the shared (prefix sharing"
+                 f"{' + packing' if self.options['packing'] else ''}) path")
+        flat, _ = shared_target_logps(model, t, inputs_embeds=embeds, fused=self.options["fused_logps"])
+        token_logps, mask, k = flat[t.layout] * t.target_mask, t.target_mask, t.group
+        return _scores([(token_logps[j::k], mask[j::k]) for j in range(k)], per_unit)
 
     def _shared_rope(self, model: nn.Module, batch: VLMSharedBatch) -> Tensor:
         """M-RoPE positions [3, R, T] of the shared rows: each segment's prompt + chosen and prompt +

@@ -1,4 +1,4 @@
-"""Keeps the benchmark harness from rotting: builds the text_long and grpo workloads in --quick mode
+"""Keeps the benchmark harness from rotting: builds the text_long, grpo and vlm_grpo workloads in --quick mode
 and times mmalign's real engine on them for a couple of steps, in this process. The peer (TRL) is
 imported only by the slow tests, and no timing is asserted: only that the harness still produces
 what the benchmark table is made of."""
@@ -58,14 +58,50 @@ def test_quick_online_workload_builds(tmp_path, monkeypatch):
     assert online_config(w, "bf16", "out")["algorithm"]["options"]["samples_per_prompt"] == 8
 
 
+def test_quick_vlm_online_workload_builds(tmp_path, monkeypatch):
+    """vlm_grpo: 2 contexts of one image + 32 words (288 tokens once the processor expands the
+    image), TRL's chat template renders its conversational prompt back to mmalign's string, the
+    FLOPs (each image and prompt once per group of samples) and mmalign's config."""
+    monkeypatch.syspath_prepend(str(REPO))
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from benchmarks.flops import timed_flops_per_step
+    from benchmarks.online import completion_texts, online_config
+    from benchmarks.vlm_online import PLAIN_TEMPLATE
+    from benchmarks.workloads import IMAGE_TOKENS, build, make_workload, peer_records
+
+    w = build(make_workload("vlm_grpo", quick=True), tmp_path / "vlm_grpo")
+    assert (w.kind, w.pairs, w.samples) == ("vlm_online", 2, 8) and len(peer_records(w)) == w.total_steps * 2
+    record = peer_records(w)[0]
+    processor = AutoProcessor.from_pretrained(w.model_dir)
+    image = Image.open(Path(w.data_file).parent / record["image"])
+    assert len(processor(text=record["prompt"], images=[image])["input_ids"][0]) == IMAGE_TOKENS + 32
+    words = record["prompt"].removeprefix("<image> ")
+    message = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": words}]}]
+    assert processor.tokenizer.apply_chat_template(message, chat_template=PLAIN_TEMPLATE, tokenize=False) \
+        == record["prompt"]
+    assert completion_texts([[{"role": "assistant", "content": "w2 w3"}], "w4"]) == ["w2 w3", "w4"]
+    w.steps = 1
+    p = w.params
+    # each context's image and prompt once per group of 8 (generation and update), completions per row
+    text = 10 * (p["blocks"] * (2 * (IMAGE_TOKENS + 32) + 16 * 48) + p["lm_head"] * 16 * 48)
+    vision = 10 * 2 * (p["vision"] * (IMAGE_TOKENS + 1) + p["projector"] * IMAGE_TOKENS)
+    assert timed_flops_per_step(w) == text + vision
+    config = online_config(w, "fp32", "out")
+    assert config["model"]["reward"] == "vlm" and config["model"]["options"] == {"train_vision_tower": True}
+    assert config["algorithm"]["name"] == "grpo" and config["algorithm"]["options"]["max_new_tokens"] == 48
+
+
 @pytest.mark.slow
-def test_quick_online_workload_runs_through_mmalign(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", ["grpo", "vlm_grpo"])
+def test_quick_online_workload_runs_through_mmalign(tmp_path, monkeypatch, name):
     """Two online steps (16-30 s on 2 busy cores: over the quick set's budget, so marked slow)."""
     monkeypatch.syspath_prepend(str(REPO))
     from benchmarks.online import run_mmalign_online
     from benchmarks.workloads import build, make_workload
 
-    w = build(make_workload("grpo", quick=True), tmp_path / "grpo")
+    w = build(make_workload(name, quick=True), tmp_path / name)
     w.steps = 1
     result = run_mmalign_online(w, "fp32", str(tmp_path / "out"), log=lambda *a: None)
     assert len(result["step_times"]) == 1 and result["s_per_step"] > 0
@@ -73,7 +109,7 @@ def test_quick_online_workload_runs_through_mmalign(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["grpo", "rloo"])
+@pytest.mark.parametrize("name", ["grpo", "rloo", "vlm_grpo"])
 def test_quick_online_workload_runs_through_trl(tmp_path, monkeypatch, name):
     """The peer's side (imports TRL; about 20 s a run on 2 busy cores): same checks on TRL's run."""
     monkeypatch.syspath_prepend(str(REPO))

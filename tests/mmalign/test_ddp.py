@@ -49,8 +49,13 @@ def torchrun_command(config, *args):
             "-m", "mmalign.cli", "train", str(config), *args]
 
 
+# DDPO's per-prompt reward history is kept by one process: a multi-process DDPO run must set
+# stat_buffer: 0 and is refused otherwise (exit 2), so it has no 2-process run to compare here
+DDP_MODALITIES = tuple(m for m in MODALITIES if m != "diffusion-ddpo")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("modality", MODALITIES)
+@pytest.mark.parametrize("modality", DDP_MODALITIES)
 def test_two_processes_match_one_and_resume_exactly(modality, tmp_path):
     def config(name, **train):
         cfg = modality_config(modality, tmp_path / name / "run", **{**TRAIN, **train})

@@ -44,6 +44,33 @@ def test_the_vision_tower_runs_once_per_group_of_sampled_captions(vlm_world):
     assert sum(images_seen) == 2, images_seen  # one image per context, for its 4 captions
 
 
+def test_sampled_groups_share_their_prompt_and_score_as_plain_rows(vlm_world):
+    """Prefix sharing for groups: [image + prompt | r_1 | ... | r_k] segments give the plain rows'
+    scores, per-token scores and gradients (fp32, 1e-5); the tower still sees each image once."""
+    from mmalign_vlm.batches import VLMBatch, VLMGroupBatch
+
+    reward, model = make(vlm_world)
+    samples = draw(reward, model, vlm_world, n=4)
+    shared = reward.collate(samples.examples)
+    reward.options["prefix_sharing"] = False
+    plain = reward.collate(samples.examples)
+    assert isinstance(shared, VLMGroupBatch) and isinstance(plain, VLMBatch)
+    assert {c for row in shared.row_groups for c in row} == {0, 1}  # each context's segments placed
+    results = []
+    for batch in (shared, plain):
+        model.zero_grad()
+        scores = reward.score(model, batch, per_unit=True)
+        scores.sums.sum().backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        results.append((scores, grads))
+    (a, grads_a), (b, grads_b) = results
+    torch.testing.assert_close(a.sums, b.sums, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a.unit_scores, b.unit_scores, atol=1e-5, rtol=1e-5)
+    assert torch.equal(a.unit_mask, b.unit_mask) and len(grads_a) == len(grads_b)
+    for ga, gb in zip(grads_a, grads_b):
+        torch.testing.assert_close(ga, gb, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("algorithm,k", [("grpo", 4), ("rloo", 4), ("remax", 2), ("online_dpo", 2)])
 def test_online_algorithms_train_a_vlm_on_the_hallucination_verifier(vlm_world, tmp_path, algorithm, k):
     prompts = vlm_world / "rl-prompts.jsonl"  # beside the images: paths outside the data folder are refused
@@ -86,3 +113,27 @@ def test_full_vlm_rl_demo_outcome(tmp_path):
     assert r["chair_i_policy"] <= r["chair_i_reference"] / 4
     assert r["recall_policy"] >= r["recall_reference"] - 0.05
     assert r["wellformed_policy"] >= 0.9 and r["seconds_total"] < 300
+
+
+def test_sampling_prefills_each_context_once_with_the_same_greedy_tokens(vlm_world):
+    """k samples of a context: its image and prompt prefilled once, the KV cache repeated; greedy
+    decoding gives the tokens of k repeated rows (each encoding the image), contexts of different
+    prompt lengths (left padding) included, and the tower sees each image once."""
+    from mmalign_vlm.generation import generate_ids, multimodal_token_ids
+    from mmalign_vlm.examples import VLMGroup
+
+    reward, model = make(vlm_world)
+    groups = draw(reward, model, vlm_world, n=1).examples
+    longer = groups[1].prompt_ids + groups[1].prompt_ids[-1:] * 2  # its last (text) token twice more
+    groups[1] = VLMGroup(longer, [], groups[1].images, groups[1].where)
+    options = dict(max_new_tokens=5, suppress=multimodal_token_ids(reward))
+    tower = next(m for name, m in model.named_modules() if name.endswith("vision_tower"))
+    images_seen = []
+    handle = tower.register_forward_hook(lambda mod, args, out: images_seen.append(args[0].shape[0]))
+    try:
+        shared = generate_ids(reward, model, groups, repeats=3, **options)
+    finally:
+        handle.remove()
+    plain = generate_ids(reward, model, [g for g in groups for _ in range(3)], **options)
+    assert shared == plain and len(shared) == 6
+    assert sum(images_seen) == 2, images_seen
