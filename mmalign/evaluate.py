@@ -26,6 +26,7 @@ class EvalContext:
     options: dict | None = None  # the loss's keyword options (loss.options)
     evaluator_options: dict | None = None  # eval.options: {evaluator name: {option: value}}
     algorithm_options: dict | None = None  # an online run's algorithm.options (its scorers, sampling)
+    algorithm: str | None = None  # an online run's algorithm.name
 
     def options_for(self, name: str) -> dict:
         return dict((self.evaluator_options or {}).get(name, {}))
@@ -58,7 +59,7 @@ def run_evaluators(cfg, reg, reward, policy, reference, examples, objective, aut
     """Run every evaluator named in ``cfg.eval.evaluators``; keys come back prefixed ``eval/``."""
     ctx = EvalContext(policy, reference, reward, examples, objective.spec, cfg.loss.beta,
                       cfg.eval.batch_size, cfg.seed, autocast, cfg.loss.options, cfg.eval.options,
-                      cfg.algorithm.options)
+                      cfg.algorithm.options, cfg.algorithm.name)
     results: dict[str, float] = {}
     for name in cfg.eval.evaluators:
         for key, value in reg.get("evaluators", name, "eval.evaluators")(ctx).items():

@@ -63,3 +63,14 @@ def full_diffusion_demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("diffusion-demo")
     assert main(["demo", "diffusion", "--out", str(out)]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def full_vlm_demo(tmp_path_factory):
+    """The full offline VLM demo (about 2.3 minutes on 2 cores), run once: its own outcome check
+    (tests/demos/test_vlm_demo.py) and the SFT model the VLM RL demo's outcome check starts from."""
+    from mmalign.cli import main
+
+    out = tmp_path_factory.mktemp("vlm-demo")
+    assert main(["demo", "vlm", "--out", str(out)]) == 0
+    return out

@@ -8,21 +8,10 @@ world's gold score), ``clip_preference`` and ``aesthetic`` (image reward models 
 from mmalign.hookspecs import hookimpl
 
 
-def _quiet() -> None:
-    # Per-component "Loading weights" bars drown the training progress bar on tiny models.
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.disable_progress_bar()
-    diffusers_logging.disable_progress_bar()
-    diffusers_logging.set_verbosity_error()
-
-
 @hookimpl
 def mmalign_register_rewards(register):
     from mmalign_diffusion.reward import DiffusionReward
 
-    _quiet()
     register("diffusion", DiffusionReward)
 
 

@@ -76,6 +76,16 @@ def detect_architecture(model_index: dict) -> str:
     return "sdxl" if model_index.get("text_encoder_2") else "sd15"
 
 
+def quiet_loading() -> None:
+    """Per-component "Loading weights" bars drown the training progress bar on tiny models."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    diffusers_logging.disable_progress_bar()
+    diffusers_logging.set_verbosity_error()
+
+
 def load_components(path: str, resolution: Optional[int]) -> Components:
     """Tokenizers, text encoders, VAE and scheduler of a diffusers pipeline directory (or hub id
     available offline), each from its subfolder with plain ``from_pretrained``."""

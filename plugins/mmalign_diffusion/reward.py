@@ -86,6 +86,7 @@ class DiffusionReward(ModalityPlugin):
         self.data = data_cfg
         self.options = check_options(model_cfg)
         self.eval_draws = int(self.options["eval_draws"])
+        C.quiet_loading()  # here, not at registration: importing diffusers costs seconds
         if model_cfg.name_or_path is not None:
             self.comps = C.load_components(model_cfg.name_or_path, self.options["resolution"])
         else:

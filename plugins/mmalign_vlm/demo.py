@@ -109,7 +109,7 @@ def run_demo(out_dir: str | Path, *, quick: bool = False, seed: int = 0, beta: f
     report = {f"{k}_{who}": v for who, s in (("reference", ref_scores), ("policy", pol_scores))
               for k, v in s.items() if k != "captions"}
     report.update({
-        "eval_images": len(examples), "beta": beta, "sft_weight": sft_weight,
+        "eval_images": len(examples), "beta": beta, "sft_weight": sft_weight, "seed": seed, "sizes": sizes,
         "dpo_eval_reward_accuracy": result.history[-1].get("eval/reward_accuracy") if result.history else None,
         "seconds_sft": round(t_sft, 1), "seconds_dpo": round(t_dpo, 1),
         "seconds_total": round(time.time() - t0, 1),

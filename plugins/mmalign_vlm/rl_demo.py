@@ -2,7 +2,9 @@
 and offline, through mmalign's engine and VLM plugin.
 
 1. SFT, as ``mmalign demo vlm``: a tiny LLaVA learns to caption the shapes world from captions with
-   a co-occurrence bias (a red object "brings" a green cross), so it hallucinates.
+   a co-occurrence bias (a red object "brings" a green cross), so it hallucinates. ``sft_from=DIR``
+   reuses the SFT model of a finished ``mmalign demo vlm`` run with the same seed and SFT sizes
+   (the same data, so the same model).
 2. GRPO from the SFT model on images alone: 8 captions sampled per image, each scored by the
    ``shapes_hallucination`` verifier (recall minus the caption's own CHAIR_i, -1 for a caption
    outside the world's grammar; it reads the record's ``objects`` column), k3 KL to the SFT model.
@@ -56,7 +58,8 @@ def grpo_config(out: Path, sizes: dict, seed: int) -> dict:
     }
 
 
-def run_demo(out_dir: str | Path, *, quick: bool = False, seed: int = 0, log=print, **sizes_override: int) -> dict:
+def run_demo(out_dir: str | Path, *, quick: bool = False, seed: int = 0, sft_from=None, log=print,
+             **sizes_override: int) -> dict:
     import torch
 
     sizes = dict(QUICK if quick else FULL, **sizes_override)
@@ -73,8 +76,13 @@ def run_demo(out_dir: str | Path, *, quick: bool = False, seed: int = 0, log=pri
     write_jsonl(out / "data" / "eval.jsonl", _records(out, rng, sizes["eval_images"], "eval", "pairs"))
     sft_cfg, _ = _configs(out, dict(sizes, pair_images=0, dpo_steps=0), seed, 0.1, 1.0)
 
-    log(f"[1/3] SFT of a tiny LLaVA on {sizes['sft_images']} images with co-occurrence-biased captions")
-    train(load_config(data=sft_cfg), log=log)
+    if sft_from is None:
+        log(f"[1/3] SFT of a tiny LLaVA on {sizes['sft_images']} images with co-occurrence-biased captions")
+        train(load_config(data=sft_cfg), log=log)
+    else:
+        log(f"[1/3] reusing the SFT model of the VLM demo in {sft_from}")
+        _check_same_sft(Path(sft_from), sizes, seed)
+        (out / "sft").symlink_to((Path(sft_from) / "sft").resolve(), target_is_directory=True)
     t_sft = time.time() - t0
     log(f"[2/3] GRPO from the SFT model: {sizes['rl_steps']} steps of 8 images x 8 captions, "
         f"hallucination verifier")
@@ -92,6 +100,16 @@ def run_demo(out_dir: str | Path, *, quick: bool = False, seed: int = 0, log=pri
     _plot(out, report)
     log(_table(report))
     return report
+
+
+def _check_same_sft(demo_dir: Path, sizes: dict, seed: int) -> None:
+    """The VLM demo's SFT model is this demo's only if it was trained on the same records."""
+    report = json.loads((demo_dir / "report.json").read_text())
+    theirs = {k: report.get("sizes", {}).get(k) for k in ("sft_images", "sft_steps")} | {"seed": report.get("seed")}
+    ours = {k: sizes[k] for k in ("sft_images", "sft_steps")} | {"seed": seed}
+    if theirs != ours:
+        raise ValueError(f"sft_from={demo_dir}: that VLM demo ran with {theirs}, this one needs {ours}; "
+                         f"run `mmalign demo vlm` with the same seed and sizes, or leave sft_from out")
 
 
 def _evaluate(out: Path, cfg, final_dir: Path) -> dict:

@@ -20,9 +20,8 @@ def test_quick_vlm_demo_writes_report_and_plots(tmp_path):
 
 
 @pytest.mark.slow
-def test_full_vlm_demo_outcome(tmp_path):
-    assert main(["demo", "vlm", "--out", str(tmp_path)]) == 0
-    r = json.loads((tmp_path / "report.json").read_text())
+def test_full_vlm_demo_outcome(full_vlm_demo):  # tests/conftest.py: `mmalign demo vlm`
+    r = json.loads((full_vlm_demo / "report.json").read_text())
     assert r["chair_i_reference"] >= 0.1  # the reference really hallucinates
     assert r["chair_i_policy"] <= r["chair_i_reference"] / 4
     assert r["recall_policy"] >= r["recall_reference"] - 0.05  # saying less is no win

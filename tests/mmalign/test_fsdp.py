@@ -36,7 +36,8 @@ from mmalign import checkpoint as ckpt
 # arithmetic up to float32 rounding of the reductions.
 WEIGHT_TOLERANCE = 1e-5
 LOSS_TOLERANCE = 2e-4
-FSDP_MODALITIES = tuple(os.environ.get("MMALIGN_TEST_FSDP_MODALITIES", "text,text-lora,vlm,diffusion").split(","))
+# text without LoRA: test_fsdp_resume_is_bitwise_... compares its FSDP run with one process
+FSDP_MODALITIES = tuple(os.environ.get("MMALIGN_TEST_FSDP_MODALITIES", "text-lora,vlm,diffusion").split(","))
 LORA = {"r": 4, "alpha": 8, "target_modules": "all-linear"}
 
 
@@ -109,6 +110,13 @@ def test_fsdp_resume_is_bitwise_and_a_sharded_checkpoint_resumes_without_fsdp(tm
     proc = run(fsdp_command(whole_config))
     assert proc.returncode == 0, proc.stderr[-3000:]
     whole = tmp_path / "whole" / "run"
+    # the same global batch in one process: the same weights and losses
+    single, _ = short_config("text", tmp_path, "single", gradient_accumulation_steps=2)
+    assert run(train_command(single)).returncode == 0
+    assert max_difference(weights(whole / "final"), weights(tmp_path / "single" / "run" / "final")) <= WEIGHT_TOLERANCE
+    assert [r["loss"] for r in rows(tmp_path / "single" / "run")] == \
+        pytest.approx([r["loss"] for r in rows(whole)], abs=LOSS_TOLERANCE)
+    load_with_card(whole / "final")
 
     cut_config, cut_cfg = short_config("text", tmp_path, "cut")
     cut = tmp_path / "cut" / "run"

@@ -155,3 +155,22 @@ def test_algorithms_that_need_a_greedy_response_or_a_critic_are_refused_for_diff
     with pytest.raises(ConfigError, match=f"needs a {need}") as caught:
         mmalign.train(cfg, log=lambda *a: None)
     assert caught.value.exit_code == 2 and not (tmp_path / "run").exists()
+
+
+def test_a_diffusion_run_is_evaluated_on_held_out_prompts_as_it_samples(tmp_path):
+    """online_rewards on the diffusion plugin: images drawn with the run's DDIM options, scored by
+    the run's scorers, with the per-step KL to the reference; token options are refused."""
+    cfg = diffusion_config(tmp_path, steps=2)
+    cfg["loss"]["beta"] = 0.1
+    cfg["data"]["eval"] = cfg["data"]["train"]
+    cfg["train"]["eval_every"] = 1
+    cfg["eval"] = {"evaluators": ["online_rewards"], "batch_size": 2}
+    history = mmalign.train(cfg, log=lambda *a: None).history
+    for row in history:
+        assert 0.0 <= row["eval/rewards/brightness"] <= 1.0 and "eval/completions/mean_length" not in row
+        assert math.isfinite(row["eval/kl"])
+    assert history[0]["eval/kl"] != history[1]["eval/kl"]  # the policy moved between the evaluations
+    cfg["eval"]["options"] = {"online_rewards": {"max_new_tokens": 8}}
+    cfg["output_dir"] = str(tmp_path / "other")
+    with pytest.raises(ConfigError, match="online_rewards.max_new_tokens: the 'diffusion' plugin"):
+        mmalign.train(cfg, log=lambda *a: None)
