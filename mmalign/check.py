@@ -52,10 +52,13 @@ def read_data(cfg: Config) -> list[str]:
         if is_url(path):  # mmalign check downloads nothing
             lines.append(f"  {key}: {path} is a hub dataset, not read (check downloads nothing)")
             continue
-        records = read_records(path, cfg.data.format, key, cfg.data.columns)
-        _, report = prepare_examples(checker, records, paired=paired, strict=cfg.data.strict,
-                                     path=path, duplicates=cfg.data.duplicates,
-                                     allow_outside=cfg.data.allow_outside_paths)
+        if key == "data.train" and cfg.data.streaming:
+            report = check_stream(cfg, checker, paired, path)
+        else:
+            records = read_records(path, cfg.data.format, key, cfg.data.columns)
+            _, report = prepare_examples(checker, records, paired=paired, strict=cfg.data.strict,
+                                         path=path, duplicates=cfg.data.duplicates,
+                                         allow_outside=cfg.data.allow_outside_paths)
         used[key] = report.used
         skipped = sum((report.skipped or {}).values())
         lines.append(f"  {key}: {report.read} records read from {path}, {report.used} usable"
@@ -66,6 +69,24 @@ def read_data(cfg: Config) -> list[str]:
                         f"({used.get('data.train', 0)} records), leaving none to train on. Lower "
                         f"data.eval_size or set data.eval to a separate file.")
     return lines
+
+
+def check_stream(cfg: Config, checker, paired: bool, path: str):
+    """A streamed data.train, one record at a time (none kept): its DataReport, or the DataError
+    naming every bad record."""
+    from mmalign.data import DataReport, bad_records_error, stream_records
+    from mmalign.streaming import prepare_record
+
+    report, problems = DataReport(path, skipped={}), []
+    for record in stream_records(path, cfg.data.format, "data.train", cfg.data.columns).open():
+        try:
+            prepare_record(checker, record, paired=paired, strict=cfg.data.strict,
+                           allow_outside=cfg.data.allow_outside_paths, report=report)
+        except DataError as e:
+            problems.append(str(e))
+    if problems:
+        raise bad_records_error(path, problems)
+    return report
 
 
 def summary(cfg: Config, where: str) -> str:

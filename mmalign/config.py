@@ -70,6 +70,9 @@ class DataConfig:
     eval_size: int = 0  # hold out this many training records for eval when data.eval is unset
     # {record key: column}: rename the columns of a data set that names them otherwise (every reader)
     columns: Optional[dict] = None
+    # read data.train as training reaches it, for sets that do not fit in memory (mmalign/streaming.py)
+    streaming: bool = False
+    shuffle_buffer: int = 1000  # records a streamed pass is shuffled through
     options: Any = field(default_factory=NoDataOptions, metadata={"internal": True})
 
 

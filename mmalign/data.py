@@ -81,7 +81,7 @@ def _scheme_reader(reg, path: str, key: str):
     """The reader registered for the scheme ``path`` starts with (``schemes=("hf://",)``)."""
     for entry in reversed(list(reg.entries["datasets"].values())):
         if any(path.startswith(s) for s in entry.meta.get("schemes", ())):
-            return entry.obj
+            return entry
     known = [f"{s}org/name" for e in reg.entries["datasets"].values() for s in e.meta.get("schemes", ())]
     ids = f", or a dataset id as {' or '.join(known)}" if known else ""
     raise DataError(f"'{path}' (from '{key}') is a URL, and nothing is downloaded from it: give a "
@@ -93,13 +93,34 @@ def read_records(path: str | None, fmt: str, key: str, columns: dict | None = No
     directory's layout, or by a URL's scheme). Records the reader could not read come back with
     ``problem`` set: pass the list to prepare_examples. ``columns`` is data.columns (see
     :func:`rename_columns`)."""
+    entry, source = reader_entry(path, fmt, key)
+    return _checked(_read(entry.obj, source, path, fmt, key), path, key, columns)
+
+
+def stream_records(path: str | None, fmt: str, key: str, columns: dict | None = None):
+    """``path`` as a :class:`mmalign.streaming.RecordStream` (``data.streaming``), from the
+    ``stream`` function its reader registered; ``columns`` renamed as each record is read."""
+    from mmalign.streaming import RecordStream
+
+    entry, source = reader_entry(path, fmt, key)
+    stream = entry.meta.get("stream")
+    if stream is None:
+        raise ConfigError(f"data.streaming: the '{entry.name}' reader of '{path}' (from '{key}') reads whole "
+                          f"files only. Convert the data to JSONL or Parquet, or set data.streaming: false.")
+    opened = _read(stream, source, path, fmt, key)
+    if not columns:
+        return opened
+    return RecordStream(lambda: (rename_columns([r], columns)[0] for r in opened.open()), opened.count)
+
+
+def reader_entry(path: str | None, fmt: str, key: str):
+    """(the registry entry of the reader for ``path``, what to pass it: a Path, or a URL as written)."""
     from mmalign.plugins import registry
 
     if path is None:
         raise DataError(f"No data file: set '{key}' in the config to a data file (e.g. a .jsonl).")
     if is_url(path):  # a reader that claims the scheme gets the string as written
-        return _checked(_read(_scheme_reader(registry(), str(path), key), str(path), path, fmt, key),
-                        path, key, columns)
+        return _scheme_reader(registry(), str(path), key), str(path)
     p = Path(path)
     if not p.exists():
         raise DataError(f"Data file '{path}' (from '{key}') does not exist. Check the path; "
@@ -117,8 +138,7 @@ def read_records(path: str | None, fmt: str, key: str, columns: dict | None = No
             folder = entry.meta.get("folders")  # a directory the reader recognizes by its layout
             if p.is_dir() and folder is not None and folder(p) or \
                     not p.is_dir() and any(p.name.endswith(s) for s in entry.meta.get("suffixes", ())):
-                reader = entry.obj
-                break
+                return entry, p
         else:
             if p.is_dir():
                 raise DataError(f"Data path '{path}' (from '{key}') is a directory that no format "
@@ -126,12 +146,10 @@ def read_records(path: str | None, fmt: str, key: str, columns: dict | None = No
                                 f"dataset folder (e.g. one written by datasets' save_to_disk).")
             raise DataError(f"Cannot tell the format of '{path}' from its name. Set data.format to "
                             f"one of: {', '.join(reg.names('datasets'))}.")
-    else:
-        reader = reg.get("datasets", fmt, "data.format")
-    return _checked(_read(reader, p, path, fmt, key), path, key, columns)
+    return reg.entry("datasets", fmt, "data.format"), p
 
 
-def _read(reader, source, path, fmt: str, key: str) -> list[Record]:
+def _read(reader, source, path, fmt: str, key: str):
     """``reader(source)``, every failure but the reader's own DataError turned into one."""
     p = Path(path)
     try:
@@ -192,27 +210,36 @@ class DataReport:
     def skip(self, reason: str, where: str) -> None:
         self.skipped = self.skipped if self.skipped is not None else {}
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
-        self.skipped_at.setdefault(reason, []).append(where)
+        _keep_place(self.skipped_at, reason, where)
 
     def note(self, reason: str, where: str) -> None:
         self.notes[reason] = self.notes.get(reason, 0) + 1
-        self.noted_at.setdefault(reason, []).append(where)
+        _keep_place(self.noted_at, reason, where)
 
-    def _places(self, wheres: list[str], shown: int = 5) -> str:
+    def _places(self, wheres: list[str], count: int) -> str:
         prefix = f"{self.path}:"
-        short = [w.removeprefix(prefix) for w in wheres[:shown]]
+        short = [w.removeprefix(prefix) for w in wheres[:PLACES]]
         label = "lines " if all(s.isdigit() for s in short) else "at "
-        more = f", ... (+{len(wheres) - shown})" if len(wheres) > shown else ""
+        more = f", ... (+{count - len(short)})" if count > len(short) else ""
         return f" ({label}{', '.join(short)}{more})"
 
     def table(self) -> str:
         n_skipped = sum((self.skipped or {}).values())
         lines = [f"data {self.path}: {self.read} read, {self.used} used, {n_skipped} skipped"]
         for reason, count in sorted((self.skipped or {}).items()):
-            lines.append(f"  skipped {count:>6}  {reason}{self._places(self.skipped_at.get(reason, []))}")
+            lines.append(f"  skipped {count:>6}  {reason}{self._places(self.skipped_at.get(reason, []), count)}")
         for reason, count in sorted(self.notes.items()):
-            lines.append(f"  note    {count:>6}  {reason}{self._places(self.noted_at.get(reason, []))}")
+            lines.append(f"  note    {count:>6}  {reason}{self._places(self.noted_at.get(reason, []), count)}")
         return "\n".join(lines)
+
+
+PLACES = 5  # places of a reason kept and shown in the data report (a streamed run reads millions)
+
+
+def _keep_place(places: dict, reason: str, where: str) -> None:
+    kept = places.setdefault(reason, [])
+    if len(kept) < PLACES:
+        kept.append(where)
 
 
 DUPLICATE = "duplicate of an earlier record (same fields)"

@@ -95,18 +95,22 @@ def build_run(cfg: Config, *, resume: Any, log: Callable, overwrite: bool, clean
     set_seed(cfg.seed)
     plugin = reg.get("rewards", cfg.model.reward, "model.reward")(cfg.model, cfg.data)
     algorithm, objective = bind_objective(cfg, reg, plugin)
-    if algorithm is None:
-        train_examples, eval_examples, reports = load_data(cfg, plugin, objective.spec.paired, main_log)
-        content = plugin.content_fingerprint(train_examples)
-    else:  # the prompts the policy answers; the plugin reads each record's context when it samples
-        train_examples, reports, content = prompt_records(cfg, cfg.data.train, "data.train"), [], ""
-        eval_examples = prompt_records(cfg, cfg.data.eval, "data.eval") if cfg.data.eval else []
-        main_log(f"{cfg.data.train}: {len(train_examples)} records read, each a prompt for {cfg.algorithm.name}")
-    identity = new_identity(cfg, content)  # what must match for --resume
-    stream = BatchStream(train_examples, cfg.train.batch_size, cfg.train.gradient_accumulation_steps,
-                         accelerator.num_processes, accelerator.process_index, cfg.seed,
-                         torch.Generator().manual_seed(cfg.seed * 1009))
-    check_enough_data(cfg, stream, len(eval_examples))
+    layout = (cfg.train.batch_size, cfg.train.gradient_accumulation_steps, accelerator.num_processes,
+              accelerator.process_index, cfg.seed, torch.Generator().manual_seed(cfg.seed * 1009))
+    if cfg.data.streaming:  # read as training reaches it; only data.train's hash identifies the data
+        stream, eval_examples, reports = streamed_data(cfg, plugin, objective.spec.paired, layout, main_log)
+        identity = new_identity(cfg)
+    else:
+        if algorithm is None:
+            train_examples, eval_examples, reports = load_data(cfg, plugin, objective.spec.paired, main_log)
+            content = plugin.content_fingerprint(train_examples)
+        else:  # the prompts the policy answers; the plugin reads each record's context when it samples
+            train_examples, reports, content = prompt_records(cfg, cfg.data.train, "data.train"), [], ""
+            eval_examples = prompt_records(cfg, cfg.data.eval, "data.eval") if cfg.data.eval else []
+            main_log(f"{cfg.data.train}: {len(train_examples)} records read, each a prompt for {cfg.algorithm.name}")
+        identity = new_identity(cfg, content)  # what must match for --resume
+        stream = BatchStream(train_examples, *layout)
+        check_enough_data(cfg, stream, len(eval_examples))
     out = Path(cfg.output_dir)  # bad data was refused above, before --overwrite moves a run aside
     claim_output_dir(out, is_main=accelerator.is_main_process, fresh=not resume, overwrite=overwrite,
                      cleanup=cleanup, vote=lambda failed: any_process(accelerator, failed)[0], log=log)
@@ -166,23 +170,48 @@ def source_context(cfg: Config, reg: Any, plugin: Any, accelerator: Any, policy:
                          autocast=accelerator.autocast, prepare_model=accelerator.prepare_model)
 
 
+def prepare_file(cfg: Config, plugin: Any, paired: bool, path: str, key: str, log: Callable) -> tuple[list, Any]:
+    """(the examples of the data file at ``path``, its data report), logged."""
+    records = read_records(path, cfg.data.format, key, cfg.data.columns)
+    examples, report = prepare_examples(plugin, records, paired=paired, strict=cfg.data.strict, path=path,
+                                        duplicates=cfg.data.duplicates, allow_outside=cfg.data.allow_outside_paths)
+    log(report.table())
+    return examples, report
+
+
 def load_data(cfg: Config, plugin: Any, paired: bool, log: Callable) -> tuple[list, list, list]:
     """(training examples, held-out examples, data reports)."""
-    def prepare(path: str, key: str):
-        records = read_records(path, cfg.data.format, key, cfg.data.columns)
-        examples, report = prepare_examples(plugin, records, paired=paired, strict=cfg.data.strict, path=path,
-                                            duplicates=cfg.data.duplicates,
-                                            allow_outside=cfg.data.allow_outside_paths)
-        log(report.table())
-        return examples, report
-
-    train, report = prepare(cfg.data.train, "data.train")
+    train, report = prepare_file(cfg, plugin, paired, cfg.data.train, "data.train", log)
     if cfg.data.eval:
-        held_out, eval_report = prepare(cfg.data.eval, "data.eval")
+        held_out, eval_report = prepare_file(cfg, plugin, paired, cfg.data.eval, "data.eval", log)
         return train, held_out, [report, eval_report]
     if cfg.data.eval_size:
         return train[:-cfg.data.eval_size], train[-cfg.data.eval_size:], [report]
     return train, [], [report]
+
+
+def streamed_data(cfg: Config, plugin: Any, paired: bool, layout: tuple, log: Callable) -> tuple:
+    """(the StreamingStream of data.train, held-out examples read whole, data reports)."""
+    from functools import partial
+
+    from mmalign.data import DataReport, stream_records
+    from mmalign.streaming import StreamingStream, prepare_record
+
+    records = stream_records(cfg.data.train, cfg.data.format, "data.train", cfg.data.columns)
+    per_step = layout[0] * layout[1] * layout[2]
+    if records.count < per_step:
+        raise DataError(f"{cfg.data.train}: {records.count} records, fewer than one optimizer step needs "
+                        f"({per_step} = batch_size x gradient_accumulation_steps x processes). Add data or "
+                        f"lower train.batch_size.")
+    report = DataReport(cfg.data.train, skipped={})  # filled as training reads (the result's data_reports)
+    prepare = partial(prepare_record, plugin, paired=paired, strict=cfg.data.strict,
+                      allow_outside=cfg.data.allow_outside_paths)
+    stream = StreamingStream(records, prepare, report, *layout, buffer=cfg.data.shuffle_buffer)
+    log(f"data {cfg.data.train}: {records.count} records, streamed (each is checked when training reaches it)")
+    if not cfg.data.eval:
+        return stream, [], [report]
+    held_out, eval_report = prepare_file(cfg, plugin, paired, cfg.data.eval, "data.eval", log)
+    return stream, held_out, [report, eval_report]
 
 
 def check_enough_data(cfg: Config, stream: BatchStream, held_out: int) -> None:

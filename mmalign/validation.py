@@ -31,6 +31,7 @@ INT_RANGES: dict[str, tuple[int, int]] = {
     "seed": (0, 2 ** 32 - 1),  # numpy's seed range (accelerate's set_seed seeds numpy too)
     "model.lora.r": (1, INT64_MAX),
     "data.eval_size": (0, INT64_MAX),
+    "data.shuffle_buffer": (1, INT64_MAX),
     "train.max_steps": (0, INT64_MAX),
     "train.batch_size": (1, INT64_MAX),
     "train.gradient_accumulation_steps": (1, INT64_MAX),
@@ -273,6 +274,10 @@ def _check_cross(cfg: Any, where: str) -> None:
     if data.eval_size and data.eval is not None:
         raise fail(where, "data.eval_size", f"({data.eval_size}) is set together with data.eval; "
                                             f"held-out records come from one of them. Remove one.")
+    if data.streaming:
+        from mmalign.streaming import check_streaming_config
+
+        check_streaming_config(cfg, where)
     if cfg.reference.strategy == "disable_adapters" and model.lora is None:
         raise fail(where, "reference.strategy", "is 'disable_adapters', which needs a LoRA policy: "
                                                 "set model.lora, or use reference.strategy: copy.")

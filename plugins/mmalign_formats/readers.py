@@ -59,6 +59,34 @@ def read_jsonl(path: str | Path) -> list[Record]:
     return _unreadable(path, [r for r in records if r is not None])
 
 
+def stream_jsonl(path: str | Path):
+    """``data.streaming``: read_jsonl's records one line at a time. A line that is not a JSON
+    object is an error when training reaches it (the data report cannot wait for the end)."""
+    from mmalign.streaming import RecordStream
+
+    path = Path(path)
+    with path.open("rb") as f:
+        if f.read(2) in UTF16_BOMS:
+            raise DataError(f"{path}:1: {UTF16}")
+        f.seek(0)
+        count = sum(1 for number, raw in enumerate(f, start=1) if not _blank(number, raw))
+    return RecordStream(lambda: _jsonl_lines(path), count)
+
+
+def _blank(number: int, raw: bytes) -> bool:
+    """A line _jsonl_record ignores (decoded as it decodes, without parsing)."""
+    line = raw.decode("utf-8", errors="replace")
+    return not (line.removeprefix("\ufeff") if number == 1 else line).strip()
+
+
+def _jsonl_lines(path: Path):
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            record = _jsonl_record(path, number, raw)
+            if record is not None:
+                yield record
+
+
 def _json_file_problem(path: Path, text: str, error: Exception) -> str:
     problem = json_problem(error)
     if isinstance(error, json.JSONDecodeError):

@@ -10,7 +10,7 @@ from pathlib import Path
 from mmalign.data import Record
 from mmalign.errors import DataError
 from mmalign_hf_datasets.hub import HUB_SCHEME, read_hub
-from mmalign_hf_datasets.rows import dataset_records, quiet_datasets
+from mmalign_hf_datasets.rows import BATCH_ROWS, arrow_records, dataset_records, quiet_datasets
 
 SAVED_DATASET = ("dataset_info.json", "state.json")  # what Dataset.save_to_disk writes beside the data
 SAVED_SPLITS = "dataset_dict.json"  # what DatasetDict.save_to_disk writes, one folder per split
@@ -78,3 +78,36 @@ def read_hf(path: str | Path) -> list[Record]:
                         f"file's format.")
     with quiet_datasets():
         return dataset_records(_saved_split(path), str(path), path.parent)
+
+
+def stream_parquet(path: Path):
+    """``data.streaming``: the row groups of a Parquet file, read BATCH_ROWS rows at a time."""
+    import pyarrow.parquet as pq
+
+    from mmalign.streaming import RecordStream
+
+    path = Path(path)
+
+    def rows():
+        with pq.ParquetFile(path) as parquet:
+            yield from arrow_records(parquet.iter_batches(batch_size=BATCH_ROWS), str(path), path.parent)
+
+    with pq.ParquetFile(path) as parquet:
+        return RecordStream(rows, parquet.metadata.num_rows)
+
+
+def stream_hf(path: str | Path):
+    """``data.streaming`` of a ``save_to_disk`` folder: its memory-mapped Arrow rows, BATCH_ROWS at
+    a time. A hub id is not streamed (yet): save it to disk first."""
+    from mmalign.errors import ConfigError
+    from mmalign.streaming import RecordStream
+
+    if isinstance(path, str) and path.startswith(HUB_SCHEME):
+        raise ConfigError(f"data.streaming: '{path}' is a hub dataset, which mmalign does not stream yet. "
+                          f"Save it with datasets' save_to_disk (or as Parquet) and point data.train there, "
+                          f"or set data.streaming: false.")
+    path = Path(path)
+    with quiet_datasets():
+        dataset = _saved_split(path)
+    return RecordStream(lambda: arrow_records(dataset.with_format("arrow").iter(batch_size=BATCH_ROWS),
+                                              str(path), path.parent), len(dataset))

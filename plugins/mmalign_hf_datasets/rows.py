@@ -26,12 +26,17 @@ def image_value(value: Any) -> Any:
 
 def dataset_records(dataset, label: str, root: Path) -> list[Record]:
     """Every row of ``dataset`` as a Record (``root``: where paths inside the rows resolve)."""
-    records = []
-    for batch in dataset.with_format("arrow").iter(batch_size=BATCH_ROWS):
+    return list(arrow_records(dataset.with_format("arrow").iter(batch_size=BATCH_ROWS), label, root))
+
+
+def arrow_records(batches: Iterator, label: str, root: Path) -> Iterator[Record]:
+    """The rows of Arrow record batches (or tables) as Records, ``LABEL:row N`` counted from 1;
+    one batch in Python at a time."""
+    number = 0
+    for batch in batches:
         for row in batch.to_pylist():
-            where = f"{label}:row {len(records) + 1}"
-            records.append(Record({k: image_value(v) for k, v in row.items()}, where, root))
-    return records
+            number += 1
+            yield Record({k: image_value(v) for k, v in row.items()}, f"{label}:row {number}", root)
 
 
 @contextlib.contextmanager
