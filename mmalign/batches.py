@@ -12,10 +12,12 @@ randomness does not depend on how many processes share it. A plugin that declare
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator, Optional
 
 import torch
 from torch import Tensor
+
+from mmalign import prefetch
 
 
 @dataclass
@@ -53,7 +55,10 @@ class BatchStream:
     rank: int
     seed: int
     generator: torch.Generator  # every process holds the same one
+    prefetch: int = 0  # micro-batches collated ahead by a thread (data.prefetch; mmalign/prefetch.py)
     consumed: int = 0  # examples taken so far, all processes together
+    _batches: Optional[Iterator] = field(default=None, repr=False)  # collated batches from ``_at`` on
+    _at: int = field(default=-1, repr=False)
 
     @property
     def per_epoch(self) -> int:
@@ -69,6 +74,10 @@ class BatchStream:
     def next_batch(self, plugin: Any, device: torch.device) -> Batch:
         return next_batch(self, plugin, device)
 
+    def producer(self, plugin: Any) -> tuple:
+        """(produce, its arguments before the position and generator): see :func:`collated`."""
+        return collated, self.examples, (self.batch_size, self.world, self.rank, self.seed, self.per_epoch), plugin
+
     @property
     def at_boundary(self) -> bool:
         """Whether a checkpoint written now resumes exactly: the source holds nothing in flight."""
@@ -83,21 +92,50 @@ class BatchStream:
         """Restore what :meth:`source_state` returned."""
 
 
-def next_slices(stream: BatchStream) -> list[Tensor]:
-    """The positions of every process's next micro-batch, in rank order."""
-    epoch, pos = divmod(stream.consumed, stream.per_epoch)
-    order = torch.randperm(len(stream.examples), generator=torch.Generator().manual_seed(stream.seed + epoch))
+def next_batch(stream: Any, plugin: Any, device: torch.device) -> Batch:
+    """This process's next micro-batch of an offline stream, collated (in place, or ahead by a
+    thread), moved to ``device`` and encoded."""
+    if stream._batches is None or stream._at != stream.consumed:  # the first batch, or a resumed run
+        stream._batches = prefetch.start(stream, *stream.producer(plugin))
+    data, index = prefetch.take(stream, stream._batches)
+    stream._at = stream.consumed
+    return Batch(plugin.encode(plugin.to_device(data, device)), index)
+
+
+def collated(examples: list, layout: tuple, plugin: Any, consumed: int, generator: torch.Generator) -> Iterator:
+    """(data, index, position after, generator state after) of this process's micro-batches from
+    ``consumed`` on. ``layout``: (batch_size, world, rank, seed, per_epoch)."""
+    batch_size, world, rank, seed, per_epoch = layout
+    while True:
+        slices = slices_at(len(examples), batch_size, world, seed, per_epoch, consumed)
+        consumed += batch_size * world
+        yield collate_slices(plugin, [[examples[i] for i in s.tolist()] for s in slices], rank, generator), \
+            slices[rank], consumed, generator.get_state()
+
+
+def slices_at(n: int, batch_size: int, world: int, seed: int, per_epoch: int, consumed: int) -> list[Tensor]:
+    """The positions of every process's micro-batch at data position ``consumed``, in rank order:
+    the epoch's permutation of the ``n`` examples (seeded by seed + epoch), sliced."""
+    epoch, pos = divmod(consumed, per_epoch)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
+    return [order[pos + r * batch_size:pos + (r + 1) * batch_size] for r in range(world)]
+
+
+def next_slices(stream: Any) -> list[Tensor]:
+    """The positions of every process's next micro-batch, in rank order; the stream moves past them."""
+    slices = slices_at(len(stream.examples), stream.batch_size, stream.world, stream.seed, stream.per_epoch,
+                       stream.consumed)
     stream.consumed += stream.batch_size * stream.world
-    return [order[pos + r * stream.batch_size:pos + (r + 1) * stream.batch_size] for r in range(stream.world)]
+    return slices
 
 
-def next_batch(stream: BatchStream, plugin: Any, device: torch.device) -> Batch:
-    """This process's next micro-batch, collated, moved to ``device`` and encoded."""
-    slices = next_slices(stream)
+def collate_slices(plugin: Any, chunks: list[list], rank: int, generator: torch.Generator) -> Any:
+    """This process's chunk collated; the other ranks' chunks collated only to advance the
+    generator past their draws (none when the plugin's collate draws nothing)."""
     data = None
-    for rank, index in enumerate(slices):
-        if rank == stream.rank:
-            data = plugin.collate([stream.examples[i] for i in index.tolist()], stream.generator)
-        elif not plugin.deterministic_collate:  # only to advance the generator past that rank's draws
-            plugin.collate([stream.examples[i] for i in index.tolist()], stream.generator)
-    return Batch(plugin.encode(plugin.to_device(data, device)), slices[stream.rank])
+    for r, chunk in enumerate(chunks):
+        if r == rank:
+            data = plugin.collate(chunk, generator)
+        elif not plugin.deterministic_collate:
+            plugin.collate(chunk, generator)
+    return data

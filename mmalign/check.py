@@ -74,8 +74,8 @@ def read_data(cfg: Config) -> list[str]:
 def check_stream(cfg: Config, checker, paired: bool, path: str):
     """A streamed data.train, one record at a time (none kept): its DataReport, or the DataError
     naming every bad record."""
-    from mmalign.data import DataReport, bad_records_error, stream_records
-    from mmalign.streaming import prepare_record
+    from mmalign.data import DataReport, bad_records_error
+    from mmalign.streaming import prepare_record, stream_records
 
     report, problems = DataReport(path, skipped={}), []
     for record in stream_records(path, cfg.data.format, "data.train", cfg.data.columns).open():

@@ -73,6 +73,7 @@ class DataConfig:
     # read data.train as training reaches it, for sets that do not fit in memory (mmalign/streaming.py)
     streaming: bool = False
     shuffle_buffer: int = 1000  # records a streamed pass is shuffled through
+    prefetch: int = 0  # micro-batches collated ahead by a background thread (mmalign/prefetch.py); 0: off
     options: Any = field(default_factory=NoDataOptions, metadata={"internal": True})
 
 

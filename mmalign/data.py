@@ -94,23 +94,7 @@ def read_records(path: str | None, fmt: str, key: str, columns: dict | None = No
     ``problem`` set: pass the list to prepare_examples. ``columns`` is data.columns (see
     :func:`rename_columns`)."""
     entry, source = reader_entry(path, fmt, key)
-    return _checked(_read(entry.obj, source, path, fmt, key), path, key, columns)
-
-
-def stream_records(path: str | None, fmt: str, key: str, columns: dict | None = None):
-    """``path`` as a :class:`mmalign.streaming.RecordStream` (``data.streaming``), from the
-    ``stream`` function its reader registered; ``columns`` renamed as each record is read."""
-    from mmalign.streaming import RecordStream
-
-    entry, source = reader_entry(path, fmt, key)
-    stream = entry.meta.get("stream")
-    if stream is None:
-        raise ConfigError(f"data.streaming: the '{entry.name}' reader of '{path}' (from '{key}') reads whole "
-                          f"files only. Convert the data to JSONL or Parquet, or set data.streaming: false.")
-    opened = _read(stream, source, path, fmt, key)
-    if not columns:
-        return opened
-    return RecordStream(lambda: (rename_columns([r], columns)[0] for r in opened.open()), opened.count)
+    return _checked(run_reader(entry.obj, source, path, fmt, key), path, key, columns)
 
 
 def reader_entry(path: str | None, fmt: str, key: str):
@@ -149,7 +133,7 @@ def reader_entry(path: str | None, fmt: str, key: str):
     return reg.entry("datasets", fmt, "data.format"), p
 
 
-def _read(reader, source, path, fmt: str, key: str):
+def run_reader(reader, source, path, fmt: str, key: str):
     """``reader(source)``, every failure but the reader's own DataError turned into one."""
     p = Path(path)
     try:

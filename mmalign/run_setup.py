@@ -96,7 +96,8 @@ def build_run(cfg: Config, *, resume: Any, log: Callable, overwrite: bool, clean
     plugin = reg.get("rewards", cfg.model.reward, "model.reward")(cfg.model, cfg.data)
     algorithm, objective = bind_objective(cfg, reg, plugin)
     layout = (cfg.train.batch_size, cfg.train.gradient_accumulation_steps, accelerator.num_processes,
-              accelerator.process_index, cfg.seed, torch.Generator().manual_seed(cfg.seed * 1009))
+              accelerator.process_index, cfg.seed, torch.Generator().manual_seed(cfg.seed * 1009),
+              cfg.data.prefetch)
     if cfg.data.streaming:  # read as training reaches it; only data.train's hash identifies the data
         stream, eval_examples, reports = streamed_data(cfg, plugin, objective.spec.paired, layout, main_log)
         identity = new_identity(cfg)
@@ -194,8 +195,8 @@ def streamed_data(cfg: Config, plugin: Any, paired: bool, layout: tuple, log: Ca
     """(the StreamingStream of data.train, held-out examples read whole, data reports)."""
     from functools import partial
 
-    from mmalign.data import DataReport, stream_records
-    from mmalign.streaming import StreamingStream, prepare_record
+    from mmalign.data import DataReport
+    from mmalign.streaming import StreamingStream, prepare_record, stream_records
 
     records = stream_records(cfg.data.train, cfg.data.format, "data.train", cfg.data.columns)
     per_step = layout[0] * layout[1] * layout[2]

@@ -29,9 +29,9 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 from torch import Tensor
 
-from mmalign.batches import Batch
-from mmalign.data import DataReport, Record
-from mmalign.errors import DataError, SkipRecord
+from mmalign.batches import Batch, collate_slices, next_batch
+from mmalign.data import DataReport, Record, reader_entry, rename_columns, run_reader
+from mmalign.errors import ConfigError, DataError, SkipRecord
 
 
 @dataclass
@@ -40,6 +40,20 @@ class RecordStream:
 
     open: Callable[[], Iterator[Record]]
     count: int  # records in one pass (blank JSONL lines not counted)
+
+
+def stream_records(path: str | None, fmt: str, key: str, columns: dict | None = None) -> RecordStream:
+    """``path`` as a :class:`RecordStream` (``data.streaming``), from the
+    ``stream`` function its reader registered; ``columns`` renamed as each record is read."""
+    entry, source = reader_entry(path, fmt, key)
+    stream = entry.meta.get("stream")
+    if stream is None:
+        raise ConfigError(f"data.streaming: the '{entry.name}' reader of '{path}' (from '{key}') reads whole "
+                          f"files only. Convert the data to JSONL or Parquet, or set data.streaming: false.")
+    opened = run_reader(stream, source, path, fmt, key)
+    if not columns:
+        return opened
+    return RecordStream(lambda: (rename_columns([r], columns)[0] for r in opened.open()), opened.count)
 
 
 def shuffled(records: Iterator[Record], size: int, generator: torch.Generator) -> Iterator[Record]:
@@ -84,7 +98,7 @@ def prepare_record(reward: Any, record: Record, *, paired: bool, strict: bool, a
 @dataclass
 class StreamingStream:
     """The offline batch source over a streamed data set (see the module docstring); the same
-    members as :class:`mmalign.batches.BatchStream`."""
+    members as :class:`mmalign.batches.BatchStream`, whose ``next_batch`` it shares."""
 
     records: RecordStream
     prepare: Callable[..., Optional[Any]]  # prepare_record bound to the plugin and data keys
@@ -95,10 +109,11 @@ class StreamingStream:
     rank: int
     seed: int
     generator: torch.Generator
-    buffer: int  # data.shuffle_buffer
+    prefetch: int = 0  # micro-batches collated ahead by a thread (mmalign/prefetch.py)
+    buffer: int = 1000  # data.shuffle_buffer
     consumed: int = 0  # records taken, all processes together (skipped ones included)
-    _order: Optional[Iterator[Record]] = field(default=None, repr=False)
-    _at: int = field(default=-1, repr=False)  # the position _order stands at
+    _batches: Optional[Iterator] = field(default=None, repr=False)
+    _at: int = field(default=-1, repr=False)
 
     @property
     def per_epoch(self) -> int:
@@ -119,46 +134,53 @@ class StreamingStream:
         pass
 
     def next_batch(self, plugin: Any, device: torch.device) -> Batch:
-        """This process's next micro-batch: the next batch_size x processes usable records."""
-        examples = [self._next_example() for _ in range(self.batch_size * self.world)]
-        data = None
-        for rank in range(self.world):
-            chunk = examples[rank * self.batch_size:(rank + 1) * self.batch_size]
-            if rank == self.rank:
-                data = plugin.collate(chunk, self.generator)
-            elif not plugin.deterministic_collate:  # only to advance the generator past that rank's draws
-                plugin.collate(chunk, self.generator)
-        return Batch(plugin.encode(plugin.to_device(data, device)))
+        return next_batch(self, plugin, device)
 
-    def _next_example(self) -> Any:
-        for _ in range(self.records.count):
-            example = self.prepare(self._next_record(), report=self.report)
-            if example is not None:
-                return example
-        raise DataError(f"data.train: {self.records.count} records in a row were skipped, as many as a pass "
-                        f"holds: nothing in the data is usable.\n{self.report.table()}")
+    def producer(self, plugin: Any) -> tuple:
+        """(produce, its arguments before the position and generator): see :func:`streamed_batches`."""
+        read = (self.records, self.buffer, self.seed, self.prepare, self.report)
+        return streamed_batches, read, (self.batch_size, self.world, self.rank), plugin
 
-    def _next_record(self) -> Record:
-        if self._order is None or self._at != self.consumed:  # the first batch, or a resumed run
-            self._seek(self.consumed)
-        record = next(self._order, None)
-        if record is None:
-            if self.consumed % self.records.count:
-                raise DataError(f"data.train: a pass over the data ended after {self.consumed % self.records.count} "
-                                f"records, but it held {self.records.count} when training started: the data "
-                                f"changed during the run. Restore it, or start a new run.")
-            self._seek(self.consumed)  # the next pass
-            record = next(self._order)
-        self.consumed += 1
-        self._at = self.consumed
-        return record
 
-    def _seek(self, position: int) -> None:
-        """Stand at ``position``: its pass, shuffled, with the records before it passed over."""
-        passes, offset = divmod(position, self.records.count)
-        order = shuffled(self.records.open(), self.buffer, torch.Generator().manual_seed(self.seed + passes))
-        self._order = itertools.islice(order, offset, None)
-        self._at = position
+def streamed_batches(read: tuple, layout: tuple, plugin: Any, consumed: int, generator: torch.Generator) -> Iterator:
+    """(data, None, position after, generator state after) of this process's micro-batches: each
+    the next batch_size x processes usable records from ``consumed`` on, its own slice collated.
+    ``read``: (records, buffer, seed, prepare, report); ``layout``: (batch_size, world, rank)."""
+    records, report = read[0], read[4]
+    batch_size, world, rank = layout
+    taken = prepared(*read[:4], report, consumed)
+    while True:
+        examples = []
+        while len(examples) < batch_size * world:
+            skipped = 0
+            position, example = next(taken)
+            while example is None:
+                skipped += 1
+                if skipped >= records.count:
+                    raise DataError(f"data.train: {records.count} records in a row were skipped, as many as a "
+                                    f"pass holds: nothing in the data is usable.\n{report.table()}")
+                position, example = next(taken)
+            examples.append(example)
+        chunks = [examples[r * batch_size:(r + 1) * batch_size] for r in range(world)]
+        yield collate_slices(plugin, chunks, rank, generator), None, position, generator.get_state()
+
+
+def prepared(records: RecordStream, buffer: int, seed: int, prepare: Callable, report: DataReport,
+             position: int) -> Iterator[tuple[int, Optional[Any]]]:
+    """(position after, the example or None for a skipped record) of every record from
+    ``position`` on, pass after pass: each pass shuffled, the records before ``position`` passed
+    over unprepared."""
+    passes, offset = divmod(position, records.count)
+    while True:
+        order = shuffled(records.open(), buffer, torch.Generator().manual_seed(seed + passes))
+        for record in itertools.islice(order, offset, None):
+            position += 1
+            yield position, prepare(record, report=report)
+        if position != (passes + 1) * records.count:
+            raise DataError(f"data.train: a pass over the data ended after {position - passes * records.count} "
+                            f"records, but it held {records.count} when training started: the data changed "
+                            f"during the run. Restore it, or start a new run.")
+        passes, offset = passes + 1, 0
 
 
 def check_streaming_config(cfg: Any, where: str) -> None:

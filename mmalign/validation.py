@@ -32,6 +32,7 @@ INT_RANGES: dict[str, tuple[int, int]] = {
     "model.lora.r": (1, INT64_MAX),
     "data.eval_size": (0, INT64_MAX),
     "data.shuffle_buffer": (1, INT64_MAX),
+    "data.prefetch": (0, INT64_MAX),
     "train.max_steps": (0, INT64_MAX),
     "train.batch_size": (1, INT64_MAX),
     "train.gradient_accumulation_steps": (1, INT64_MAX),
