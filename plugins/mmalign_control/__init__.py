@@ -3,7 +3,8 @@ Hejna et al. 2023) for policies on observations and actions.
 
 Registered through the ``mmalign`` entry-point group like any third-party plugin: the reward
 ``control`` (MLP policies with a tanh-squashed Gaussian or a categorical head; the score of a
-segment is sum_t log pi(a_t | s_t)), the record format ``npz``, the evaluator ``control_return``
+segment is sum_t log pi(a_t | s_t)), the record formats ``npz`` and ``minari`` (segments cut from a
+local Minari dataset), the evaluator ``control_return``
 (gymnasium rollouts of the mean action) and the demo ``control`` (CPL against behaviour cloning on
 Pendulum-v1). The ``cpl`` loss itself lives with the other losses (mmalign_losses). See
 docs/control.md.
@@ -22,9 +23,11 @@ def mmalign_register_rewards(register):
 
 @hookimpl
 def mmalign_register_datasets(register):
+    from mmalign_control.minari_data import SCHEME, read_minari
     from mmalign_control.npz import read_npz
 
     register("npz", read_npz, suffixes=(".npz",))
+    register("minari", read_minari, schemes=(SCHEME,))  # local Minari datasets: minari://ID?pairs=N
 
 
 @hookimpl
