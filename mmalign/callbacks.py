@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 # config keys that add a built-in callback to those train.callbacks names: (key, callback name)
-IMPLIED = (("train.report_to", "trackers"), ("train.push_to_hub", "push_to_hub"))
+IMPLIED = (("train.report_to", "trackers"), ("train.push_to_hub", "push_to_hub"), ("eval.samples", "samples"))
 
 
 class Callback:
@@ -21,13 +21,18 @@ class Callback:
     def on_eval(self, step: int, metrics: dict) -> None:
         """The evaluators ran; ``metrics`` holds their ``eval/...`` values."""
 
+    def on_samples(self, step: int, samples: list[dict]) -> None:
+        """The policy answered eval.samples prompts: [{"prompt", "response" (text or a PIL image),
+        "where"}] (mmalign/eval_samples.py)."""
+
     def on_train_end(self, history: list[dict]) -> None:
         """Training finished (``final/`` is written); ``history`` holds every row."""
 
 
 def build_callbacks(cfg: Any, reg: Any, out: Path, accelerator: Any) -> list[Callback]:
     """The run's callbacks: those of ``train.callbacks``, then those a key implies (``trackers``
-    for ``train.report_to``, ``push_to_hub`` for ``train.push_to_hub``). Each factory is called as
+    for ``train.report_to``, ``push_to_hub`` for ``train.push_to_hub``, ``samples`` for
+    ``eval.samples``). Each factory is called as
     ``factory(output_dir)``, plus the keywords it declares among ``cfg`` and ``accelerator``."""
     names = [(name, f"train.callbacks[{i}]") for i, name in enumerate(cfg.train.callbacks)]
     for key, name in IMPLIED:

@@ -126,6 +126,7 @@ class EvalConfig:
     batch_size: int = 16
     checkpoint: Optional[str] = None  # model to evaluate; default: output_dir/final if it exists
     options: dict = field(default_factory=dict)  # per evaluator name, e.g. {chair: {max_new_tokens: 32}}
+    samples: int = 0  # at each evaluation, the policy's answers to this many prompts (mmalign/eval_samples.py)
 
 
 @dataclass

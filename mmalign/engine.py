@@ -25,6 +25,7 @@ from torch import Tensor
 
 from mmalign import checkpoint as ckpt
 from mmalign.config import Config, dump_config
+from mmalign.eval_samples import draw_samples
 from mmalign.losses.objective import objective_loss
 from mmalign.model_card import with_model_card
 from mmalign.nonfinite import TrainingError, all_finite, check_before_save, trained
@@ -200,6 +201,9 @@ def record(run: Run, state: RunState, bar) -> None:
             row.update(eval_row)
             for cb in run.callbacks:
                 cb.on_eval(step, eval_row)
+            samples = draw_samples(run) if run.sample_contexts else []
+            for cb in run.callbacks if samples else []:
+                cb.on_samples(step, samples)
         state.window = []
         if run.is_main:
             state.history.append(row)

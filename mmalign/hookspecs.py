@@ -86,11 +86,12 @@ def mmalign_register_callbacks(register: Callable[..., None]) -> None:
 
     Call ``register(name, factory)`` where ``factory(output_dir)`` returns a
     :class:`mmalign.callbacks.Callback` (``on_log(step, metrics)``, ``on_eval(step, metrics)``,
-    ``on_train_end(history)``; each a no-op unless overridden), called on the main process; a
+    ``on_samples(step, samples)``, ``on_train_end(history)``; each a no-op unless overridden), called on the main process; a
     factory that declares ``cfg`` or ``accelerator`` keywords also receives them.
     Built-in: ``plot`` (PNG of loss, reward accuracy and margins), ``trackers`` (every row to
     accelerate's experiment trackers: ``train.report_to``), ``push_to_hub`` (hub: ``final/`` to the
-    Hugging Face Hub after training: ``train.push_to_hub``).
+    Hugging Face Hub after training: ``train.push_to_hub``), ``samples`` (``eval.samples``: the
+    policy's answers at each evaluation to output_dir/samples/).
     """
 
 

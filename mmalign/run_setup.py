@@ -21,6 +21,7 @@ from mmalign.callbacks import build_callbacks
 from mmalign.config import Config
 from mmalign.data import prepare_examples, read_records
 from mmalign.errors import ConfigError, DataError
+from mmalign.eval_samples import sample_contexts
 from mmalign.algorithms import SourceContext, algorithm_loss, build_options
 from mmalign.losses.objective import Objective, check_fits, make_objective
 from mmalign.reference import FrozenCopy, make_reference
@@ -51,6 +52,7 @@ class Run:
     log: Callable[[str], None]  # prints on the main process only
     reports: list = field(default_factory=list)
     callbacks: list = field(default_factory=list)
+    sample_contexts: list = field(default_factory=list)  # eval.samples' prompts (main process; mmalign/eval_samples.py)
 
     @property
     def is_main(self) -> bool:
@@ -88,10 +90,11 @@ def build_run(cfg: Config, *, resume: Any, log: Callable, overwrite: bool, clean
                                              cpu=not torch.cuda.is_available(), log_with=cfg.train.report_to,
                                              project_dir=Path(cfg.output_dir) / "trackers")
     main_log = log if accelerator.is_main_process else _quiet
-    if cfg.algorithm.name and is_sharded(accelerator):
-        raise ConfigError(f"algorithm.name: {cfg.algorithm.name} under FSDP is not supported yet: each process "
-                          f"would decode its own prompts with sharded weights and wait for the others' "
-                          f"gathers. Train online with DDP (configs/accelerate/ddp.yaml); see docs/scale.md.")
+    if (cfg.algorithm.name or cfg.eval.samples) and is_sharded(accelerator):
+        key = "algorithm.name" if cfg.algorithm.name else "eval.samples"
+        raise ConfigError(f"{key}: sampling under FSDP is not supported yet: each process would decode its "
+                          f"own prompts with sharded weights and wait for the others' gathers. Train with DDP "
+                          f"(configs/accelerate/ddp.yaml) or without {key}; see docs/scale.md.")
     set_seed(cfg.seed)
     plugin = reg.get("rewards", cfg.model.reward, "model.reward")(cfg.model, cfg.data)
     algorithm, objective = bind_objective(cfg, reg, plugin)
@@ -128,9 +131,10 @@ def build_run(cfg: Config, *, resume: Any, log: Callable, overwrite: bool, clean
         if not objective.spec.needs_reference:  # only the source scores with it: no pass per micro-step
             reference = None
     callbacks = build_callbacks(cfg, reg, out, accelerator) if accelerator.is_main_process else []
+    contexts = sample_contexts(cfg) if cfg.eval.samples and accelerator.is_main_process else []
     return Run(cfg, accelerator, plugin, objective, policy, accelerator.unwrap_model(policy), optimizer,
                scheduler, reference, stream, eval_examples, out, identity, total_steps, main_log, reports,
-               callbacks)
+               callbacks, contexts)
 
 
 def bind_objective(cfg: Config, reg: Any, plugin: Any) -> tuple[Any, Objective]:

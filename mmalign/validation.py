@@ -42,6 +42,7 @@ INT_RANGES: dict[str, tuple[int, int]] = {
     "train.save_every": (0, INT64_MAX),
     "train.keep_last": (1, INT64_MAX),
     "eval.batch_size": (1, INT64_MAX),
+    "eval.samples": (0, INT64_MAX),
 }
 
 # key -> (test, what the value must be); every number must also be finite

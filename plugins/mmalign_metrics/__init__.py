@@ -1,10 +1,11 @@
 """The built-in metrics plugin (entry point ``metrics`` of the ``mmalign`` group): the
-``reward_accuracy`` evaluator, the ``plot`` and ``trackers`` training callbacks and the small
+``reward_accuracy`` evaluator, the ``plot``, ``trackers`` and ``samples`` training callbacks and the small
 Pillow plots (:mod:`mmalign_metrics.plotting`) that demos, sweeps and benchmarks draw with."""
 
 from mmalign.hookspecs import hookimpl
 from mmalign_metrics.plot_callback import PlotCallback
 from mmalign_metrics.reward_accuracy import reward_accuracy
+from mmalign_metrics.samples import SamplesCallback
 from mmalign_metrics.trackers import TrackerCallback
 
 
@@ -17,6 +18,7 @@ def mmalign_register_evaluators(register):
 def mmalign_register_callbacks(register):
     register("plot", PlotCallback)
     register("trackers", TrackerCallback)  # what train.report_to turns on
+    register("samples", SamplesCallback)  # what eval.samples turns on: output_dir/samples/
 
 
-__all__ = ["PlotCallback", "TrackerCallback", "reward_accuracy"]
+__all__ = ["PlotCallback", "SamplesCallback", "TrackerCallback", "reward_accuracy"]

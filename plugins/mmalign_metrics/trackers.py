@@ -39,6 +39,13 @@ class TrackerCallback(Callback):
             self._start(step)
         self.accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
 
+    def on_samples(self, step: int, samples: list[dict]) -> None:
+        from mmalign_metrics.samples import log_samples
+
+        if not self.started:
+            self._start(step)
+        log_samples(self.accelerator, step, samples)
+
     def on_train_end(self, history: list[dict]) -> None:
         # each tracker's finish(), not accelerator.end_training(): that also destroys the process
         # group, which the other processes still wait on after the callbacks (engine.finish)

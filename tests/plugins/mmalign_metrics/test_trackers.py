@@ -108,11 +108,14 @@ def test_other_trackers_log_offline_where_installed(tmp_path, tokenizer_dir, pai
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
-    cfg = base_config(tmp_path, tokenizer_dir, pairs_file, train={"max_steps": 2, "report_to": [name]})
+    cfg = base_config(tmp_path, tokenizer_dir, pairs_file, train={"max_steps": 2, "report_to": [name], "eval_every": 2},
+                      eval={"samples": 2})  # the policy's answers too (mmalign_metrics/samples.py)
     out = train(cfg, log=lambda *a: None).output_dir
     if name == "wandb":
         runs = list((out / "trackers" / "wandb").glob("offline-run-*/run-*.wandb"))
         assert len(runs) == 1 and runs[0].stat().st_size > 0
+        tables = list((out / "trackers" / "wandb").glob("offline-run-*/files/media/table/samples_*.table.json"))
+        assert len(tables) == 1 and json.loads(tables[0].read_text())["columns"] == ["prompt", "response"]
     else:
         from mlflow.tracking import MlflowClient
 
@@ -120,4 +123,6 @@ def test_other_trackers_log_offline_where_installed(tmp_path, tokenizer_dir, pai
         (run,) = client.search_runs([client.get_experiment_by_name("mmalign").experiment_id])
         assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2]
         assert run.data.params["loss.name"] == "sigmoid" and run.info.run_name == "run"
+        samples = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
+        assert samples == ["samples/step-0000002.jsonl"]
     assert os.environ.get("MLFLOW_TRACKING_URI") is None

@@ -1,0 +1,43 @@
+"""``eval.samples: N``: at every evaluation the policy answers the first N prompts of data.eval
+(data.train when there is none) with the plugin's ``sample``, one response each, drawn with the
+same generator every time (seeded by the run's seed), so that the samples show the policy's change
+and not new noise. Callbacks get them as ``on_samples(step, samples)``: the ``samples`` callback
+writes them under ``output_dir/samples/`` and the ``trackers`` callback logs them (text tables,
+images). Token plugins sample as an online run's algorithm says, else at their defaults.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import torch
+
+
+def sample_contexts(cfg: Any) -> list:
+    """The first ``eval.samples`` records of data.eval (or data.train), read as training reads them."""
+    from mmalign.data import read_records
+    from mmalign.streaming import stream_records
+
+    path, key = (cfg.data.eval, "data.eval") if cfg.data.eval else (cfg.data.train, "data.train")
+    if key == "data.train" and cfg.data.streaming:
+        return list(itertools.islice(stream_records(path, cfg.data.format, key, cfg.data.columns).open(),
+                                     cfg.eval.samples))
+    return [r for r in read_records(path, cfg.data.format, key, cfg.data.columns) if not r.problem][:cfg.eval.samples]
+
+
+def draw_samples(run: Any) -> list[dict]:
+    """[{"prompt", "response", "where"}] of this evaluation: one response per context; a response is
+    text (token plugins) or a PIL image (diffusion)."""
+    options = {}
+    if run.cfg.algorithm.name:  # sample as training samples (an online run's temperature, length, steps)
+        from mmalign.algorithms import build_options
+        from mmalign.plugins import registry
+
+        algorithm = registry().get("algorithms", run.cfg.algorithm.name, "algorithm.name")
+        options = run.plugin.sampling_options(build_options(algorithm, run.cfg.algorithm.options, "config"))
+    generator = torch.Generator().manual_seed(run.cfg.seed)
+    with torch.no_grad(), run.accelerator.autocast():
+        samples = run.plugin.sample(run.unwrapped, run.sample_contexts, 1, generator, **options)
+    return [{"prompt": context.fields.get("prompt"), "response": responses[0], "where": context.where}
+            for context, responses in zip(run.sample_contexts, samples.responses)]
