@@ -276,6 +276,8 @@ def _check_cross(cfg: Any, where: str) -> None:
     if data.eval_size and data.eval is not None:
         raise fail(where, "data.eval_size", f"({data.eval_size}) is set together with data.eval; "
                                             f"held-out records come from one of them. Remove one.")
+    if data.prefetch and cfg.algorithm.name:
+        raise fail(where, "data.prefetch", "is set, but an online run's batches are sampled by the policy, not read.")
     if data.streaming:
         from mmalign.streaming import check_streaming_config
 

@@ -76,3 +76,12 @@ def test_the_thread_ends_with_its_run(tmp_path, pairs_file, tokenizer_dir):
     while any(t.name == "mmalign-prefetch" for t in threading.enumerate()) and time.time() < deadline:
         time.sleep(0.05)
     assert not any(t.name == "mmalign-prefetch" for t in threading.enumerate())
+
+
+def test_prefetch_is_refused_for_an_online_run(tmp_path):
+    from mmalign.errors import ConfigError
+
+    cfg = modality_config("text-grpo", tmp_path / "run", max_steps=1)
+    cfg["data"]["prefetch"] = 2
+    with pytest.raises(ConfigError, match="data.prefetch"):
+        mmalign.train(cfg, log=quiet)
