@@ -165,6 +165,13 @@ class ModalityPlugin:
                               f"of its own; set max_new_tokens, temperature and top_p in algorithm.options.")
         return {k: getattr(options, k) for k in ("max_new_tokens", "temperature", "top_p") if hasattr(options, k)}
 
+    def use_sharded_policy(self) -> None:
+        """Called by the engine right after construction when the policy will be sharded (FSDP2).
+        A plugin that computes a forward input from the model's own weights outside its forward
+        (image features merged into token embeddings) must then score through the model's own
+        forward, or FSDP drops those gradients (mmalign.sharding.run_as_forward); it raises
+        ConfigError for an option that cannot work sharded."""
+
     # --- a value model (PPO's critic), for plugins that support one -------------------------------
     def load_value_model(self, policy: nn.Module, name_or_path: Optional[str]) -> nn.Module:
         """A critic with one value per scored unit, in fp32: from ``name_or_path``, or (None) from

@@ -97,6 +97,8 @@ def build_run(cfg: Config, *, resume: Any, log: Callable, overwrite: bool, clean
                           f"(configs/accelerate/ddp.yaml) or without {key}; see docs/scale.md.")
     set_seed(cfg.seed)
     plugin = reg.get("rewards", cfg.model.reward, "model.reward")(cfg.model, cfg.data)
+    if is_sharded(accelerator):
+        plugin.use_sharded_policy()
     algorithm, objective = bind_objective(cfg, reg, plugin)
     layout = (cfg.train.batch_size, cfg.train.gradient_accumulation_steps, accelerator.num_processes,
               accelerator.process_index, cfg.seed, torch.Generator().manual_seed(cfg.seed * 1009),

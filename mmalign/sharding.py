@@ -258,7 +258,8 @@ def run_as_forward(model: nn.Module, fn, *args, **kwargs):
     frees a shard group's gradients as soon as the backward pass reaches that group's forward
     inputs, and what would flow on into the projector and the embeddings is lost without an
     error (measured: the gradient norm of the tiny LLaVA dropped from 7.40 to 6.83). Under FSDP
-    such a plugin scores through the model's own forward (see :func:`fsdp_requested`)."""
+    such a plugin scores through the model's own forward (the engine calls its
+    ``use_sharded_policy``: mmalign.protocol)."""
     from torch.distributed.fsdp import FSDPModule, register_fsdp_forward_method
 
     if not isinstance(model, FSDPModule):

@@ -149,11 +149,13 @@ def unet_inputs(trajectory: Trajectory, n: int, device: torch.device, dtype: tor
 
 
 def guided_prediction(model: nn.Module, x: Tensor, t: Tensor, inputs: dict, guidance_scale: float) -> Tensor:
-    """The model's prediction at (x_t, t), guided: uncond + g * (cond - uncond) when g > 1. [rows, c, h, w] fp32."""
+    """The model's prediction at (x_t, t), guided: uncond + g * (cond - uncond) when g > 1. [rows, c, h, w] fp32.
+    ``t``: one timestep for every row, or one per row ([rows])."""
     dtype = inputs["encoder_hidden_states"].dtype
     guided = guidance_scale > 1
     x_in = torch.cat([x, x]) if guided else x
-    out = model(x_in.to(dtype), t.expand(len(x_in)).to(x.device), **inputs).sample.float()
+    t_in = t.expand(len(x_in)) if t.dim() == 0 else t.repeat(len(x_in) // len(t))
+    out = model(x_in.to(dtype), t_in.to(x.device), **inputs).sample.float()
     if not guided:
         return out
     uncond, cond = out.chunk(2)

@@ -75,8 +75,10 @@ def conditioning(text: Tensor, pooled: Optional[Tensor], time_ids: Optional[Tens
 
 def trajectory_scores(plugin, model: nn.Module, batch: DiffusionBatch) -> Scores:
     """Scores [C, n] of sampled images: the sums of their trained steps' log-probs under
-    ``model``, with the per-step terms as unit scores [C, n, U] (module docstring). Steps are
-    grouped by timestep, one UNet pass per distinct step (rows at other timesteps wait)."""
+    ``model``, with the per-step terms as unit scores [C, n, U] (module docstring). One UNet pass
+    per unit over every row, each row at its own timestep (its u-th trained step): U passes of
+    all rows, rather than one pass per distinct timestep over the rows that train it (up to every
+    step of the schedule, in smaller batches)."""
     from mmalign_diffusion.online import ddim_scheduler, guided_prediction
 
     steps, device = batch.steps, batch.latents.device
@@ -84,20 +86,26 @@ def trajectory_scores(plugin, model: nn.Module, batch: DiffusionBatch) -> Scores
     rows, units = steps.selected.shape
     scheduler = ddim_scheduler(plugin.comps, len(steps.timesteps))
     dtype = next(p.dtype for p in unwrap_wrappers(model).parameters())
-    row_index = torch.arange(rows, device=device)[:, None].expand(rows, units)
-    unit_index = torch.arange(units, device=device)[None].expand(rows, units)
-    log_probs = torch.zeros(rows, units, device=device)
-    for k in steps.selected.unique().tolist():
-        where = steps.selected == k
-        r, u = row_index[where], unit_index[where]
-        t = steps.timesteps[k]
-        x_t, x_prev = steps.latents[r, k], steps.latents[r, k + 1]
-        time_ids = batch.time_ids[r] if batch.time_ids is not None else None
-        pooled = batch.pooled[r % contexts] if batch.pooled is not None else None
-        inputs = conditioning(batch.text[r % contexts], pooled, time_ids, steps.negative_text,
-                              steps.negative_pooled, device, dtype)
-        prediction = guided_prediction(model, scheduler.scale_model_input(x_t, t), t, inputs, steps.guidance_scale)
-        log_probs = log_probs.index_put((r, u), step_log_prob(scheduler, prediction, t, x_t, x_prev, steps.eta))
+    every_row = torch.arange(rows, device=device)
+    pooled = batch.pooled[every_row % contexts] if batch.pooled is not None else None
+    inputs = conditioning(batch.text[every_row % contexts], pooled, batch.time_ids, steps.negative_text,
+                          steps.negative_pooled, device, dtype)
+    columns = []
+    for u in range(units):
+        k = steps.selected[:, u].to(device)
+        t = steps.timesteps.to(device)[k]
+        x_t, x_prev = steps.latents[every_row, k], steps.latents[every_row, k + 1]
+        x_in = x_t.clone()
+        for value in t.unique():  # the scheduler's input scaling (identity for DDIM), per timestep
+            x_in[t == value] = scheduler.scale_model_input(x_t[t == value], value)
+        prediction = guided_prediction(model, x_in, t, inputs, steps.guidance_scale)
+        column = torch.zeros(rows, device=device)
+        for value in t.unique():
+            where = (t == value).nonzero().squeeze(1)
+            column = column.index_put((where,), step_log_prob(scheduler, prediction[where], value, x_t[where],
+                                                              x_prev[where], steps.eta))
+        columns.append(column)
+    log_probs = torch.stack(columns, 1)  # [rows, U]
     per_context = log_probs.view(rows // contexts, contexts, units).transpose(0, 1).contiguous()  # [C, n, U]
     ones = torch.ones_like(per_context)
     return Scores(per_context.sum(-1), ones.sum(-1), unit_scores=per_context, unit_mask=ones)

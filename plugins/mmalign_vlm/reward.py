@@ -21,7 +21,6 @@ from torch import Tensor, nn
 from mmalign.config import DataConfig, ModelConfig
 from mmalign.errors import ConfigError
 from mmalign.protocol import Samples
-from mmalign.sharding import fsdp_requested
 from mmalign_text.causal_lm import (CausalLMModels, attach_lora, check_special_tokens, compile_layers,
                                     enable_gradient_checkpointing, from_pretrained, from_tiny, pad_rows,
                                     token_defaults, unwrap)
@@ -105,15 +104,7 @@ class VLMReward(VLMRecords, VLMScoring, CausalLMModels):
             raise ConfigError(f"model.options: unknown option '{sorted(unknown)[0]}' for the vlm "
                               f"plugin. Known: {', '.join(sorted(KNOWN_OPTIONS))}.")
         self.cfg, self.data = model_cfg, data_cfg
-        # Under FSDP the images go through the model's own forward (encode_once off): features
-        # merged into the embeddings outside it would lose their gradients (mmalign.sharding).
-        sharded = fsdp_requested()
-        if sharded and model_cfg.options.get("encode_once"):
-            raise ConfigError("model.options.encode_once: true cannot train under FSDP: the image "
-                              "features are merged into the embeddings outside the model's forward, "
-                              "and FSDP would drop their gradients. Remove the option (under FSDP it "
-                              "defaults to false: the model's own forward encodes the images).")
-        self.options = {"train_vision_tower": False, "train_projector": True, "encode_once": not sharded,
+        self.options = {"train_vision_tower": False, "train_projector": True, "encode_once": True,
                         "corrupted_image": "none", "corruption_seed": 0, "prefix_sharing": True,
                         "packing": True, "fused_logps": True, "compile": False, **model_cfg.options}
         if self.options["corrupted_image"] not in ("none", "random_crop", "mask_patches"):
@@ -128,6 +119,16 @@ class VLMReward(VLMRecords, VLMScoring, CausalLMModels):
                               "directory written by processor.save_pretrained.")
         self.processor = load_processor(path, model_cfg.trust_remote_code)
         self.tokenizer = check_special_tokens(self.processor.tokenizer, path)
+
+    def use_sharded_policy(self) -> None:
+        """Under FSDP the images go through the model's own forward (encode_once off): features
+        merged into the embeddings outside it would lose their gradients (mmalign.sharding)."""
+        if self.cfg.options.get("encode_once"):
+            raise ConfigError("model.options.encode_once: true cannot train under FSDP: the image "
+                              "features are merged into the embeddings outside the model's forward, "
+                              "and FSDP would drop their gradients. Remove the option (under FSDP it "
+                              "defaults to false: the model's own forward encodes the images).")
+        self.options["encode_once"] = False
 
     def _model_type(self) -> tuple[str, str]:
         """(config.model_type, the model class's name) of the configured model, without weights."""

@@ -61,6 +61,24 @@ def test_each_image_draws_its_own_steps_from_the_generator():
     assert (a.steps.selected.diff(dim=1) > 0).all()  # distinct steps, in order
 
 
+def test_the_update_runs_one_unet_pass_per_trained_step_over_every_row():
+    """Rows train different timesteps (their own random subsets); the scores still take U passes
+    of all R rows (each row at its own timestep), not one pass per distinct timestep."""
+    reward = make_reward("sd15")
+    policy = reward.load_policy()
+    _, batch = _trajectory_batch(reward, policy, n=4, steps=10, fraction=0.3, guidance=2.0)
+    rows, units = batch.steps.selected.shape
+    assert len(batch.steps.selected.unique()) > units  # more distinct timesteps than passes
+    calls = []
+    hook = policy.register_forward_pre_hook(lambda module, args: calls.append(len(args[0])))
+    try:
+        with torch.no_grad():
+            reward.score(policy, batch, per_unit=True)
+    finally:
+        hook.remove()
+    assert calls == [2 * rows] * units  # the unconditional and conditional rows of guidance
+
+
 def test_gradients_reach_lora_adapters_only():
     lora = {"r": 4, "alpha": 4, "target_modules": ["to_q", "to_k", "to_v", "to_out.0"]}
     reward = make_reward("sdxl", lora=lora)

@@ -243,12 +243,15 @@ def test_trl_max_length_keeps_the_prompt_and_cuts_the_completion(vlm_world, tmp_
         VLMReward(cfg.model, cfg.data).prepare(_record(vlm_world), paired=True)
 
 
-def test_under_fsdp_images_go_through_the_models_own_forward(vlm_world, tmp_path, monkeypatch):
+def test_under_fsdp_images_go_through_the_models_own_forward(vlm_world, tmp_path):
     # image features merged into the embeddings outside forward would lose their gradients under
     # FSDP2 (mmalign.sharding.run_as_forward): the plain path is the default there, the other refused
-    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    # (the engine calls use_sharded_policy right after construction when accelerate shards the policy)
     cfg = load_config(data=vlm_config(vlm_world, tmp_path))
-    assert VLMReward(cfg.model, cfg.data).options["encode_once"] is False
+    plugin = VLMReward(cfg.model, cfg.data)
+    assert plugin.options["encode_once"] is True
+    plugin.use_sharded_policy()
+    assert plugin.options["encode_once"] is False
     cfg = load_config(data=vlm_config(vlm_world, tmp_path, model={"options": {"encode_once": True}}))
     with pytest.raises(ConfigError, match="encode_once: true cannot train under FSDP"):
-        VLMReward(cfg.model, cfg.data)
+        VLMReward(cfg.model, cfg.data).use_sharded_policy()
