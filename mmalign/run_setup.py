@@ -23,11 +23,12 @@ from mmalign.data import prepare_examples, read_records
 from mmalign.errors import ConfigError, DataError
 from mmalign.eval_samples import sample_contexts
 from mmalign.algorithms import SourceContext, algorithm_loss, build_options
+from mmalign.optimizers import make_optimizer
 from mmalign.losses.objective import Objective, check_fits, make_objective
 from mmalign.reference import FrozenCopy, make_reference
 from mmalign.run_identity import RunIdentity, claim_output_dir, new_identity
 from mmalign.schedule import make_scheduler
-from mmalign.sharding import is_sharded
+from mmalign.sharding import is_sharded, refuse_under_fsdp
 from mmalign.throughput import Meter
 
 
@@ -90,11 +91,8 @@ def build_run(cfg: Config, *, resume: Any, log: Callable, overwrite: bool, clean
                                              cpu=not torch.cuda.is_available(), log_with=cfg.train.report_to,
                                              project_dir=Path(cfg.output_dir) / "trackers")
     main_log = log if accelerator.is_main_process else _quiet
-    if (cfg.algorithm.name or cfg.eval.samples) and is_sharded(accelerator):
-        key = "algorithm.name" if cfg.algorithm.name else "eval.samples"
-        raise ConfigError(f"{key}: sampling under FSDP is not supported yet: each process would decode its "
-                          f"own prompts with sharded weights and wait for the others' gathers. Train with DDP "
-                          f"(configs/accelerate/ddp.yaml) or without {key}; see docs/scale.md.")
+    if is_sharded(accelerator):
+        refuse_under_fsdp(cfg)
     set_seed(cfg.seed)
     plugin = reg.get("rewards", cfg.model.reward, "model.reward")(cfg.model, cfg.data)
     if is_sharded(accelerator):
@@ -233,7 +231,7 @@ def check_enough_data(cfg: Config, stream: BatchStream, held_out: int) -> None:
 
 def build_models(cfg: Config, plugin: Any, needs_reference: bool, accelerator: Any, total_steps: int,
                  log: Callable) -> tuple:
-    """The policy (fp32 master weights, dropout off), the reference, AdamW and the schedule,
+    """The policy (fp32 master weights, dropout off), the reference, the optimizer and the schedule,
     prepared by accelerate."""
     policy = plugin.load_policy()
     # fp32 master weights for what trains (before the reference copy: it then computes as the policy)
@@ -243,8 +241,7 @@ def build_models(cfg: Config, plugin: Any, needs_reference: bool, accelerator: A
     reference = make_reference(cfg.reference.strategy, policy, plugin, cfg.reference.name_or_path,
                                needs_reference, accelerator.device, accelerator.autocast)
     params = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
-                                  betas=tuple(cfg.train.adam_betas))
+    optimizer = make_optimizer(cfg.train, params)
     warmup = cfg.train.warmup_steps or int(cfg.train.warmup_ratio * total_steps)
     scheduler = make_scheduler(optimizer, cfg.train.lr_scheduler, warmup, total_steps)
     policy, optimizer = accelerator.prepare(policy, optimizer)

@@ -14,6 +14,7 @@ from typing import Any
 
 from mmalign.config_file import short_repr
 from mmalign.errors import ConfigError, MmalignError
+from mmalign.optimizers import check_optimizer
 from mmalign.validation import fail
 
 
@@ -74,6 +75,7 @@ def _validate_names(cfg: Any, where: str, command: str, reg: Any) -> None:
     if cfg.data.format != "auto":
         reg.entry("datasets", cfg.data.format, "data.format")
     _check_data_keys(cfg, command, where)
+    check_optimizer(cfg.train.optimizer, where)
     _check_hardware(cfg, where)
     if command == "train":
         _check_output_dir(cfg, where)
