@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from mmalign.config import DataConfig, ModelConfig
 from mmalign.data import Record
 from mmalign.errors import ConfigError
-from mmalign_text.causal_lm import (CausalLMModels, attach_lora, compile_layers, enable_gradient_checkpointing,
+from mmalign_text.causal_lm import (CausalLMModels, attach_lora, check_quantization, compile_layers, enable_gradient_checkpointing,
                                     from_pretrained, from_tiny, load_tokenizer, pad_rows, token_defaults)
 from mmalign_text.lengths import Limits, model_positions
 from mmalign.protocol import Samples
@@ -36,7 +36,7 @@ from mmalign_text.sampling import GENERATION, TextGroup, group_rows, sample_cont
 # attn_implementation goes to from_pretrained (causal_lm.LOADING_OPTIONS); the others are the
 # plugin's own (scoring path, LD-DPO, WPO, the sampler).
 KNOWN_OPTIONS = {"attn_implementation", "prefix_sharing", "packing", "fused_logps", "compile", "ld_alpha", "wpo",
-                 "generation"}
+                 "generation", "quantization"}
 
 
 @dataclass
@@ -90,6 +90,7 @@ class TextReward(CausalLMModels):
             raise ConfigError(f"model.options.ld_alpha must be a number in [0, 1], got {alpha!r}.")
         if model_cfg.name_or_path is None and model_cfg.tiny is not None:
             check_transformers_config(model_cfg.tiny, "llama")
+        check_quantization(model_cfg)
 
     def __init__(self, model_cfg: ModelConfig, data_cfg: DataConfig):
         self.check_config(model_cfg, data_cfg)
