@@ -75,8 +75,9 @@ class _Stop:
 
 
 def train(cfg: Config, *, resume: str | bool | None = None, log=print, overwrite: bool = False,
-          force_resume: bool = False) -> TrainResult:
+          force_resume: bool = False, callbacks: tuple = ()) -> TrainResult:
     """Train the policy described by ``cfg``; write metrics, checkpoints and ``final/``.
+    ``callbacks``: :class:`mmalign.callbacks.Callback` objects, after those of the config.
 
     ``output_dir`` is locked for the run; a new run needs it empty unless ``overwrite`` (old
     contents moved aside); ``resume`` refuses another run's checkpoint unless ``force_resume``
@@ -84,6 +85,7 @@ def train(cfg: Config, *, resume: str | bool | None = None, log=print, overwrite
     with ExitStack() as cleanup:  # releases output_dir's lock however the run ends
         clock = Meter()  # time/elapsed counts from here: loading the models is part of the run
         run = build_run(cfg, resume=resume, log=log, overwrite=overwrite, cleanup=cleanup)
+        run.callbacks += list(callbacks) if run.is_main else []
         state = RunState(meter=clock)
         if resume:
             restore(run, state, resume, force_resume)
