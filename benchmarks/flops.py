@@ -51,6 +51,10 @@ def timed_flops_per_step(w: Workload) -> float:
         return online_step_flops(w)
     if w.kind == "vlm_online":
         return vlm_online_step_flops(w)
+    if w.kind == "ddpo":
+        from benchmarks.ddpo import ddpo_step_flops
+
+        return ddpo_step_flops(w)
     if w.kind == "diffusion":
         return 2 * w.pairs * (w.params["policy_flops_per_row"] + w.params["reference_flops_per_row"])
     steps = step_lengths(w)[w.warmup:]

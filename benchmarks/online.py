@@ -111,8 +111,21 @@ def online_config(w: Workload, precision: str, out_dir: str) -> dict:
 
 
 def run_mmalign_online(w: Workload, precision: str, out_dir: str, log=print) -> dict:
+    from benchmarks.runners import _memory, summarize
+
+    stamps, rows = train_timed(online_config(w, precision, out_dir), {"benchmark_even_words": even_word_share}, log)
+    for i, row in enumerate(rows):
+        check_full_length(f"mmalign step {i + 1}", [row["completions/mean_length"], row["completions/max_length"]],
+                          completion_tokens(w))
+    return {**summarize(stamps, w.warmup), **logged_split(rows[w.warmup:]), **_memory()}
+
+
+def train_timed(config: dict, scorers: dict, log=print, on_step=None) -> tuple[list[float], list[dict]]:
+    """``mmalign.train(config)`` with the benchmark's step timer and ``scorers`` ({name: reward
+    function}) registered as a plugin would register them; returns each step's end timestamp and
+    logged row. ``on_step()`` runs after each step's timestamp."""
     import mmalign
-    from benchmarks.runners import StepTimer, _memory, summarize
+    from benchmarks.runners import StepTimer
 
     stamps: list[float] = []
     rows: list[dict] = []
@@ -121,36 +134,30 @@ def run_mmalign_online(w: Workload, precision: str, out_dir: str, log=print) -> 
         def on_log(self, step: int, row: dict) -> None:
             super().on_log(step, row)
             rows.append(dict(row))
+            if on_step is not None:
+                on_step()
 
-    class BenchmarkPlugin:  # the timer and the reward, registered as a plugin would register them
+    class BenchmarkPlugin:
         @mmalign.hookimpl
         def mmalign_register_callbacks(self, register):
             register("benchmark_timer", lambda output_dir: Timer(stamps))
 
         @mmalign.hookimpl
         def mmalign_register_scorers(self, register):
-            register("benchmark_even_words", lambda: even_word_share)
+            for name, function in scorers.items():
+                register(name, lambda function=function: function)
 
     with mmalign.register(BenchmarkPlugin(), name="benchmarks"):
-        mmalign.train(online_config(w, precision, out_dir), log=log, overwrite=True)
-    for i, row in enumerate(rows):
-        check_full_length(f"mmalign step {i + 1}", [row["completions/mean_length"], row["completions/max_length"]],
-                          completion_tokens(w))
-    timed = rows[w.warmup:]
-    split = {"generate_s": [float(r["time/generate"]) for r in timed],
-             "score_s": [float(r["time/score"]) for r in timed]}
-    return {**summarize(stamps, w.warmup), **_split(split), **_memory()}
+        mmalign.train(config, log=log, overwrite=True)
+    return stamps, rows
 
 
-def _split(split: dict) -> dict:
-    """Median per-step generation and scoring times (and every step's, in ``*_times``)."""
-    import statistics
+def logged_split(rows: list[dict]) -> dict:
+    """Median generation and scoring seconds of these logged steps (mmalign's time/generate, time/score)."""
+    from benchmarks.timing import median_split
 
-    out = {}
-    for key, values in split.items():
-        out[key] = statistics.median(values) if values else None
-        out[key.replace("_s", "_times")] = values
-    return out
+    return median_split({"generate_s": [float(r["time/generate"]) for r in rows],
+                         "score_s": [float(r["time/score"]) for r in rows]})
 
 
 # --- TRL --------------------------------------------------------------------------------------------
@@ -193,6 +200,7 @@ def run_trl_online(w: Workload, variant: str, out_dir: str, device: str) -> dict
     from trl import GRPOTrainer, RLOOTrainer
 
     from benchmarks.runners import _memory, _sync, summarize
+    from benchmarks.timing import median_split as _split
 
     stamps: list[float] = []
     spent = {"generate_s": 0.0, "score_s": 0.0}

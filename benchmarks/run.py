@@ -39,10 +39,14 @@ VARIANTS = {"text": [("mmalign", "fp32"), ("mmalign", "bf16"), ("trl", "default"
             "diffusion": [("mmalign", "fp32"), ("mmalign", "bf16"), ("diffusers_dpo", "fp32"),
                           ("diffusers_dpo", "bf16")]}
 VARIANTS["vlm"] = VARIANTS["online"] = VARIANTS["vlm_online"] = VARIANTS["text"]
+# ddpo: TRL 0.23.1's DDPOTrainer in its own environment (benchmarks/ddpo_peer.py), fp32 or bf16 autocast
+VARIANTS["ddpo"] = [("mmalign", "fp32"), ("mmalign", "bf16"), ("trl", "fp32"), ("trl", "bf16")]
 PEER_SETTINGS = {"trl_default": ("bf16", "TRL defaults: bf16 autocast + gradient checkpointing"),
                  "trl_fp32": ("fp32", "TRL with bf16=False, gradient_checkpointing=False"),
                  "diffusers_dpo_fp32": ("fp32", "diffusers SDXL DPO step, fp32 (the script's default)"),
                  "diffusers_dpo_bf16": ("bf16", "diffusers SDXL DPO step, --mixed_precision bf16")}
+PEER_SETTINGS_OF_KIND = {"ddpo": {"trl_fp32": ("fp32", "TRL 0.23.1 DDPOTrainer, mixed_precision 'no'"),
+                                  "trl_bf16": ("bf16", "TRL 0.23.1 DDPOTrainer, mixed_precision 'bf16'")}}
 CHILD_TIMEOUT_S = 1800
 
 
@@ -54,8 +58,9 @@ def parse_cores(text: str) -> list[int]:
     return cores
 
 
-def child(what: str, spec: dict, work: Path, cores: list[int], gpu: bool) -> dict:
-    """Run one measurement in a fresh process pinned to ``cores``; its JSON result, or the error."""
+def child(what: str, spec: dict, work: Path, cores: list[int], gpu: bool, command: list[str] | None = None) -> dict:
+    """Run one measurement in a fresh process pinned to ``cores``; its JSON result, or the error.
+    ``command``: the child's command line before SPEC OUT (default: this python's benchmarks.runners)."""
     tag = f"{what}-{spec.get('workload', {}).get('name', 'peak')}-{spec.get('variant', '')}".rstrip("-")
     spec_path, out_path, log_path = work / f"{tag}.spec.json", work / f"{tag}.out.json", work / f"{tag}.log"
     spec_path.write_text(json.dumps(spec))
@@ -65,7 +70,8 @@ def child(what: str, spec: dict, work: Path, cores: list[int], gpu: bool) -> dic
         env["CUDA_VISIBLE_DEVICES"] = ""
     with log_path.open("w") as log:
         try:
-            proc = subprocess.run([sys.executable, "-m", "benchmarks.runners", what, str(spec_path), str(out_path)],
+            command = command or [sys.executable, "-m", "benchmarks.runners", what]
+            proc = subprocess.run([*command, str(spec_path), str(out_path)],
                                   cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=CHILD_TIMEOUT_S, check=False,
                                   preexec_fn=lambda: os.sched_setaffinity(0, cores))
             code = proc.returncode
@@ -78,9 +84,10 @@ def child(what: str, spec: dict, work: Path, cores: list[int], gpu: bool) -> dic
 
 
 def run_all(workloads: list[Workload], work: Path, slots: list[list[int]], gpu: bool, only: set | None = None,
-            say=print, on_result=None) -> tuple[dict, dict]:
+            say=print, on_result=None, peer_pythons: dict | None = None) -> tuple[dict, dict]:
     """Every (workload, variant) in a child of its own, ``len(slots)`` at a time, each pinned to a
-    slot's cores; ``on_result(peak, runs)`` after each one (partial results survive a cut-off run)."""
+    slot's cores; ``on_result(peak, runs)`` after each one (partial results survive a cut-off run).
+    ``peer_pythons``: {workload kind: python} of peers that run in an environment of their own."""
     say(f"matmul peak on cores {slots[0]} ...")
     peak = child("peak", {}, work, slots[0], gpu)
     peak = {k: peak[k] for k in ("fp32", "bf16", "error", "log_tail") if k in peak}
@@ -94,7 +101,9 @@ def run_all(workloads: list[Workload], work: Path, slots: list[list[int]], gpu: 
         cores = free.get()
         try:
             spec = {"workload": w.to_json(), "variant": variant, "out_dir": str(work / f"out-{w.name}-{runner}-{variant}")}
-            result = child(runner, spec, work, cores, gpu)
+            own_env = runner == "trl" and w.kind in (peer_pythons or {})
+            command = [peer_pythons[w.kind], "-m", f"benchmarks.{w.kind}_peer", variant] if own_env else None
+            result = child(runner, spec, work, cores, gpu, command)
             status = f"{result['s_per_step']:.3f} s/step, peak RSS {result['peak_rss_mb']:.0f} MB" \
                 if "s_per_step" in result else result["error"]
             say(f"  {w.name:<14} {runner:<8} {variant:<8} {status}  (cores {cores})")
@@ -123,7 +132,8 @@ def summarize_workload(w: Workload, runs: dict, peak: dict) -> dict:
             variants[key] = {"error": r.get("error"), "log_tail": r.get("log_tail")}
             continue
         v = {k: r[k] for k in ("s_per_step", "s_per_step_mean", "peak_rss_mb", "step_times", "warmup_step_times",
-                               "encode_share", "generate_s", "score_s", "generate_times", "score_times") if k in r}
+                               "encode_share", "generate_s", "score_s", "generate_times", "score_times", "work_per_step",
+                               "peer_versions") if k in r}
         if "gpu_peak_allocated_mb" in r:
             v["gpu_peak_allocated_mb"] = r["gpu_peak_allocated_mb"]
         if key.startswith("mmalign"):
@@ -134,11 +144,12 @@ def summarize_workload(w: Workload, runs: dict, peak: dict) -> dict:
         variants[key] = v
     out = {"description": w.description, "timed_steps": w.steps, "warmup_steps": w.warmup,
            "mmalign_flops_per_step": flops, "variants": variants}
-    peers = [k for k in PEER_SETTINGS if "s_per_step" in variants.get(k, {})]
+    peer_settings = PEER_SETTINGS_OF_KIND.get(w.kind, PEER_SETTINGS)
+    peers = [k for k in peer_settings if "s_per_step" in variants.get(k, {})]
     if not peers:
         return out
     peer = min(peers, key=lambda k: variants[k]["s_per_step"])
-    precision, settings = PEER_SETTINGS[peer]
+    precision, settings = peer_settings[peer]
     mine = f"mmalign_{precision}"
     if "s_per_step" not in variants.get(mine, {}):
         return out
@@ -220,7 +231,7 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = [n for n in names if n not in known]
     if unknown:
         ap.error(f"unknown or unavailable workload(s) {', '.join(unknown)}; available here: {', '.join(known)} "
-                 f"(diffusion needs diffusers and the diffusion plugin not blocked)")
+                 f"(diffusion and ddpo need diffusers and the diffusion plugin not blocked)")
     cores = parse_cores(args.cores) if args.cores else sorted(os.sched_getaffinity(0))
     per = args.cores_per_job or len(cores)
     slots = [cores[i:i + per] for i in range(0, len(cores) - per + 1, per)]
@@ -252,8 +263,13 @@ def main(argv: list[str] | None = None) -> dict:
         return results
 
     only = set(args.variants.split(",")) if args.variants else None
+    peer_pythons = {}
+    if "ddpo" in names and (only is None or only & {"trl_fp32", "trl_bf16"}):
+        from benchmarks.ddpo import peer_python
+
+        peer_pythons["ddpo"] = peer_python(say=lambda s: print(s, flush=True))  # created on first use
     peak, runs = run_all(workloads, work, slots, args.gpu, only, say=lambda s: print(s, flush=True),
-                         on_result=write)
+                         on_result=write, peer_pythons=peer_pythons)
     results = write(peak, runs)
     if "error" not in peak:
         print(f"\nmatmul peak: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s")

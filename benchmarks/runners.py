@@ -13,54 +13,19 @@ times, peak RSS of this process) is written to OUT.json.
 from __future__ import annotations
 
 import json
-import os
-import resource
-import statistics
 import sys
 import time
 from pathlib import Path
 
 from mmalign.callbacks import Callback
+from benchmarks.timing import memory as _memory
+from benchmarks.timing import summarize, use_all_cores
+from benchmarks.timing import sync as _sync
 from benchmarks.workloads import Workload, peer_records
 
 LR = 1e-5
 BETA = 0.1
 DIFFUSION = dict(lr=1e-4, beta=5000.0, weight_decay=1e-2)  # the SDXL script's beta_dpo and AdamW decay
-
-
-def use_all_cores() -> int:
-    """Threads = the cores this process may run on (the harness pins each child to its cores)."""
-    import torch
-
-    n = len(os.sched_getaffinity(0))
-    torch.set_num_threads(n)
-    return n
-
-
-def _sync() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def summarize(stamps: list[float], warmup: int) -> dict:
-    """Per-step wall times of the steps after the warm-up (stamps: end of each step); the warm-up
-    steps after the first are kept apart (``warmup_step_times``)."""
-    if len(stamps) <= warmup or warmup < 1:
-        raise RuntimeError(f"{len(stamps)} step timestamps for {warmup} warm-up steps: nothing timed")
-    durations = [b - a for a, b in zip(stamps[warmup - 1:], stamps[warmup:])]
-    return {"s_per_step": statistics.median(durations), "s_per_step_mean": statistics.fmean(durations),
-            "step_times": durations, "warmup_step_times": [b - a for a, b in zip(stamps[:warmup - 1], stamps[1:warmup])]}
-
-
-def _memory() -> dict:
-    import torch
-
-    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    if torch.cuda.is_available():
-        out["gpu_peak_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    return out
 
 
 # --- mmalign ----------------------------------------------------------------------------------------
@@ -201,7 +166,11 @@ def main(argv: list[str]) -> None:
         result = run_peak(device)
     else:
         w = Workload.from_json(spec["workload"])
-        if w.kind in ("online", "vlm_online") and what in ("mmalign", "trl"):
+        if w.kind == "ddpo" and what == "mmalign":  # its peer runs in TRL 0.23.1's env: benchmarks/ddpo_peer.py
+            from benchmarks.ddpo import run_mmalign_ddpo
+
+            result = run_mmalign_ddpo(w, spec["variant"], spec["out_dir"])
+        elif w.kind in ("online", "vlm_online") and what in ("mmalign", "trl"):
             from benchmarks.online import run_mmalign_online, run_trl_online
 
             run = run_mmalign_online if what == "mmalign" else run_trl_online

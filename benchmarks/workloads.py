@@ -43,7 +43,7 @@ class Lengths:
 @dataclass
 class Workload:
     name: str
-    kind: str  # "text", "vlm", "diffusion", "online" (text) or "vlm_online"
+    kind: str  # "text", "vlm", "diffusion", "online" (text), "vlm_online" or "ddpo"
     description: str
     warmup: int  # steps run before timing starts
     steps: int  # timed steps
@@ -87,7 +87,7 @@ def workload_names() -> list[str]:
     from mmalign.plugins import registry
 
     names = ["text_long", "text_variable", "vlm", "grpo", "rloo", "vlm_grpo"]
-    return names + (["diffusion"] if "diffusion" in registry().names("rewards") else [])
+    return names + (["diffusion", "ddpo"] if "diffusion" in registry().names("rewards") else [])
 
 
 def make_workload(name: str, quick: bool = False) -> Workload:
@@ -107,6 +107,9 @@ def make_workload(name: str, quick: bool = False) -> Workload:
         # 3 steps an epoch: the first epoch is the warm-up (mmalign's caches fill), then 2 timed epochs
         return Workload(name, "diffusion", "tiny SDXL (UNet 1.7M, 8x VAE, 512 px), LoRA rank 4, "
                                            "2 pairs/step", 3, 3 if quick else 6, pairs=2, epoch_steps=3)
+    if name == "ddpo":  # see benchmarks/ddpo.py (its module: its peer runs in an environment of its own)
+        from benchmarks.ddpo import make_ddpo_workload
+        return make_ddpo_workload(warmup, steps)
     if name in ("grpo", "rloo"):  # see benchmarks/online.py
         peer = "GRPOTrainer" if name == "grpo" else "RLOOTrainer"
         return Workload(name, "online", f"Llama 7.3M, {name}: 2 prompts of 64 tokens x 8 completions of 64 "
@@ -229,10 +232,10 @@ def build(w: Workload, root: str | Path) -> Workload:
     model_dir, data_dir = root / "model", root / "data"
     model_dir.mkdir(parents=True, exist_ok=True)
     data_dir.mkdir(parents=True, exist_ok=True)
-    if w.kind == "diffusion":
+    if w.kind in ("diffusion", "ddpo"):
+        from benchmarks.ddpo import build_ddpo
         from benchmarks.diffusion import build_diffusion
-
-        w.params = build_diffusion(w, root)
+        w.params = build_diffusion(w, root) if w.kind == "diffusion" else build_ddpo(w)
         w.order = visit_order(w.records_count, w.total_steps * w.pairs)
         (root / "workload.json").write_text(json.dumps(w.to_json()))
         return w

@@ -1,4 +1,4 @@
-"""Keeps the benchmark harness from rotting: builds the text_long, grpo and vlm_grpo workloads in --quick mode
+"""Keeps the benchmark harness from rotting: builds the text_long, grpo, vlm_grpo and ddpo workloads in --quick mode
 and times mmalign's real engine on them for a couple of steps, in this process. The peer (TRL) is
 imported only by the slow tests, and no timing is asserted: only that the harness still produces
 what the benchmark table is made of."""
@@ -120,4 +120,75 @@ def test_quick_online_workload_runs_through_trl(tmp_path, monkeypatch, name):
     w = build(make_workload(name, quick=True), tmp_path / name)
     w.steps = 1
     result = run_trl_online(w, "fp32", str(tmp_path / "out"), "cpu")
+    assert len(result["step_times"]) == 1 and 0 < result["generate_s"] < result["s_per_step"]
+
+
+def test_quick_ddpo_workload_builds_without_the_peer_env(tmp_path, monkeypatch):
+    """ddpo: the tiny SD 1.5 pipeline saved so that TRL 0.23.1's transformers 4.57 loads it, the
+    work both runners must count each step, its FLOPs, mmalign's config, the UNet counter and
+    the peer environment's reuse / creation commands (pip itself never runs here)."""
+    monkeypatch.syspath_prepend(str(REPO))
+    import json
+
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from benchmarks import ddpo
+    from benchmarks.flops import timed_flops_per_step
+    from benchmarks.workloads import build, make_workload, peer_records
+
+    w = build(make_workload("ddpo", quick=True), tmp_path / "ddpo")
+    assert (w.kind, w.pairs, w.samples) == ("ddpo", 2, 4) and len(peer_records(w)) == w.total_steps * 2
+    index = json.loads((Path(w.model_dir) / "model_index.json").read_text())
+    assert index["tokenizer"] == ["transformers", "PreTrainedTokenizerFast"] and "text_encoder_2" not in index
+    p = w.params
+    assert ddpo.expected_work(w) == {"sample_rows": 8 * 10 * 2, "train_rows": 8 * 5 * 2, "images": 8,
+                                     "lora_params": p["lora"]}
+    assert timed_flops_per_step(w) == 160 * p["sample_flops_per_row"] + 80 * p["train_flops_per_row"] \
+        + 8 * p["decode_flops_per_image"]
+    options = ddpo.ddpo_config(w, "fp32", "out")["algorithm"]["options"]
+    assert options["sampling"] == {"num_inference_steps": 10, "eta": 1.0, "guidance_scale": 5.0,
+                                   "timestep_fraction": 0.5}
+
+    monkeypatch.setattr(UNet2DConditionModel, "forward", UNet2DConditionModel.forward)  # restored after the test
+    with ddpo.UNetCounter() as counter:
+        unet = UNet2DConditionModel.from_pretrained(w.model_dir, subfolder="unet")
+        with torch.no_grad():
+            unet(torch.randn(3, 4, 32, 32), torch.tensor(1), torch.randn(3, 16, 32))
+        counter.scored(3, 256)
+        counter.close_step()
+    assert counter.steps == [{"sample_rows": 3, "train_rows": 0, "images": 3, "lora_params": 0}]
+    with pytest.raises(RuntimeError, match="not the same work"):
+        ddpo.check_work(w, counter.steps, "mmalign")
+    assert ddpo.mean_brightness(torch.tensor([[[0.0, 1.0]], [[0.5, 0.5]]])) == [0.5, 0.5]
+
+    env = tmp_path / "env"
+    env.mkdir()  # what venv would have made
+    monkeypatch.setattr(ddpo, "PEER_ENV", env)
+    commands = []
+    monkeypatch.setattr(ddpo.subprocess, "run", lambda command, **kw: commands.append(command))
+    assert ddpo.peer_python(say=lambda s: None) == str(env / "bin" / "python")  # no marker: created
+    assert commands[0][1:] == ["-m", "venv", "--clear", str(env)]
+    assert "torch==2.13.0" in commands[1] and "trl==0.23.1" in commands[1]  # never a multi-GB CUDA torch
+    (env / "bin").mkdir(parents=True)
+    (env / "bin" / "python").touch()
+    commands.clear()
+    assert ddpo.peer_python(say=lambda s: None) == str(env / "bin" / "python") and commands == []  # reused
+
+
+@pytest.mark.slow
+def test_quick_ddpo_workload_runs_through_mmalign(tmp_path, monkeypatch):
+    """Two DDPO steps of mmalign on the ddpo pipeline with 2 denoising steps (1 trained) instead of
+    10 (5): the runner's work check, timing and sampling split (about 30 s on 2 busy cores)."""
+    monkeypatch.syspath_prepend(str(REPO))
+    from benchmarks import ddpo
+    from benchmarks.workloads import build, make_workload
+
+    for name, value in (("SAMPLE_STEPS", 2), ("TRAINED_STEPS", 1)):
+        monkeypatch.setattr(ddpo, name, value)
+    w = build(make_workload("ddpo", quick=True), tmp_path / "ddpo")
+    w.steps = 1
+    result = ddpo.run_mmalign_ddpo(w, "fp32", str(tmp_path / "out"), log=lambda *a: None)
+    assert result["work_per_step"] == {"sample_rows": 8 * 2 * 2, "train_rows": 8 * 1 * 2, "images": 8,
+                                       "lora_params": w.params["lora"]}
     assert len(result["step_times"]) == 1 and 0 < result["generate_s"] < result["s_per_step"]
