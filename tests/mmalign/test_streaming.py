@@ -133,11 +133,14 @@ def test_a_format_that_reads_whole_files_is_refused(tmp_path, pairs_file, tokeni
         mmalign.train(streamed(tmp_path, tmp_path / "pairs.json", tokenizer_dir), log=quiet)
 
 
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork and exec, so a child of a large pytest
+# process would report the parent's peak; VmHWM belongs to the memory map exec made
 PEAK_RSS = """
-import resource, sys
+import sys
 from mmalign.cli import main
 code = main(["train", sys.argv[1]])
-print("peak_rss_kb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "exit", code)
+hwm = [line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:")][0]
+print("peak_rss_kb", hwm, "exit", code)
 """
 
 
@@ -167,14 +170,14 @@ def peak_rss_mb(tmp_path, tokenizer_dir, records: int, streaming: bool) -> float
 
 @pytest.mark.slow
 def test_a_streamed_runs_peak_memory_does_not_grow_with_the_data_set(tmp_path, tokenizer_dir):
-    """2,000 against 20,000 records of about 2 KB (4 MB against 40 MB of JSONL): read whole, the
+    """2,000 against 30,000 records of about 2 KB (4 MB against 60 MB of JSONL): read whole, the
     larger set costs tens of MB more; streamed through a buffer of 1,000 records, next to nothing."""
-    sizes = {n: {s: peak_rss_mb(tmp_path, tokenizer_dir, n, s) for s in (True, False)} for n in (2000, 20000)}
+    sizes = {n: {s: peak_rss_mb(tmp_path, tokenizer_dir, n, s) for s in (True, False)} for n in (2000, 30000)}
     print(sizes)
-    whole = sizes[20000][False] - sizes[2000][False]
-    streamed_growth = sizes[20000][True] - sizes[2000][True]
+    whole = sizes[30000][False] - sizes[2000][False]
+    streamed_growth = sizes[30000][True] - sizes[2000][True]
     assert whole > 30, sizes  # the test can see the data set in memory
-    assert streamed_growth < 10, sizes
+    assert streamed_growth < 8, sizes
 
 
 def test_a_stream_with_nothing_usable_is_an_error_not_an_endless_search(tmp_path, tokenizer_dir):
