@@ -87,6 +87,13 @@ def build_options(algorithm: Algorithm, options: dict, where: str) -> Any:
     return _build(algorithm.options, dict(options), "algorithm.options", where)
 
 
+def sampling_keywords(plugin: Any, name: str, options: dict, registry: Any) -> dict:
+    """The keywords of ``plugin.sample`` for online algorithm ``name`` with ``options``
+    (algorithm.options): what the plugin's ``sampling_options`` makes of them, as training samples."""
+    algorithm = registry.get("algorithms", name, "algorithm.name")
+    return plugin.sampling_options(build_options(algorithm, options or {}, "config"))
+
+
 def check_options(options: Any, where: str, save_every: int = 0) -> Optional[str]:
     """The options' own rules (``problem() -> (key, message) | None``), as a ConfigError; and
     checkpoints only between rollouts: ``train.save_every`` a multiple of the optimizer steps one

@@ -38,8 +38,37 @@ class Batch:
     metrics: dict[str, Tensor] = field(default_factory=dict)  # the source's (rewards, lengths, times)
 
 
+class OfflineBatches:
+    """What the offline batch sources (:class:`BatchStream`, mmalign.streaming.StreamingStream)
+    share: micro-batches of ``batch_size`` records made by the producer their ``producer`` names,
+    nothing in flight between steps, nothing to save beyond the data position."""
+
+    batch_size: int
+
+    @property
+    def examples_per_batch(self) -> int:
+        """Training examples in one process's micro-batch (the log's time/samples_per_s)."""
+        return self.batch_size
+
+    def next_batch(self, plugin: Any, device: torch.device) -> Batch:
+        return next_batch(self, plugin, device)
+
+    @property
+    def at_boundary(self) -> bool:
+        """Whether a checkpoint written now resumes exactly: the source holds nothing in flight."""
+        return True
+
+    def source_state(self) -> tuple[dict[str, Tensor], dict]:
+        """(tensors, JSON-able metadata) the source keeps beyond its data position; saved in
+        checkpoints as ``source.safetensors`` and trainer_state's "source"."""
+        return {}, {}
+
+    def load_source_state(self, tensors: dict[str, Tensor], meta: dict) -> None:
+        """Restore what :meth:`source_state` returned."""
+
+
 @dataclass
-class BatchStream:
+class BatchStream(OfflineBatches):
     """The offline batch source: micro-batches of the training examples, epoch after epoch.
     Where it stands (``consumed``, ``generator``) is the run's data state, saved in checkpoints.
     A batch source is anything with ``next_batch(plugin, device) -> Batch``, that state, and the
@@ -66,30 +95,9 @@ class BatchStream:
         span = self.batch_size * self.accumulation * self.world
         return len(self.examples) // span * span
 
-    @property
-    def examples_per_batch(self) -> int:
-        """Training examples in one process's micro-batch (the log's time/samples_per_s)."""
-        return self.batch_size
-
-    def next_batch(self, plugin: Any, device: torch.device) -> Batch:
-        return next_batch(self, plugin, device)
-
     def producer(self, plugin: Any) -> tuple:
         """(produce, its arguments before the position and generator): see :func:`collated`."""
         return collated, self.examples, (self.batch_size, self.world, self.rank, self.seed, self.per_epoch), plugin
-
-    @property
-    def at_boundary(self) -> bool:
-        """Whether a checkpoint written now resumes exactly: the source holds nothing in flight."""
-        return True
-
-    def source_state(self) -> tuple[dict[str, Tensor], dict]:
-        """(tensors, JSON-able metadata) the source keeps beyond its data position; saved in
-        checkpoints as ``source.safetensors`` and trainer_state's "source"."""
-        return {}, {}
-
-    def load_source_state(self, tensors: dict[str, Tensor], meta: dict) -> None:
-        """Restore what :meth:`source_state` returned."""
 
 
 def next_batch(stream: Any, plugin: Any, device: torch.device) -> Batch:
@@ -106,8 +114,13 @@ def collated(examples: list, layout: tuple, plugin: Any, consumed: int, generato
     """(data, index, position after, generator state after) of this process's micro-batches from
     ``consumed`` on. ``layout``: (batch_size, world, rank, seed, per_epoch)."""
     batch_size, world, rank, seed, per_epoch = layout
+    epoch, order = -1, None
     while True:
-        slices = slices_at(len(examples), batch_size, world, seed, per_epoch, consumed)
+        if consumed // per_epoch != epoch:  # the epoch's permutation, drawn once (not per micro-batch)
+            epoch = consumed // per_epoch
+            order = epoch_order(len(examples), seed, epoch)
+        pos = consumed % per_epoch
+        slices = [order[pos + r * batch_size:pos + (r + 1) * batch_size] for r in range(world)]
         consumed += batch_size * world
         yield collate_slices(plugin, [[examples[i] for i in s.tolist()] for s in slices], rank, generator), \
             slices[rank], consumed, generator.get_state()
@@ -117,8 +130,13 @@ def slices_at(n: int, batch_size: int, world: int, seed: int, per_epoch: int, co
     """The positions of every process's micro-batch at data position ``consumed``, in rank order:
     the epoch's permutation of the ``n`` examples (seeded by seed + epoch), sliced."""
     epoch, pos = divmod(consumed, per_epoch)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
+    order = epoch_order(n, seed, epoch)
     return [order[pos + r * batch_size:pos + (r + 1) * batch_size] for r in range(world)]
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
+    """The order of the ``n`` examples in ``epoch``: a permutation seeded by seed + epoch."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
 
 
 def next_slices(stream: Any) -> list[Tensor]:

@@ -203,9 +203,10 @@ def record(run: Run, state: RunState, bar) -> None:
             row.update(eval_row)
             for cb in run.callbacks:
                 cb.on_eval(step, eval_row)
-            samples = draw_samples(run) if run.sample_contexts else []
-            for cb in run.callbacks if samples else []:
-                cb.on_samples(step, samples)
+            if run.sample_contexts:
+                samples = draw_samples(run)
+                for cb in run.callbacks:
+                    cb.on_samples(step, samples)
         state.window = []
         if run.is_main:
             state.history.append(row)

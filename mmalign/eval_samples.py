@@ -31,11 +31,10 @@ def draw_samples(run: Any) -> list[dict]:
     text (token plugins) or a PIL image (diffusion)."""
     options = {}
     if run.cfg.algorithm.name:  # sample as training samples (an online run's temperature, length, steps)
-        from mmalign.algorithms import build_options
+        from mmalign.algorithms import sampling_keywords
         from mmalign.plugins import registry
 
-        algorithm = registry().get("algorithms", run.cfg.algorithm.name, "algorithm.name")
-        options = run.plugin.sampling_options(build_options(algorithm, run.cfg.algorithm.options, "config"))
+        options = sampling_keywords(run.plugin, run.cfg.algorithm.name, run.cfg.algorithm.options, registry())
     generator = torch.Generator().manual_seed(run.cfg.seed)
     with torch.no_grad(), run.accelerator.autocast():
         samples = run.plugin.sample(run.unwrapped, run.sample_contexts, 1, generator, **options)

@@ -27,9 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
 
 import torch
-from torch import Tensor
 
-from mmalign.batches import Batch, collate_slices, next_batch
+from mmalign.batches import OfflineBatches, collate_slices
 from mmalign.data import DataReport, Record, reader_entry, rename_columns, run_reader
 from mmalign.errors import ConfigError, DataError, SkipRecord
 
@@ -96,9 +95,8 @@ def prepare_record(reward: Any, record: Record, *, paired: bool, strict: bool, a
 
 
 @dataclass
-class StreamingStream:
-    """The offline batch source over a streamed data set (see the module docstring); the same
-    members as :class:`mmalign.batches.BatchStream`, whose ``next_batch`` it shares."""
+class StreamingStream(OfflineBatches):
+    """The offline batch source over a streamed data set (see the module docstring)."""
 
     records: RecordStream
     prepare: Callable[..., Optional[Any]]  # prepare_record bound to the plugin and data keys
@@ -118,23 +116,6 @@ class StreamingStream:
     @property
     def per_epoch(self) -> int:
         return self.records.count
-
-    @property
-    def examples_per_batch(self) -> int:
-        return self.batch_size
-
-    @property
-    def at_boundary(self) -> bool:
-        return True
-
-    def source_state(self) -> tuple[dict[str, Tensor], dict]:
-        return {}, {}
-
-    def load_source_state(self, tensors: dict[str, Tensor], meta: dict) -> None:
-        pass
-
-    def next_batch(self, plugin: Any, device: torch.device) -> Batch:
-        return next_batch(self, plugin, device)
 
     def producer(self, plugin: Any) -> tuple:
         """(produce, its arguments before the position and generator): see :func:`streamed_batches`."""

@@ -59,10 +59,9 @@ def _sampling(ctx, reg, given: dict) -> dict:
     the evaluator's temperature or max_new_tokens in place of the algorithm's."""
     if ctx.algorithm is None:  # an offline run: a token plugin's defaults
         return {"temperature": 1.0, "max_new_tokens": 64, **{k: given[k] for k in TOKEN_OPTIONS if k in given}}
-    from mmalign.algorithms import build_options
+    from mmalign.algorithms import sampling_keywords
 
-    algorithm = reg.get("algorithms", ctx.algorithm, "algorithm.name")
-    sampling = ctx.reward.sampling_options(build_options(algorithm, ctx.algorithm_options or {}, "config"))
+    sampling = sampling_keywords(ctx.reward, ctx.algorithm, ctx.algorithm_options, reg)
     for key in TOKEN_OPTIONS:
         if key in given and key not in sampling:
             raise ConfigError(f"eval.options.online_rewards.{key}: the '{ctx.reward.name}' plugin does not sample "
