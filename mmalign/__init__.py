@@ -11,21 +11,27 @@ from mmalign.scores import Scores, implicit_reward
 __version__ = "0.1.0"
 
 
-def train(config, *, train_dataset=None, eval_dataset=None, resume=None, overrides=None, log=print,
-          overwrite=False, force_resume=False, callbacks=()):
+def train(config, *, model=None, ref_model=None, tokenizer_or_processor=None, train_dataset=None,
+          eval_dataset=None, resume=None, overrides=None, log=print, overwrite=False, force_resume=False,
+          callbacks=()):
     """Train from a Config, a dict or a YAML path. Returns an :class:`mmalign.engine.TrainResult`.
-    ``train_dataset`` / ``eval_dataset``: a ``datasets.Dataset`` or a list of dicts, in place of
-    ``data.train`` / ``data.eval`` (see :mod:`mmalign.in_memory`). ``overwrite`` /
-    ``force_resume``: as ``mmalign train --overwrite`` / ``--force-resume``. ``callbacks``:
-    :class:`mmalign.callbacks.Callback` objects (on the main process, after the config's)."""
+
+    Objects you already hold, in place of config keys (see :mod:`mmalign.in_memory`):
+    ``model`` (``model.name_or_path``): a transformers ``PreTrainedModel``, a PEFT model or a
+    diffusers pipeline, trained in place as it is (its dtype and device; ``model.lora`` attaches
+    adapters to it); ``ref_model`` (``reference.name_or_path``); ``tokenizer_or_processor``
+    (``model.tokenizer``; default: loaded from ``model.name_or_path`` as TRL does);
+    ``train_dataset`` / ``eval_dataset`` (``data.train`` / ``data.eval``): a ``datasets.Dataset``
+    or a list of dicts. ``overwrite`` / ``force_resume``: as ``mmalign train --overwrite`` /
+    ``--force-resume``. ``callbacks``: :class:`mmalign.callbacks.Callback` objects (on the main
+    process, after the config's)."""
     import dataclasses
 
     from mmalign.engine import train as _train
     from mmalign.in_memory import keep
 
-    if not isinstance(config, Config):
-        config = load_config(config, overrides) if not isinstance(config, dict) else load_config(
-            data=config, overrides=overrides)
+    objects = {"model": model, "ref_model": ref_model, "tokenizer_or_processor": tokenizer_or_processor}
+    config = _load(config, overrides, objects)
     given = {"train": train_dataset, "eval": eval_dataset}
     addresses = {key: keep(f"{key}_dataset", value) for key, value in given.items() if value is not None}
     if addresses:
@@ -38,16 +44,30 @@ def train(config, *, train_dataset=None, eval_dataset=None, resume=None, overrid
                   callbacks=tuple(callbacks))
 
 
+def _load(config, overrides, objects=None) -> Config:
+    """A validated Config from a Config, a dict or a YAML path, with ``overrides`` and the config
+    keys of the model ``objects`` given to :func:`train`."""
+    from mmalign.config import to_dict
+    from mmalign.in_memory import object_overrides
+    from mmalign.validation import check_top_level, read_config_file
+
+    if isinstance(config, Config) and not any((objects or {}).values()) and not overrides:
+        return config
+    if isinstance(config, Config):
+        config = to_dict(config)
+    data = check_top_level(config, "config") if isinstance(config, dict) else read_config_file(config)
+    overrides = [*(overrides or []), *object_overrides(data, objects or {})]
+    return load_config(data=config, overrides=overrides) if isinstance(config, dict) else load_config(
+        config, overrides)
+
+
 def score(config, *, overrides=None):
     """Implicit rewards beta * (s_policy - s_ref) of every record of a trained run (any modality):
     a list of {"record", "reward_chosen", "reward_rejected", "margin"}; also written to
     ``output_dir/scores.jsonl``."""
     from mmalign.evaluate_cli import score_config
 
-    if not isinstance(config, Config):
-        config = load_config(config, overrides) if not isinstance(config, dict) else load_config(
-            data=config, overrides=overrides)
-    return score_config(config)
+    return score_config(_load(config, overrides))
 
 
 __all__ = ["score", "register", "Scores", "implicit_reward", "Config", "ConfigError", "DataError", "MmalignError", "hookimpl", "load_config", "train",

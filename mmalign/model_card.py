@@ -20,6 +20,7 @@ from typing import Any, Callable
 import yaml
 
 from mmalign.config import HUB_ID
+from mmalign.in_memory import source_name
 from mmalign.run_files import write_atomic
 
 CARD = "README.md"
@@ -40,9 +41,9 @@ def model_card(config: dict, history: list[dict], directory: Path, ref: str) -> 
     model, loss, algorithm = config["model"], config["loss"], config.get("algorithm") or {}
     method, online = algorithm.get("name") or loss["name"], bool(algorithm.get("name"))
     plugin, summary = _registered(model["reward"], method, online)
-    loading = plugin.how_to_load(Path(directory), ref, model.get("name_or_path")) if plugin else None
+    base = source_name(model.get("name_or_path"))  # a model passed from Python: the path it came from
+    loading = plugin.how_to_load(Path(directory), ref, base) if plugin else None
     meta: dict[str, Any] = {"library_name": loading[0] if loading else "mmalign"}
-    base = model.get("name_or_path")
     if base and HUB_ID.fullmatch(base) and not Path(base).exists():
         meta["base_model"] = base
     meta["tags"] = list(dict.fromkeys(["mmalign", METHOD_TAGS.get(method, method), model["reward"],
@@ -80,8 +81,10 @@ def _shown(value: Any) -> str:
 def _settings(config: dict, summary: str) -> list[tuple[str, str]]:
     model, data, loss, train = config["model"], config["data"], config["loss"], config["train"]
     algorithm = config.get("algorithm") or {}
-    if model.get("name_or_path"):
-        base = _shown(model["name_or_path"])
+    if source_name(model.get("name_or_path")):
+        base = _shown(source_name(model["name_or_path"]))
+    elif model.get("name_or_path"):
+        base = "a model object passed to `mmalign.train()`"
     else:
         kind = (model.get("tiny") or {}).get("model_type", "the plugin's default type")
         base = f"built from `model.tiny` ({kind}, random weights)"

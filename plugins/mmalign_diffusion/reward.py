@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from mmalign.config import DataConfig, ModelConfig
 from mmalign.data import Record
 from mmalign.errors import ConfigError
+from mmalign.in_memory import held, source_name
 from mmalign.precision import DTYPES
 from mmalign.protocol import ModalityPlugin, Samples, move_tensors
 from mmalign.scores import Scores
@@ -79,6 +80,9 @@ class DiffusionReward(ModalityPlugin):
     def check_config(model_cfg: ModelConfig, data_cfg: DataConfig) -> None:
         """The plugin's keys, checked before anything loads (mmalign.validation calls it too)."""
         check_options(model_cfg)
+        if model_cfg.tokenizer is not None:
+            raise ConfigError("model.tokenizer: the diffusion plugin reads the tokenizers from the pipeline "
+                              "(tokenizer/, tokenizer_2/); remove the key (or tokenizer_or_processor=).")
 
     def __init__(self, model_cfg: ModelConfig, data_cfg: DataConfig):
         self.check_config(model_cfg, data_cfg)
@@ -93,7 +97,12 @@ class DiffusionReward(ModalityPlugin):
             self.comps, _ = C.build_tiny(dict(model_cfg.tiny))
             if self.options["resolution"]:
                 self.comps.resolution = int(self.options["resolution"])
-        for enc in self.comps.text_encoders:
+        self.passed = held(model_cfg.name_or_path) is not None  # a pipeline from mmalign.train: as it is
+        if self.passed and model_cfg.lora is not None and source_name(model_cfg.name_or_path) is None:
+            raise ConfigError("mmalign.train: model= is a pipeline without a name_or_path, and model.lora "
+                              "saves only the adapter: save the pipeline first (pipeline.save_pretrained(DIR)) "
+                              "and pass DiffusionPipeline.from_pretrained(DIR), or set model.name_or_path: DIR.")
+        for enc in self.comps.text_encoders if not self.passed else ():
             enc.to(DTYPES[model_cfg.dtype])
         self.scheduler = self.comps.scheduler
         kind = self.scheduler.config.prediction_type
@@ -107,6 +116,8 @@ class DiffusionReward(ModalityPlugin):
     def _base_unet(self) -> nn.Module:
         """The UNet in ``model.dtype`` (storage). The engine upcasts what trains to fp32 master
         weights (mmalign.precision), so a LoRA base stays in model.dtype and adapters are fp32."""
+        if self.passed:
+            return C.load_unet(self.cfg.name_or_path)
         if self.cfg.name_or_path is not None:
             unet = C.load_unet(self.cfg.name_or_path)
         else:
@@ -122,14 +133,17 @@ class DiffusionReward(ModalityPlugin):
         return add_lora(unet, self.cfg.lora)
 
     def load_reference(self, name_or_path: str) -> nn.Module:
-        return C.load_unet(name_or_path).to(DTYPES[self.cfg.dtype])
+        unet = C.load_unet(name_or_path)
+        return unet if held(name_or_path) is not None else unet.to(DTYPES[self.cfg.dtype])
 
     def load_trained(self, directory: str | Path) -> nn.Module:
         """A model written by ``save``: a pipeline directory, or a LoRA adapter over the base."""
         directory = Path(directory)
         if (directory / WEIGHT_NAME).exists():
             base_dir = directory / "base_pipeline"
-            base = C.load_unet(str(base_dir)) if base_dir.exists() else self._base_unet()
+            # a pipeline passed from Python now carries the trained adapter: its base from its own path
+            base = C.load_unet(str(base_dir)) if base_dir.exists() else C.load_unet(
+                source_name(self.cfg.name_or_path)) if self.passed else self._base_unet()
             return load_lora_unet(base, directory)
         return C.load_unet(str(directory))
 
@@ -143,7 +157,7 @@ class DiffusionReward(ModalityPlugin):
         model = unwrap_wrappers(model)
         if isinstance(model, LoraUNet):
             save_lora(model, directory, self.comps.architecture)
-            if self.cfg.name_or_path is None:
+            if source_name(self.cfg.name_or_path) is None:
                 C.make_pipeline(self.comps, self._base_unet()).save_pretrained(directory / "base_pipeline")
             return
         C.make_pipeline(self.comps, model).save_pretrained(directory, safe_serialization=True)

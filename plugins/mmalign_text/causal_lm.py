@@ -17,19 +17,21 @@ The diffusion plugin imports :func:`unwrap_wrappers` and :func:`lora_config` fro
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
 
 from mmalign.config import LoraConfig, ModelConfig
 from mmalign.errors import ConfigError
+from mmalign.in_memory import held, source_name
 from mmalign.precision import DTYPES
 from mmalign.protocol import ModalityPlugin
 
 __all__ = ["DTYPES", "LOADING_OPTIONS", "unwrap_wrappers", "unwrap", "lora_config", "attach_lora",
            "loading_options", "from_pretrained", "token_defaults", "from_tiny", "enable_gradient_checkpointing",
-           "compile_layers", "load_tokenizer", "check_special_tokens", "pad_rows", "base_state_dict", "tied_names",
+           "compile_layers", "load_tokenizer", "processing_source", "pretrained_config", "base_source",
+           "check_special_tokens", "pad_rows", "base_state_dict", "tied_names",
            "CausalLMModels"]
 
 # model.options keys that go to from_pretrained / from_config; every other option is the plugin's own
@@ -112,9 +114,10 @@ def check_quantization(cfg: ModelConfig) -> None:
     if cfg.lora is None:
         raise ConfigError("model.options.quantization: a quantized base is frozen, so only LoRA adapters can "
                           "train (QLoRA). Set model.lora, or remove the option.")
-    if cfg.name_or_path is None:
+    if cfg.name_or_path is None or held(cfg.name_or_path) is not None:
         raise ConfigError("model.options.quantization: bitsandbytes quantizes a model as it loads it; set "
-                          "model.name_or_path (a model built from model.tiny can be saved with save_pretrained first).")
+                          "model.name_or_path (a model built from model.tiny can be saved with save_pretrained "
+                          "first), or pass mmalign.train a model loaded with a BitsAndBytesConfig.")
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ConfigError("model.options.quantization needs bitsandbytes: pip install 'mmalign[bitsandbytes]'.")
 
@@ -122,6 +125,12 @@ def check_quantization(cfg: ModelConfig) -> None:
 def from_pretrained(auto_class, path: str, cfg: ModelConfig, *, dtype: Optional[str] = None, **kwargs) -> nn.Module:
     """``auto_class.from_pretrained(path)`` in ``dtype`` (default ``model.dtype``), with the
     model's loading options; a ConfigError naming the path when it cannot be loaded."""
+    obj = held(path)
+    if obj is not None:  # passed to mmalign.train from Python: used as it is
+        if not isinstance(obj, nn.Module):
+            raise ConfigError(f"mmalign.train: a {type(obj).__name__} was passed as a model; pass a "
+                              f"transformers model (one that {auto_class.__name__}.from_pretrained loads).")
+        return obj
     kwargs = dict(dtype=DTYPES[dtype or cfg.dtype], trust_remote_code=cfg.trust_remote_code,
                   **loading_options(cfg), **kwargs)
     try:
@@ -185,14 +194,51 @@ def check_special_tokens(tokenizer, path: str):
     return tokenizer
 
 
+def processing_source(cfg: ModelConfig) -> tuple[Any, Optional[str]]:
+    """Where the tokenizer (or processor) comes from: ``(object, None)`` for one passed to
+    mmalign.train, else ``(None, path)``: ``model.tokenizer``, default ``model.name_or_path``; for a
+    model passed without one, the path the model was loaded from (as TRL's trainers do)."""
+    path = cfg.tokenizer or cfg.name_or_path
+    obj = held(path)
+    if obj is None:
+        if path is None:
+            raise ConfigError("model.tokenizer is required for a model built from model.tiny: a "
+                              "directory written by tokenizer.save_pretrained (or a hub id).")
+        return None, path
+    if not isinstance(obj, nn.Module):
+        return obj, None
+    source = source_name(path)
+    if source is None:
+        raise ConfigError("mmalign.train: the model passed has no name_or_path to load its tokenizer from; "
+                          "pass tokenizer_or_processor=.")
+    return None, source
+
+
+def pretrained_config(cfg: ModelConfig):
+    """The transformers config of ``model.name_or_path`` (a model passed from Python: its own),
+    read without weights."""
+    from transformers import AutoConfig
+
+    obj = held(cfg.name_or_path)
+    if obj is not None:
+        return obj.config
+    return AutoConfig.from_pretrained(cfg.name_or_path, trust_remote_code=cfg.trust_remote_code)
+
+
+def base_source(cfg: ModelConfig) -> Optional[str]:
+    """The path or Hub id the base model is reloaded from (an adapter's base): None for a base
+    built from ``model.tiny`` or passed from Python without a name_or_path (save writes it)."""
+    return source_name(cfg.name_or_path)
+
+
 def load_tokenizer(cfg: ModelConfig):
-    """``AutoTokenizer`` from ``model.tokenizer`` (default ``model.name_or_path``)."""
+    """``AutoTokenizer`` from ``model.tokenizer`` (default ``model.name_or_path``), or the tokenizer
+    passed to mmalign.train (a processor's own tokenizer)."""
     from transformers import AutoTokenizer
 
-    path = cfg.tokenizer or cfg.name_or_path
-    if path is None:
-        raise ConfigError("model.tokenizer is required for a model built from model.tiny: a "
-                          "directory written by tokenizer.save_pretrained (or a hub id).")
+    obj, path = processing_source(cfg)
+    if obj is not None:
+        return check_special_tokens(getattr(obj, "tokenizer", obj), "tokenizer_or_processor")
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as e:
@@ -282,10 +328,18 @@ class CausalLMModels(ModalityPlugin):
         if (directory / "adapter_config.json").exists():
             from peft import PeftModel
 
-            base_dir = directory / "base_model"
-            base = self._from_pretrained(str(base_dir)) if base_dir.exists() else self._base_model()
-            return PeftModel.from_pretrained(base, directory)
+            return PeftModel.from_pretrained(self._adapter_base(directory), directory)
         return self._from_pretrained(str(directory))
+
+    def _adapter_base(self, directory: Path) -> nn.Module:
+        """The base under an adapter written by ``save``: ``directory/base_model`` when save wrote
+        one, else the base's own path (for a model passed from Python, the path it was loaded from:
+        the object itself now carries the trained adapters)."""
+        if (directory / "base_model").exists():
+            return self._from_pretrained(str(directory / "base_model"))
+        if held(self.cfg.name_or_path) is not None:
+            return self._from_pretrained(base_source(self.cfg))
+        return self._base_model()
 
     def save(self, model: nn.Module, directory: Path) -> None:
         """Full model: ``from_pretrained(directory)`` of the plugin's Auto class. LoRA: the adapter,
@@ -295,7 +349,7 @@ class CausalLMModels(ModalityPlugin):
         directory.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(directory, safe_serialization=True)
         self.tokenizer.save_pretrained(directory)
-        if hasattr(model, "peft_config") and self.cfg.name_or_path is None:
+        if hasattr(model, "peft_config") and base_source(self.cfg) is None:
             base = model.get_base_model()
             base.save_pretrained(directory / "base_model", state_dict=base_state_dict(base),
                                  safe_serialization=True)

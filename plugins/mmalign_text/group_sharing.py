@@ -30,6 +30,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from mmalign_text.causal_lm import pretrained_config
 from mmalign_text.prefix_sharing import PAD, PROMPT, assign_rows, visibility
 
 
@@ -102,8 +103,7 @@ def model_cost_ratio(model_cfg) -> Optional[float]:
 
     try:
         if model_cfg.name_or_path is not None:
-            return cost_ratio(AutoConfig.from_pretrained(model_cfg.name_or_path,
-                                                         trust_remote_code=model_cfg.trust_remote_code))
+            return cost_ratio(pretrained_config(model_cfg))
         if model_cfg.tiny is not None:
             tiny = dict(model_cfg.tiny)
             return cost_ratio(AutoConfig.for_model(tiny.pop("model_type", "llama"), **tiny))

@@ -22,6 +22,7 @@ from mmalign.config import DataConfig, ModelConfig
 from mmalign.errors import ConfigError
 from mmalign.protocol import Samples
 from mmalign_text.causal_lm import (CausalLMModels, attach_lora, check_special_tokens, compile_layers,
+                                    pretrained_config, processing_source,
                                     enable_gradient_checkpointing, from_pretrained, from_tiny, pad_rows,
                                     token_defaults, unwrap)
 from mmalign_text.group_sharing import collate_groups, model_cost_ratio, responses_per_segment
@@ -113,12 +114,12 @@ class VLMReward(VLMRecords, VLMScoring, CausalLMModels):
         if self.options["corrupted_image"] != "none" and self.family.name != "llava":
             raise ConfigError(f"model.options.corrupted_image (mDPO) corrupts LLaVA-1.5 pixel tensors; "
                               f"{self.family.name} models are not supported. Set it to none.")
-        path = model_cfg.tokenizer or model_cfg.name_or_path
-        if path is None:
-            raise ConfigError("model.tokenizer is required for a model built from model.tiny: a "
-                              "directory written by processor.save_pretrained.")
-        self.processor = load_processor(path, model_cfg.trust_remote_code)
-        self.tokenizer = check_special_tokens(self.processor.tokenizer, path)
+        passed, path = processing_source(model_cfg)
+        if passed is not None and not hasattr(passed, "image_processor"):
+            raise ConfigError(f"mmalign.train: tokenizer_or_processor= is a {type(passed).__name__}; the vlm "
+                              f"plugin needs the model's processor (AutoProcessor.from_pretrained).")
+        self.processor = passed if passed is not None else load_processor(path, model_cfg.trust_remote_code)
+        self.tokenizer = check_special_tokens(self.processor.tokenizer, path or "tokenizer_or_processor")
 
     def use_sharded_policy(self) -> None:
         """Under FSDP the images go through the model's own forward (encode_once off): features
@@ -132,14 +133,13 @@ class VLMReward(VLMRecords, VLMScoring, CausalLMModels):
 
     def _model_type(self) -> tuple[str, str]:
         """(config.model_type, the model class's name) of the configured model, without weights."""
-        from transformers import AutoConfig
         from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES as NAMES
 
         if self.cfg.name_or_path is None:
             model_type = dict(self.cfg.tiny or {}).get("model_type", "llava")
             return model_type, NAMES.get(model_type, f"model_type '{model_type}'")
         try:
-            config = AutoConfig.from_pretrained(self.cfg.name_or_path, trust_remote_code=self.cfg.trust_remote_code)
+            config = pretrained_config(self.cfg)
         except (OSError, ValueError) as e:
             raise ConfigError(f"model.name_or_path: cannot load '{self.cfg.name_or_path}' ({e}).") from None
         return config.model_type, (config.architectures or [NAMES.get(config.model_type, type(config).__name__)])[0]

@@ -1,5 +1,5 @@
 """Docs are code: every hook, protocol member and registered name is documented, the README's and
-the plugin guide's Python snippets run, and nothing that exists is called planned."""
+the plugin guide's and the Python API page's snippets run, and nothing that exists is called planned."""
 
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def test_nothing_that_exists_is_called_planned(path):
                 f"{path.name}:{number} calls something planned that is not an open issue: {line.strip()}"
 
 
-@pytest.mark.parametrize("doc", ["README.md", "docs/writing-a-plugin.md"])
+@pytest.mark.parametrize("doc", ["README.md", "docs/writing-a-plugin.md", "docs/python-api.md"])
 def test_python_snippets_run(doc, tmp_path, monkeypatch):
     """Each ```python block runs as written, from a directory that sees the repo's configs and
     examples (outputs land in tmp_path); blocks of one file share a namespace, in order."""
