@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl
 
 from mmalign.data import Record
 from mmalign.errors import ConfigError, DataError
-from mmalign_hf_datasets.rows import dataset_records, quiet_datasets
+from mmalign_hf_datasets.rows import BATCH_ROWS, arrow_records, dataset_records, quiet_datasets
 
 HUB_SCHEME = "hf://"
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # name or org/name
@@ -81,3 +81,31 @@ def read_hub(text: str) -> list[Record]:
     except Exception as e:  # network, unknown id or split, offline mode: one error, exit code 2
         raise _load_failure(text, hub, e) from None
     return dataset_records(dataset, text, Path.cwd())
+
+
+def stream_hub(text: str):
+    """``data.streaming`` of a hub dataset: ``load_dataset(..., streaming=True)``, its rows read
+    BATCH_ROWS at a time as training reaches them, nothing downloaded ahead. The number of records
+    in the split (a pass's length: the data position is counted in passes) comes from the
+    dataset's card metadata; a split slice cannot be streamed."""
+    import datasets
+
+    from mmalign.streaming import RecordStream
+
+    hub = parse_hub_id(text)
+    if "[" in hub.split:
+        raise ConfigError(f"'{text}': a split slice ({hub.split}) cannot be streamed; name a whole split, or "
+                          f"set data.streaming: false.")
+    try:
+        with quiet_datasets():
+            dataset = datasets.load_dataset(hub.repo_id, hub.subset, split=hub.split, revision=hub.revision,
+                                            streaming=True)
+    except Exception as e:  # network, unknown id or split, offline mode: one error, exit code 2
+        raise _load_failure(text, hub, e) from None
+    split = (dataset.info.splits or {}).get(hub.split)
+    if split is None or not split.num_examples:
+        raise ConfigError(f"'{text}': the dataset's card does not say how many records the split "
+                          f"'{hub.split}' holds, which streaming needs (a pass's length). Save the split "
+                          f"as Parquet or with save_to_disk and stream that, or set data.streaming: false.")
+    return RecordStream(lambda: arrow_records(dataset.with_format("arrow").iter(batch_size=BATCH_ROWS), text,
+                                              Path.cwd()), split.num_examples)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mmalign.data import Record
 from mmalign.errors import DataError
-from mmalign_hf_datasets.hub import HUB_SCHEME, read_hub
+from mmalign_hf_datasets.hub import HUB_SCHEME, read_hub, stream_hub
 from mmalign_hf_datasets.rows import BATCH_ROWS, arrow_records, dataset_records, quiet_datasets
 
 SAVED_DATASET = ("dataset_info.json", "state.json")  # what Dataset.save_to_disk writes beside the data
@@ -98,14 +98,11 @@ def stream_parquet(path: Path):
 
 def stream_hf(path: str | Path):
     """``data.streaming`` of a ``save_to_disk`` folder: its memory-mapped Arrow rows, BATCH_ROWS at
-    a time. A hub id is not streamed (yet): save it to disk first."""
-    from mmalign.errors import ConfigError
+    a time; of a hub id: :func:`mmalign_hf_datasets.hub.stream_hub`."""
     from mmalign.streaming import RecordStream
 
     if isinstance(path, str) and path.startswith(HUB_SCHEME):
-        raise ConfigError(f"data.streaming: '{path}' is a hub dataset, which mmalign does not stream yet. "
-                          f"Save it with datasets' save_to_disk (or as Parquet) and point data.train there, "
-                          f"or set data.streaming: false.")
+        return stream_hub(path)
     path = Path(path)
     with quiet_datasets():
         dataset = _saved_split(path)

@@ -91,3 +91,52 @@ def test_offline_without_a_cached_copy_is_exit_2_with_the_fix(tmp_path, tokenize
 def test_another_url_is_refused_naming_the_hub_form(tmp_path):
     with pytest.raises(DataError, match="is a URL, and nothing is downloaded from it: .* hf://org/name"):
         read_records("https://example.org/pairs.jsonl", "auto", "data.train")
+
+
+def streaming_hub(monkeypatch, rows, num_examples):
+    """load_dataset patched to answer a streamed split as the hub does: an IterableDataset whose
+    info carries the split's size from the dataset card (None: a card without it)."""
+    calls = []
+
+    def load_dataset(path, name=None, **kwargs):
+        calls.append((path, name, kwargs))
+        iterable = datasets.Dataset.from_list(rows).to_iterable_dataset()
+        if num_examples is not None:
+            iterable.info.splits = datasets.SplitDict()
+            iterable.info.splits.add(datasets.SplitInfo(kwargs["split"], num_examples=num_examples))
+        return iterable
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    return calls
+
+
+def test_a_streamed_hub_split_trains_as_the_same_rows_streamed_from_a_file(tmp_path, tokenizer_dir, pairs_file,
+                                                                            monkeypatch):
+    import mmalign
+
+    rows = [json.loads(line) for line in pairs_file.read_text().splitlines()]
+    train = {"max_steps": 6, "lr_scheduler": "constant", "save_every": 3}
+    from_file = mmalign.train(base_config(tmp_path / "file", tokenizer_dir, pairs_file, train=train,
+                                          data={"streaming": True}), log=lambda *a: None)
+    calls = streaming_hub(monkeypatch, rows, len(rows))
+    cfg = base_config(tmp_path / "hub", tokenizer_dir, "hf://org/prefs?split=train_prefs&revision=v1",
+                      train=dict(train, max_steps=3), data={"streaming": True})
+    mmalign.train(cfg, log=lambda *a: None)
+    cfg["train"]["max_steps"] = 6
+    resumed = mmalign.train(cfg, resume=True, log=lambda *a: None)
+    assert calls[0] == ("org/prefs", None, {"split": "train_prefs", "revision": "v1", "streaming": True})
+    untimed = [{k: v for k, v in row.items() if not k.startswith("time/")} for row in resumed.history]
+    assert untimed == [{k: v for k, v in row.items() if not k.startswith("time/")}
+                       for row in from_file.history]
+
+
+@pytest.mark.parametrize("text,size,message", [("hf://org/prefs", None, "does not say how many records"),
+                                               ("hf://org/prefs?split=train[:10]", 10, "cannot be streamed")])
+def test_a_hub_split_that_cannot_stream_is_refused_with_the_fix(tmp_path, tokenizer_dir, pairs_file, monkeypatch,
+                                                                text, size, message):
+    import mmalign
+
+    streaming_hub(monkeypatch, [json.loads(pairs_file.read_text().splitlines()[0])], size)
+    with pytest.raises(ConfigError, match=message) as caught:
+        mmalign.train(base_config(tmp_path, tokenizer_dir, text, data={"streaming": True}), log=lambda *a: None)
+    assert caught.value.exit_code == 2
