@@ -94,6 +94,8 @@ def load_components(path: str, resolution: Optional[int]) -> Components:
     from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
     if held(path) is not None:
+        from mmalign_diffusion.passed import components_of, held_pipeline
+
         return components_of(held_pipeline(path), resolution)
     try:
         index = DiffusionPipeline.load_config(path)  # model_index.json
@@ -116,30 +118,6 @@ def load_components(path: str, resolution: Optional[int]) -> Components:
     comps = Components(arch, tokenizers, encoders, vae, scheduler, 0, source=path,
                        pipeline_scheduler=sampler)
     comps.resolution = resolution or unet_config["sample_size"] * comps.vae_scale_factor
-    return _freeze(comps)
-
-
-def held_pipeline(path: str):
-    """The Stable Diffusion (XL) pipeline passed to mmalign.train as ``model=``."""
-    pipe = held(path)
-    if not all(hasattr(pipe, name) for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")):
-        raise ConfigError(f"mmalign.train: model= is a {type(pipe).__name__}; the diffusion plugin takes a "
-                          f"Stable Diffusion (XL) pipeline (StableDiffusionPipeline.from_pretrained(...)).")
-    return pipe
-
-
-def components_of(pipe, resolution: Optional[int]) -> Components:
-    """The frozen components of a pipeline object, as :func:`load_components` reads them from a
-    directory: the pipeline's scheduler kept for sampling and saving, a DDPMScheduler of the same
-    betas and prediction type for training."""
-    from diffusers import DDPMScheduler
-
-    sdxl = getattr(pipe, "text_encoder_2", None) is not None
-    tokenizers = [pipe.tokenizer, *([pipe.tokenizer_2] if sdxl else [])]
-    encoders = [pipe.text_encoder, *([pipe.text_encoder_2] if sdxl else [])]
-    comps = Components("sdxl" if sdxl else "sd15", tokenizers, encoders, pipe.vae,
-                       DDPMScheduler.from_config(pipe.scheduler.config), 0, pipeline_scheduler=pipe.scheduler)
-    comps.resolution = resolution or pipe.unet.config.sample_size * comps.vae_scale_factor
     return _freeze(comps)
 
 
@@ -250,6 +228,8 @@ def load_unet(path: str) -> nn.Module:
     from diffusers import UNet2DConditionModel
 
     if held(path) is not None:  # a pipeline passed to mmalign.train: its own UNet, trained in place
+        from mmalign_diffusion.passed import held_pipeline
+
         return held_pipeline(path).unet
     root = Path(path)
     sub = "unet" if (root / "unet" / "config.json").exists() or not (root / "config.json").exists() else None

@@ -42,6 +42,7 @@ from mmalign_diffusion.noise import batch_draws
 from mmalign_diffusion.lora import (WEIGHT_NAME, LoraUNet, add_lora, load_lora_unet,
                                     load_lora_weights_into, loading_code, save_lora)
 from mmalign_diffusion.options import OPTIONS, SUPPORTED_DTYPES, check_options, sampling_options  # noqa: F401
+from mmalign_diffusion.passed import check_passed
 from mmalign_diffusion.records import DiffusionExample, choose_view, parse_record
 from mmalign_diffusion.steps import trajectory_scores
 from mmalign_text.causal_lm import unwrap_wrappers
@@ -97,11 +98,7 @@ class DiffusionReward(ModalityPlugin):
             self.comps, _ = C.build_tiny(dict(model_cfg.tiny))
             if self.options["resolution"]:
                 self.comps.resolution = int(self.options["resolution"])
-        self.passed = held(model_cfg.name_or_path) is not None  # a pipeline from mmalign.train: as it is
-        if self.passed and model_cfg.lora is not None and source_name(model_cfg.name_or_path) is None:
-            raise ConfigError("mmalign.train: model= is a pipeline without a name_or_path, and model.lora "
-                              "saves only the adapter: save the pipeline first (pipeline.save_pretrained(DIR)) "
-                              "and pass DiffusionPipeline.from_pretrained(DIR), or set model.name_or_path: DIR.")
+        self.passed = check_passed(model_cfg)  # a pipeline from mmalign.train: used as it is
         for enc in self.comps.text_encoders if not self.passed else ():
             enc.to(DTYPES[model_cfg.dtype])
         self.scheduler = self.comps.scheduler

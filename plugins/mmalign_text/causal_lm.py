@@ -17,21 +17,22 @@ The diffusion plugin imports :func:`unwrap_wrappers` and :func:`lora_config` fro
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
 from mmalign.config import LoraConfig, ModelConfig
 from mmalign.errors import ConfigError
-from mmalign.in_memory import held, source_name
+from mmalign.in_memory import held
+from mmalign_text.quantization import quantization
+from mmalign_text.sources import base_source
 from mmalign.precision import DTYPES
 from mmalign.protocol import ModalityPlugin
 
 __all__ = ["DTYPES", "LOADING_OPTIONS", "unwrap_wrappers", "unwrap", "lora_config", "attach_lora",
            "loading_options", "from_pretrained", "token_defaults", "from_tiny", "enable_gradient_checkpointing",
-           "compile_layers", "load_tokenizer", "processing_source", "pretrained_config", "base_source",
-           "check_special_tokens", "pad_rows", "base_state_dict", "tied_names",
+           "compile_layers", "pad_rows", "base_state_dict", "tied_names",
            "CausalLMModels"]
 
 # model.options keys that go to from_pretrained / from_config; every other option is the plugin's own
@@ -81,45 +82,6 @@ def attach_lora(model: nn.Module, lora: LoraConfig, task_type: Optional[str], **
 
 def loading_options(cfg: ModelConfig) -> dict:
     return {k: cfg.options[k] for k in LOADING_OPTIONS if k in cfg.options} | quantization(cfg)
-
-
-QUANTIZATION = ("4bit", "8bit")
-
-
-def quantization(cfg: ModelConfig) -> dict:
-    """``model.options.quantization`` (QLoRA, Dettmers et al. 2023): the base model loaded by
-    bitsandbytes in 4-bit NF4 with double quantization (computing in model.dtype when that is
-    bfloat16 or float16, else float32) or in 8-bit, frozen; only the LoRA adapters train, in float32."""
-    kind = cfg.options.get("quantization")
-    if kind is None:
-        return {}
-    from transformers import BitsAndBytesConfig
-
-    if kind == "8bit":
-        return {"quantization_config": BitsAndBytesConfig(load_in_8bit=True)}
-    compute = DTYPES[cfg.dtype] if cfg.dtype in ("bfloat16", "float16") else torch.float32
-    return {"quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                      bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute)}
-
-
-def check_quantization(cfg: ModelConfig) -> None:
-    """``model.options.quantization``: 4bit or 8bit, with LoRA, on a saved model, bitsandbytes installed."""
-    import importlib.util
-
-    kind = cfg.options.get("quantization")
-    if kind is None:
-        return
-    if kind not in QUANTIZATION:
-        raise ConfigError(f"model.options.quantization must be 4bit or 8bit (QLoRA), got {kind!r}.")
-    if cfg.lora is None:
-        raise ConfigError("model.options.quantization: a quantized base is frozen, so only LoRA adapters can "
-                          "train (QLoRA). Set model.lora, or remove the option.")
-    if cfg.name_or_path is None or held(cfg.name_or_path) is not None:
-        raise ConfigError("model.options.quantization: bitsandbytes quantizes a model as it loads it; set "
-                          "model.name_or_path (a model built from model.tiny can be saved with save_pretrained "
-                          "first), or pass mmalign.train a model loaded with a BitsAndBytesConfig.")
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise ConfigError("model.options.quantization needs bitsandbytes: pip install 'mmalign[bitsandbytes]'.")
 
 
 def from_pretrained(auto_class, path: str, cfg: ModelConfig, *, dtype: Optional[str] = None, **kwargs) -> nn.Module:
@@ -182,69 +144,6 @@ def compile_layers(model: nn.Module) -> int:
     for layer in layers:
         layer.compile(dynamic=True)
     return len(layers)
-
-
-def check_special_tokens(tokenizer, path: str):
-    """Padding is the EOS token when the tokenizer has none; a tokenizer without EOS is refused
-    (completions end with it)."""
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if tokenizer.eos_token_id is None:
-        raise ConfigError(f"model.tokenizer: the tokenizer at '{path}' has no EOS token; set one.")
-    return tokenizer
-
-
-def processing_source(cfg: ModelConfig) -> tuple[Any, Optional[str]]:
-    """Where the tokenizer (or processor) comes from: ``(object, None)`` for one passed to
-    mmalign.train, else ``(None, path)``: ``model.tokenizer``, default ``model.name_or_path``; for a
-    model passed without one, the path the model was loaded from (as TRL's trainers do)."""
-    path = cfg.tokenizer or cfg.name_or_path
-    obj = held(path)
-    if obj is None:
-        if path is None:
-            raise ConfigError("model.tokenizer is required for a model built from model.tiny: a "
-                              "directory written by tokenizer.save_pretrained (or a hub id).")
-        return None, path
-    if not isinstance(obj, nn.Module):
-        return obj, None
-    source = source_name(path)
-    if source is None:
-        raise ConfigError("mmalign.train: the model passed has no name_or_path to load its tokenizer from; "
-                          "pass tokenizer_or_processor=.")
-    return None, source
-
-
-def pretrained_config(cfg: ModelConfig):
-    """The transformers config of ``model.name_or_path`` (a model passed from Python: its own),
-    read without weights."""
-    from transformers import AutoConfig
-
-    obj = held(cfg.name_or_path)
-    if obj is not None:
-        return obj.config
-    return AutoConfig.from_pretrained(cfg.name_or_path, trust_remote_code=cfg.trust_remote_code)
-
-
-def base_source(cfg: ModelConfig) -> Optional[str]:
-    """The path or Hub id the base model is reloaded from (an adapter's base): None for a base
-    built from ``model.tiny`` or passed from Python without a name_or_path (save writes it)."""
-    return source_name(cfg.name_or_path)
-
-
-def load_tokenizer(cfg: ModelConfig):
-    """``AutoTokenizer`` from ``model.tokenizer`` (default ``model.name_or_path``), or the tokenizer
-    passed to mmalign.train (a processor's own tokenizer)."""
-    from transformers import AutoTokenizer
-
-    obj, path = processing_source(cfg)
-    if obj is not None:
-        return check_special_tokens(getattr(obj, "tokenizer", obj), "tokenizer_or_processor")
-    try:
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"model.tokenizer: cannot load a tokenizer from '{path}' ({e}). Pass a "
-                          f"directory with tokenizer files, or a hub id available offline.") from None
-    return check_special_tokens(tok, path)
 
 
 def pad_rows(rows: list[tuple[list[int], list[int]]], pad: int):

@@ -30,7 +30,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from mmalign_text.causal_lm import pretrained_config
+from mmalign_text.sources import pretrained_config
 from mmalign_text.prefix_sharing import PAD, PROMPT, assign_rows, visibility
 
 

@@ -22,8 +22,10 @@ from torch import Tensor, nn
 from mmalign.config import DataConfig, ModelConfig
 from mmalign.data import Record
 from mmalign.errors import ConfigError
-from mmalign_text.causal_lm import (CausalLMModels, attach_lora, check_quantization, compile_layers, enable_gradient_checkpointing,
-                                    from_pretrained, from_tiny, load_tokenizer, pad_rows, token_defaults)
+from mmalign_text.causal_lm import (CausalLMModels, attach_lora, compile_layers, enable_gradient_checkpointing,
+                                    from_pretrained, from_tiny, pad_rows, token_defaults)
+from mmalign_text.quantization import check_quantization
+from mmalign_text.sources import load_tokenizer
 from mmalign_text.lengths import Limits, model_positions
 from mmalign.protocol import Samples
 from mmalign.scores import Scores

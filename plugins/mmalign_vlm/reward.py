@@ -21,12 +21,12 @@ from torch import Tensor, nn
 from mmalign.config import DataConfig, ModelConfig
 from mmalign.errors import ConfigError
 from mmalign.protocol import Samples
-from mmalign_text.causal_lm import (CausalLMModels, attach_lora, check_special_tokens, compile_layers,
-                                    pretrained_config, processing_source,
+from mmalign_text.causal_lm import (CausalLMModels, attach_lora, compile_layers,
                                     enable_gradient_checkpointing, from_pretrained, from_tiny, pad_rows,
                                     token_defaults, unwrap)
 from mmalign_text.group_sharing import collate_groups, model_cost_ratio, responses_per_segment
 from mmalign_text.prefix_sharing import collate_shared
+from mmalign_text.sources import check_special_tokens, pretrained_config, processing_source
 from mmalign_vlm.batches import Group, VLMBatch, VLMGroupBatch, VLMSharedBatch, segment_contexts, segments_of
 from mmalign_vlm.examples import VLMExample, VLMGroup, VLMRecords, load_image, resolve_image
 from mmalign_vlm.families import family_of

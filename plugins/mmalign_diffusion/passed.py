@@ -1,0 +1,48 @@
+"""A Stable Diffusion (XL) pipeline passed to :func:`mmalign.train` as ``model=``
+(:mod:`mmalign.in_memory`): its components, used as they are (its dtype and device), and what
+cannot work with it."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from mmalign.config import ModelConfig
+from mmalign.errors import ConfigError
+from mmalign.in_memory import held, source_name
+from mmalign_diffusion.components import Components, _freeze
+
+
+def held_pipeline(path: str):
+    """The Stable Diffusion (XL) pipeline passed to mmalign.train as ``model=``."""
+    pipe = held(path)
+    if not all(hasattr(pipe, name) for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")):
+        raise ConfigError(f"mmalign.train: model= is a {type(pipe).__name__}; the diffusion plugin takes a "
+                          f"Stable Diffusion (XL) pipeline (StableDiffusionPipeline.from_pretrained(...)).")
+    return pipe
+
+
+def components_of(pipe, resolution: Optional[int]) -> Components:
+    """The frozen components of a pipeline object, as :func:`load_components` reads them from a
+    directory: the pipeline's scheduler kept for sampling and saving, a DDPMScheduler of the same
+    betas and prediction type for training."""
+    from diffusers import DDPMScheduler
+
+    sdxl = getattr(pipe, "text_encoder_2", None) is not None
+    tokenizers = [pipe.tokenizer, *([pipe.tokenizer_2] if sdxl else [])]
+    encoders = [pipe.text_encoder, *([pipe.text_encoder_2] if sdxl else [])]
+    comps = Components("sdxl" if sdxl else "sd15", tokenizers, encoders, pipe.vae,
+                       DDPMScheduler.from_config(pipe.scheduler.config), 0, pipeline_scheduler=pipe.scheduler)
+    comps.resolution = resolution or pipe.unet.config.sample_size * comps.vae_scale_factor
+    return _freeze(comps)
+
+
+def check_passed(model_cfg: ModelConfig) -> bool:
+    """Whether ``model.name_or_path`` is a pipeline passed from Python; a LoRA on one with no path
+    is refused (the adapter is saved alone, pointing at the base's path)."""
+    if held(model_cfg.name_or_path) is None:
+        return False
+    if model_cfg.lora is not None and source_name(model_cfg.name_or_path) is None:
+        raise ConfigError("mmalign.train: model= is a pipeline without a name_or_path, and model.lora "
+                          "saves only the adapter: save the pipeline first (pipeline.save_pretrained(DIR)) "
+                          "and pass DiffusionPipeline.from_pretrained(DIR), or set model.name_or_path: DIR.")
+    return True
