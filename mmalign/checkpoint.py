@@ -34,7 +34,6 @@ import random
 import shutil
 import signal
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -44,6 +43,7 @@ from mmalign.run_files import fsync_dir, fsync_tree, writing
 from mmalign.checkpoint_verify import (IDENTITY, MANIFEST, STEP_DIR, find_resume_checkpoint,  # noqa: F401
                                        latest_checkpoint, list_checkpoints, rng_file, run_id_of,
                                        verify_checkpoint)
+from mmalign.optimizers import load_optimizer, optimizer_tensors
 from mmalign.run_identity import file_sha256
 from mmalign.sharding import SHARDED_DIR
 
@@ -59,49 +59,6 @@ def _test_crash_point(point: str, step: int) -> None:
     name, _, at = wanted.partition("@")
     if name == point and (not at or int(at) == step):
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """Split an optimizer state dict into tensors (safetensors) and JSON-able rest. A nested
-    state (bitsandbytes keeps its quantization state in a dict) is flattened into dotted keys."""
-    sd = optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    seen: set[int] = set()  # storages already taken: safetensors refuses two names for one (bitsandbytes' qmaps)
-
-    def walk(idx: str, prefix: str, state: dict) -> None:
-        for key, value in state.items():
-            if isinstance(value, dict):
-                walk(idx, f"{prefix}{key}.", value)
-            elif torch.is_tensor(value):
-                tensor = value.detach().cpu().contiguous()
-                shared = tensor.untyped_storage().data_ptr() in seen
-                seen.add(tensor.untyped_storage().data_ptr())
-                tensors[f"{idx}.{prefix}{key}"] = tensor.clone() if shared else tensor
-            else:
-                scalars.setdefault(idx, {})[f"{prefix}{key}"] = value
-
-    for idx, state in sd["state"].items():
-        walk(str(idx), "", state)
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
-    state: dict[int, dict[str, Any]] = {}
-
-    def put(idx: str, path: str, value: Any) -> None:
-        *parents, key = path.split(".")
-        node = state.setdefault(int(idx), {})
-        for parent in parents:
-            node = node.setdefault(parent, {})
-        node[key] = value
-
-    for name, value in tensors.items():
-        put(*name.split(".", 1), value)
-    for idx, values in meta["scalars"].items():
-        for path, value in values.items():
-            put(idx, path, value)
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
 def rng_state(data_generator: torch.Generator) -> dict[str, torch.Tensor]:

@@ -27,9 +27,9 @@ from typing import ClassVar, Literal, Optional
 import torch
 from torch import Tensor
 
-from mmalign import checkpoint as ckpt
 from mmalign.algorithms import Algorithm
 from mmalign.batches import Batch
+from mmalign.optimizers import load_optimizer, optimizer_tensors
 from mmalign_rl.advantages import gae, kl_in_reward, whiten
 from mmalign_rl.algorithms import KL_ESTIMATORS, RolloutOptions, check_scorers, clip_range_problem
 from mmalign_rl.policy_losses import explained_variance, masked_mean, value_loss
@@ -83,13 +83,13 @@ class PPOSource(OnlineSource):
         return Batch(batch.data, batch.index, batch.values, {**batch.metrics, **metrics})
 
     def source_state(self) -> tuple[dict, dict]:
-        tensors, meta = ckpt.optimizer_tensors(self.critic_optimizer)
+        tensors, meta = optimizer_tensors(self.critic_optimizer)
         weights = {f"critic.{k}": v for k, v in unwrap_ddp(self.critic).state_dict().items()}
         return {**weights, **{f"optimizer.{k}": v for k, v in tensors.items()}}, {"critic_optimizer": meta}
 
     def load_source_state(self, tensors: dict, meta: dict) -> None:
         unwrap_ddp(self.critic).load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("critic.")})
-        ckpt.load_optimizer(self.critic_optimizer, {k[10:]: v for k, v in tensors.items()
+        load_optimizer(self.critic_optimizer, {k[10:]: v for k, v in tensors.items()
                                                     if k.startswith("optimizer.")}, meta["critic_optimizer"])
 
 
