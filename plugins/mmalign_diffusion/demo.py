@@ -123,29 +123,10 @@ def _run(out: Path, sizes: dict, seed: int, log) -> dict:
 
     log(f"[4/5] implicit-reward accuracy on {sizes['eval_pairs']} held-out pairs "
         f"({sizes['eval_draws']} noise draws each)")
-    from mmalign.data import prepare_examples, read_records
-    from mmalign.plugins import registry
-
-    reward = registry().get("rewards", "diffusion")(dpo_cfg.model, dpo_cfg.data)
-    held_out, _ = prepare_examples(reward, read_records(dpo_cfg.data.eval, "auto", "data.eval"),
-                                   paired=True, strict=False, path=dpo_cfg.data.eval)
-    reference = reward.load_reference(str(out / "sft" / "final")).eval()
-    policy = reward.load_trained(result.final_dir).eval()
-    args = (held_out, sizes["beta"], sizes["eval_draws"], seed + 7)
-    acc_ref = _implicit_accuracy(reward, reference, reference, *args)
-    acc_pol = _implicit_accuracy(reward, policy, reference, *args)
+    held_out, acc_ref, acc_pol = _held_out_accuracy(out, dpo_cfg, result.final_dir, sizes, seed)
 
     log(f"[5/5] sampling {sizes['samples']} held-out captions from reference and policy, same seeds")
-    rng = random.Random(seed + 12345)
-    captions = [world.caption(rng) for _ in range(sizes["samples"])]
-    seeds = list(range(10_000, 10_000 + sizes["samples"]))
-    steps = sizes["sample_steps"]
-    ref_images = sample(load_pipeline(out / "sft" / "final"), captions, seeds, steps=steps)
-    pol_images = sample(load_pipeline(result.final_dir), captions, seeds, steps=steps)
-    g_ref = [world.gold_score(im) for im in ref_images]
-    g_pol = [world.gold_score(im) for im in pol_images]
-    save_grid(out / "samples.png", {"reference": ref_images[:12], "policy": pol_images[:12]}, captions,
-              {"reference": g_ref, "policy": g_pol})
+    captions, g_ref, g_pol = _sample_both(out, result.final_dir, sizes, seed)
 
     report = {
         "implicit_accuracy_reference": acc_ref,
@@ -165,6 +146,37 @@ def _run(out: Path, sizes: dict, seed: int, log) -> dict:
     _plot(out, result.history, g_ref, g_pol)
     log(_table(report))
     return report
+
+
+def _held_out_accuracy(out: Path, dpo_cfg, final: Path, sizes: dict, seed: int) -> tuple[list, float, float]:
+    """(held-out examples, implicit-reward accuracy of the reference, of the policy)."""
+    from mmalign.data import prepare_examples, read_records
+    from mmalign.plugins import registry
+
+    reward = registry().get("rewards", "diffusion")(dpo_cfg.model, dpo_cfg.data)
+    held_out, _ = prepare_examples(reward, read_records(dpo_cfg.data.eval, "auto", "data.eval"),
+                                   paired=True, strict=False, path=dpo_cfg.data.eval)
+    reference = reward.load_reference(str(out / "sft" / "final")).eval()
+    policy = reward.load_trained(final).eval()
+    args = (held_out, sizes["beta"], sizes["eval_draws"], seed + 7)
+    return held_out, _implicit_accuracy(reward, reference, reference, *args), _implicit_accuracy(
+        reward, policy, reference, *args)
+
+
+def _sample_both(out: Path, final: Path, sizes: dict, seed: int) -> tuple[list[str], list[float], list[float]]:
+    """Held-out captions sampled from the reference and the policy on the same seeds: (captions,
+    gold scores of the reference's images, of the policy's); the grid goes to samples.png."""
+    rng = random.Random(seed + 12345)
+    captions = [world.caption(rng) for _ in range(sizes["samples"])]
+    seeds = list(range(10_000, 10_000 + sizes["samples"]))
+    steps = sizes["sample_steps"]
+    ref_images = sample(load_pipeline(out / "sft" / "final"), captions, seeds, steps=steps)
+    pol_images = sample(load_pipeline(final), captions, seeds, steps=steps)
+    g_ref = [world.gold_score(im) for im in ref_images]
+    g_pol = [world.gold_score(im) for im in pol_images]
+    save_grid(out / "samples.png", {"reference": ref_images[:12], "policy": pol_images[:12]}, captions,
+              {"reference": g_ref, "policy": g_pol})
+    return captions, g_ref, g_pol
 
 
 def _plot(out: Path, history: list[dict], g_ref: list[float], g_pol: list[float]) -> None:
