@@ -21,6 +21,21 @@ TINY = dict(model_type="llama", hidden_size=32, intermediate_size=64, num_hidden
             tie_word_embeddings=True)
 
 
+def pytest_xdist_make_scheduler(config, log):
+    """Two workers (pyproject's ``-n 2``): each test module runs whole on one worker, so its
+    module fixtures are built once, and modules marked with one ``xdist_group`` share a worker
+    (the session fixtures of the full demos; the multi-process runs, which use one port)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesAndGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid.rfind("@") > nodeid.rfind("]"):  # loadgroup's "@group" suffix
+                return nodeid.split("@")[-1]
+            return nodeid.split("::", 1)[0]
+
+    return ModulesAndGroups(config, log)
+
+
 @pytest.fixture(autouse=True)
 def _threads():
     torch.set_num_threads(1)  # tiny models: threads cost more than they give, and 2 cores are shared
