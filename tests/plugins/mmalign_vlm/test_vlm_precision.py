@@ -10,20 +10,8 @@ from safetensors.torch import load_file
 
 from mmalign.config import load_config
 from mmalign.engine import train
-from mmalign_vlm.reward import VLMReward
 from vlm_helpers import make_vlm_config
-from vlm_helpers import vlm_world  # noqa: F401  (a fixture)
-
-
-@pytest.fixture(scope="module")
-def saved_vlm(vlm_world, tmp_path_factory):  # noqa: F811
-    """The tiny LLaVA saved as a checkpoint directory, so model.dtype applies when loading it."""
-    cfg = load_config(data=make_vlm_config(vlm_world, tmp_path_factory.mktemp("unused")))
-    reward = VLMReward(cfg.model, cfg.data)
-    path = tmp_path_factory.mktemp("llava") / "model"
-    reward._base_model().save_pretrained(path)
-    reward.processor.save_pretrained(path)
-    return path
+from vlm_helpers import saved_vlm, vlm_world  # noqa: F401  (fixtures)
 
 
 @pytest.mark.parametrize("lora", [None, {"r": 4}], ids=["full", "lora"])

@@ -37,3 +37,18 @@ def make_vlm_config(root, tmp_path, **extra):
     for section, values in extra.items():
         cfg.setdefault(section, {}).update(values)
     return cfg
+
+
+@pytest.fixture(scope="session")
+def saved_vlm(vlm_world, tmp_path_factory):
+    """The tiny LLaVA saved as a checkpoint directory (weights and processor), loaded as a real
+    checkpoint is: through model.name_or_path (so model.dtype applies) or from_pretrained."""
+    from mmalign.config import load_config
+    from mmalign_vlm.reward import VLMReward
+
+    cfg = load_config(data=make_vlm_config(vlm_world, tmp_path_factory.mktemp("unused")))
+    reward = VLMReward(cfg.model, cfg.data)
+    path = tmp_path_factory.mktemp("llava") / "tiny-llava"
+    reward._base_model().save_pretrained(path)
+    reward.processor.save_pretrained(path)
+    return path
