@@ -21,17 +21,25 @@ TINY = dict(model_type="llama", hidden_size=32, intermediate_size=64, num_hidden
             tie_word_embeddings=True)
 
 
+# Test modules that must run on the same worker: the outcome checks that share a full demo's
+# session fixture (built once per worker), and the 2-process runs (they use one port). A table
+# rather than xdist_group marks: pytest-xdist 3.8 groups by a nodeid suffix that pytest 9 ignores.
+SAME_WORKER = {
+    "tests/demos/test_vlm_demo.py": "vlm-demo", "tests/demos/test_vlm_rl_demo.py": "vlm-demo",
+    "tests/demos/test_diffusion_demo.py": "diffusion-demo", "tests/demos/test_diffusion_rl_demo.py": "diffusion-demo",
+    "tests/mmalign/test_ddp.py": "processes", "tests/mmalign/test_fsdp.py": "processes",
+}
+
+
 def pytest_xdist_make_scheduler(config, log):
     """Two workers (pyproject's ``-n 2``): each test module runs whole on one worker, so its
-    module fixtures are built once, and modules marked with one ``xdist_group`` share a worker
-    (the session fixtures of the full demos; the multi-process runs, which use one port)."""
+    module fixtures are built once, and the modules of one SAME_WORKER group share a worker."""
     from xdist.scheduler import LoadScopeScheduling
 
     class ModulesAndGroups(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            if nodeid.rfind("@") > nodeid.rfind("]"):  # loadgroup's "@group" suffix
-                return nodeid.split("@")[-1]
-            return nodeid.split("::", 1)[0]
+            module = nodeid.split("::", 1)[0]
+            return SAME_WORKER.get(module, module)
 
     return ModulesAndGroups(config, log)
 

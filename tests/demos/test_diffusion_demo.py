@@ -8,8 +8,6 @@ import pytest
 
 from mmalign.cli import main
 
-pytestmark = pytest.mark.xdist_group("diffusion-demo")  # one worker: the full diffusion demo is built once, for both modules
-
 REPO = Path(__file__).resolve().parents[2]
 REPORT_KEYS = {"implicit_accuracy_reference", "implicit_accuracy_policy", "gold_score_reference",
                "gold_score_policy", "win_rate_vs_reference"}

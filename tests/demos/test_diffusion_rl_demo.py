@@ -9,8 +9,6 @@ import pytest
 from mmalign.cli import main
 from mmalign_diffusion.rl_demo import ONLINE, run_demo
 
-pytestmark = pytest.mark.xdist_group("diffusion-demo")  # one worker: the full diffusion demo is built once, for both modules
-
 
 @pytest.mark.slow  # tens of seconds: the quick offline demo, then three short online runs
 def test_quick_demo_writes_report_and_grid(tmp_path):

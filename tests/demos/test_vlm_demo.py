@@ -7,8 +7,6 @@ import pytest
 
 from mmalign.cli import main
 
-pytestmark = pytest.mark.xdist_group("vlm-demo")  # one worker: the full VLM demo is built once, for both modules
-
 KEYS = {"chair_i_reference", "chair_i_policy", "chair_s_reference", "chair_s_policy",
         "recall_reference", "recall_policy", "wellformed_reference", "wellformed_policy"}
 

@@ -9,8 +9,6 @@ from safetensors.torch import load_file
 from mmalign.cli import main, one_thread
 from mmalign_vlm.rl_demo import run_demo
 
-pytestmark = pytest.mark.xdist_group("vlm-demo")  # one worker: the full VLM demo is built once, for both modules
-
 
 def quiet(*_):
     pass

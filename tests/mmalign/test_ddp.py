@@ -32,8 +32,6 @@ from train_processes import (
 
 from mmalign import checkpoint as ckpt
 
-pytestmark = pytest.mark.xdist_group("processes")  # one worker: the 2-process runs use one port
-
 # Measured on the tiny text config: at most 1.2e-7 (float32 rounding of the gradient all-reduce).
 LOSS_TOLERANCE = 1e-5
 TRAIN = {"max_steps": 8, "save_every": 2, "keep_last": 2, "log_every": 1, "warmup_steps": 2,

@@ -31,8 +31,6 @@ from train_processes import (
 
 from mmalign import checkpoint as ckpt
 
-pytestmark = pytest.mark.xdist_group("processes")  # one worker: the 2-process runs use one port
-
 # Measured, max |w_fsdp - w| over every tensor of final/: against a 2-process DDP run, text 7.5e-9,
 # text with LoRA 0.0, VLM 6.0e-8, diffusion 0.0; against one process, diffusion 1.9e-6. The same
 # arithmetic up to float32 rounding of the reductions.
