@@ -268,3 +268,20 @@ def save_final(save_model, final: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def with_final_files(save_model, cfg, history: list[dict]):
+    """``save_model`` followed by every registered final-file writer (``mmalign_register_final_files``:
+    the model card), for :func:`save_final`, so their files appear with the model."""
+    from mmalign.config import to_dict
+    from mmalign.plugins import registry
+
+    reg = registry()
+    writers = [reg.get("final_files", name) for name in reg.names("final_files")]
+
+    def save(directory: Path) -> None:
+        save_model(directory)
+        for write in writers:
+            write(directory, to_dict(cfg), history)
+
+    return save

@@ -27,7 +27,6 @@ from mmalign import checkpoint as ckpt
 from mmalign.config import Config, dump_config
 from mmalign.eval_samples import draw_samples
 from mmalign.losses.objective import objective_loss
-from mmalign.model_card import with_model_card
 from mmalign.nonfinite import TrainingError, all_finite, check_before_save, trained
 from mmalign.nonfinite import message as nonfinite_message
 from mmalign.run_files import append_metrics, read_metrics, summary_table, truncate_metrics, write_atomic
@@ -260,8 +259,8 @@ def finish(run: Run, state: RunState) -> TrainResult:
     full = full_model_state(run.policy) if run.sharded else None  # FSDP: gathered on the main process
     if run.is_main:
         with full_parameters(run.unwrapped, full) if full is not None else nullcontext():
-            ckpt.save_final(with_model_card(lambda d: run.plugin.save(run.unwrapped, d), run.cfg, state.history),
-                            final)
+            ckpt.save_final(ckpt.with_final_files(lambda d: run.plugin.save(run.unwrapped, d), run.cfg,
+                                                  state.history), final)
         for cb in run.callbacks:
             cb.on_train_end(state.history)
         run.log(summary_table(state.history))

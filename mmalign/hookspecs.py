@@ -96,6 +96,18 @@ def mmalign_register_callbacks(register: Callable[..., None]) -> None:
 
 
 @hookspec
+def mmalign_register_final_files(register: Callable[..., None]) -> None:
+    """Register writers of files that go into ``final/`` beside the trained model.
+
+    Call ``register(name, write)`` where ``write(directory, config, history)`` writes its files into
+    ``directory`` (``config``: the resolved config as a mapping, as ``config.yaml`` holds it;
+    ``history``: the metrics rows). Called on the main process after the modality plugin's ``save``,
+    inside ``.tmp-final``, so the files appear with the model or not at all. Built-in:
+    ``model_card`` (hub: ``README.md``, a Hugging Face model card).
+    """
+
+
+@hookspec
 def mmalign_register_scorers(register: Callable[..., None]) -> None:
     """Register response scorers (reward functions): a trained reward model, a rule-based
     verifier, a gold scorer, PickScore / HPS / aesthetic predictors for images.

@@ -18,10 +18,11 @@ from mmalign.errors import RegistryError
 from mmalign.protocol import ModalityPlugin
 
 ENTRY_POINT_GROUP = "mmalign"
-KINDS = ("rewards", "losses", "datasets", "evaluators", "callbacks", "scorers", "demos", "commands", "algorithms")
+KINDS = ("rewards", "losses", "datasets", "evaluators", "callbacks", "final_files", "scorers", "demos", "commands",
+         "algorithms")
 _SINGULAR = {"rewards": "reward", "losses": "loss", "datasets": "dataset format",
-             "evaluators": "evaluator", "callbacks": "callback", "scorers": "scorer",
-             "demos": "demo", "commands": "command", "algorithms": "algorithm"}
+             "evaluators": "evaluator", "callbacks": "callback", "final_files": "final-file writer",
+             "scorers": "scorer", "demos": "demo", "commands": "command", "algorithms": "algorithm"}
 
 
 @dataclass

@@ -67,7 +67,7 @@ def require_token() -> str:
 def refresh_card(run_dir: Path, repo_id: str, log: Callable[[str], None]) -> None:
     """final/README.md again, its loading code naming ``repo_id`` (from the run's config.yaml and
     metrics.jsonl). A card that is not the one mmalign wrote (edited by hand) is left as it is."""
-    from mmalign.model_card import CARD, model_card, write_model_card
+    from mmalign_hub.card import CARD, model_card, write_model_card
     from mmalign.run_files import read_metrics
 
     config_file, card = run_dir / "config.yaml", run_dir / "final" / CARD

@@ -16,7 +16,7 @@ from mmalign import train
 from mmalign.cli import main
 from mmalign.config import dump_config, load_config, to_dict
 from mmalign.errors import ConfigError
-from mmalign.model_card import write_model_card
+from mmalign_hub.card import write_model_card
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """``final/README.md``: a Hugging Face model card, written with ``final/`` (inside ``.tmp-final``,
-so the two appear together) and refreshed by ``mmalign push`` for the repository it goes to.
+so the two appear together: the ``model_card`` writer of ``mmalign_register_final_files``) and
+refreshed by ``mmalign push`` for the repository it goes to.
 
 The card is YAML front matter (``library_name``, ``base_model`` when it is a Hub id, ``tags``)
 then Markdown: the base model, the data, the loss or online algorithm and its settings, the final
@@ -15,7 +16,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -154,15 +155,8 @@ def _versions(version: str, loading: tuple[str, str] | None) -> list[str]:
     return found
 
 
-def with_model_card(save_model: Callable[[Path], None], cfg: Any, history: list[dict]) -> Callable[[Path], None]:
-    """``save_model`` followed by the card, for :func:`mmalign.checkpoint.save_final` (which writes
-    into ``.tmp-final``, then renames it): the loading code names ``train.push_to_hub`` when set,
-    else ``output_dir/final``."""
-    from mmalign.config import to_dict
-
-    def save(directory: Path) -> None:
-        save_model(directory)
-        ref = cfg.train.push_to_hub or str(Path(cfg.output_dir) / "final")
-        write_model_card(directory, to_dict(cfg), history, ref)
-
-    return save
+def write_final_card(directory: Path, config: dict, history: list[dict]) -> None:
+    """The ``model_card`` final-file writer (``mmalign_register_final_files``): the card of a run's
+    ``final/``, its loading code naming ``train.push_to_hub`` when set, else ``output_dir/final``."""
+    train = config.get("train") or {}
+    write_model_card(directory, config, history, train.get("push_to_hub") or str(Path(config["output_dir"]) / "final"))

@@ -11,7 +11,7 @@ import yaml
 from conftest import base_config
 from mmalign import train
 from mmalign.config import load_config, to_dict
-from mmalign.model_card import model_card
+from mmalign_hub.card import model_card
 
 
 def front_matter(card: str) -> dict:
