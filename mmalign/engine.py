@@ -34,6 +34,7 @@ from mmalign.run_identity import check_same_run
 from mmalign.run_setup import Run, RunState, any_process, build_run, cache_reference
 from mmalign.sharding import full_model_state, full_parameters, load_sharded, save_shards
 from mmalign.throughput import Meter
+from mmalign.unit_chunks import backward_by_units
 
 # the progress bar's postfix: row key -> its label there
 _SHOWN = {"loss": "loss", "rewards/accuracies": "rewards/accuracies", "rewards/mean": "rewards/mean",
@@ -143,13 +144,16 @@ def micro_step(run: Run, meter: Meter, last: bool) -> tuple[dict[str, Tensor], b
     per_unit = run.objective.spec.per_unit
     with nullcontext() if last else run.accelerator.no_sync(run.policy):
         ref = run.reference.scores(batch, per_unit=per_unit) if run.reference else None
-        with run.accelerator.autocast():
-            pol = run.plugin.score(run.policy, batch.data, per_unit=per_unit)
-        loss, metrics = objective_loss(run.objective, pol, ref, batch.values)
+        if run.by_units:  # one unit's graph at a time (mmalign/unit_chunks.py)
+            loss, metrics = backward_by_units(run, batch, ref, last)
+        else:
+            with run.accelerator.autocast():
+                pol = run.plugin.score(run.policy, batch.data, per_unit=per_unit)
+            loss, metrics = objective_loss(run.objective, pol, ref, batch.values)
+            # backward even a non-finite loss: under DDP every process must join the gradient
+            # all-reduce; the update is dropped in train_step
+            run.accelerator.backward(loss / run.stream.accumulation)
         metrics.update(batch.metrics)
-        # backward even a non-finite loss: under DDP every process must join the gradient
-        # all-reduce; the update is dropped in train_step
-        run.accelerator.backward(loss / run.stream.accumulation)
     return metrics, bool(torch.isfinite(loss))
 
 

@@ -57,6 +57,10 @@ class ModalityPlugin:
     provides_extras: ClassVar[tuple[str, ...]] = ()
     #: score(..., per_unit=True) fills Scores.unit_scores / unit_mask
     per_unit_scores: ClassVar[bool] = False
+    #: score(..., per_unit=True, units=slice) computes only those units (the others 0, without a
+    #: graph), at the cost of those units alone, and ``unit_count(batch)`` says how many there are:
+    #: an update then backpropagates unit by unit (mmalign/unit_chunks.py; diffusion: DDPO's steps)
+    unit_chunks: ClassVar[bool] = False
     #: the plugin's own ``data.*`` keys: a dataclass type (see docs/configuration.md), or None
     data_options: ClassVar[Optional[type]] = None
 
@@ -136,6 +140,10 @@ class ModalityPlugin:
     def score(self, model: nn.Module, batch: Any, *, per_unit: bool = False) -> Scores:
         """Deterministic scores of the batch's responses under ``model``."""
         raise NotImplementedError
+
+    def unit_count(self, batch: Any) -> int:
+        """The number of units U of ``score(batch, per_unit=True)`` (plugins with ``unit_chunks``)."""
+        raise NotImplementedError(f"the '{self.name}' plugin does not score units one by one.")
 
     def extra_scores(self) -> tuple[str, ...]:
         """Names of the extra scores ``score`` fills with this configuration."""

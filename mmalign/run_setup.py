@@ -1,8 +1,7 @@
 """Everything a run is built from, made once before the loop: the plugin and its data, the bound
 loss, the policy with its optimizer and schedule, the reference, the batch stream, the output
 directory. :func:`build_run` returns it as an explicit :class:`Run`; the loop (mmalign/engine.py)
-only reads it and updates a :class:`RunState`.
-"""
+only reads it and updates a :class:`RunState`."""
 
 from __future__ import annotations
 
@@ -30,6 +29,7 @@ from mmalign.run_identity import RunIdentity, claim_output_dir, new_identity
 from mmalign.schedule import make_scheduler
 from mmalign.sharding import is_sharded, refuse_under_fsdp
 from mmalign.throughput import Meter
+from mmalign.unit_chunks import unit_by_unit
 
 
 @dataclass
@@ -63,6 +63,11 @@ class Run:
     def sharded(self) -> bool:
         """FSDP2: no process holds whole weights; checkpoints and final/ are written by all."""
         return is_sharded(self.accelerator)
+
+    @property
+    def by_units(self) -> bool:
+        """An update backpropagates unit by unit (mmalign/unit_chunks.py)."""
+        return unit_by_unit(self.plugin, self.objective, self.sharded)
 
 
 @dataclass

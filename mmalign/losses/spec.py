@@ -29,6 +29,9 @@ class LossSpec:
     score_kinds: the kinds of score it is defined on ("log_prob" for ORPO's odds); None: any
     bind:        ``bind(options, lookup) -> options``, run once at start-up (``weighted`` parses its
                  terms against the registry there, not on every call)
+    unit_separable: ``unit_separable(options) -> bool``: with these options the loss is a sum of
+                 per-unit terms, each depending on its own unit's score only (the normalizers on the
+                 mask only), so an update may backpropagate unit by unit (mmalign/unit_chunks.py)
     """
 
     name: str
@@ -41,6 +44,7 @@ class LossSpec:
     score_kinds: Optional[tuple[str, ...]] = None
     summary: str = ""
     bind: Optional[Callable[[dict, Callable], dict]] = None
+    unit_separable: Optional[Callable[[dict], bool]] = None
 
     @property
     def paired(self) -> bool:

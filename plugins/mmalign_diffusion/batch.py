@@ -67,3 +67,16 @@ class SampledSteps:
     eta: float
     timestep_fraction: float  # share of the trainable steps each row trains (DDPO's timestep_fraction)
     selected: Optional[Tensor] = None  # [rows, U] long: indices of the steps each row trains (drawn in collate)
+
+
+def content_digest(examples: list) -> str:
+    """sha256 over the images' own digests, in order (a group's sampled images by its digest; a
+    pair's chosen then rejected, "-" for a missing one)."""
+    h = hashlib.sha256()
+    for e in examples:
+        if isinstance(e, DiffusionGroup):
+            h.update(e.digest().encode())
+            continue
+        for ref in (e.chosen, e.rejected):
+            h.update((ref.digest() if ref is not None else "-").encode())
+    return h.hexdigest()

@@ -18,7 +18,6 @@ go through the UNet in one pass of 2B rows. SFT minimises -s = mse / 2 on the ch
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional
@@ -35,7 +34,7 @@ from mmalign.protocol import ModalityPlugin, Samples, move_tensors
 from mmalign.scores import Scores
 from mmalign_diffusion import components as C
 from mmalign_diffusion import online
-from mmalign_diffusion.batch import DiffusionBatch, DiffusionGroup, image_counts
+from mmalign_diffusion.batch import DiffusionBatch, DiffusionGroup, content_digest, image_counts
 from mmalign_diffusion.cache import TensorCache, fingerprint
 from mmalign_diffusion.encoding import caption_embeddings, image_latents
 from mmalign_diffusion.noise import batch_draws
@@ -63,6 +62,7 @@ class DiffusionReward(ModalityPlugin):
     name = "diffusion"
     batch_counts = staticmethod(image_counts)  # {"images": n} for the log's time/images_per_s
     per_unit_scores = True  # sampled trajectories: one unit per trained denoising step
+    unit_chunks = True  # one step at a time: the update backpropagates step by step, as DDPO
 
     @property
     def deterministic_collate(self) -> bool:
@@ -206,14 +206,7 @@ class DiffusionReward(ModalityPlugin):
 
     def content_fingerprint(self, examples: list[DiffusionExample]) -> str:
         """The images' bytes (sha256 digests) in order: part of the on-disk reference-cache key."""
-        h = hashlib.sha256()
-        for e in examples:
-            if isinstance(e, DiffusionGroup):
-                h.update(e.digest().encode())
-                continue
-            for ref in (e.chosen, e.rejected):
-                h.update((ref.digest() if ref is not None else "-").encode())
-        return h.hexdigest()
+        return content_digest(examples)
 
     def _caches(self) -> tuple[TensorCache, TensorCache]:
         if self._latent_cache is None:
@@ -277,17 +270,22 @@ class DiffusionReward(ModalityPlugin):
         acc = torch.promote_types(pred.dtype, torch.float32)  # fp32 at least, fp64 if given
         return (pred.to(acc) - target.to(acc)).pow(2).flatten(1).mean(dim=1)
 
-    def score(self, model: nn.Module, batch: DiffusionBatch, *, per_unit: bool = False) -> Scores:
+    def score(self, model: nn.Module, batch: DiffusionBatch, *, per_unit: bool = False,
+              units: Optional[slice] = None) -> Scores:
         """Scores [B, k] with s = -SCORE_SCALE * denoising error, one unit per image (rows are
         response-major, so row j * B + i is response j of context i); a batch of sampled
-        trajectories scores the log-probs of its steps, one unit per step (mmalign_diffusion.steps)."""
+        trajectories scores the log-probs of its steps, one unit per step (mmalign_diffusion.steps),
+        ``units`` only of them."""
         if batch.steps is not None:  # sampled trajectories: per denoising step log-probs (DDPO)
-            return trajectory_scores(self, model, batch)
+            return trajectory_scores(self, model, batch, units)
         s = -SCORE_SCALE * self.denoising_error(model, batch)
         sums = s.view(-1, batch.noise.shape[0]).t().contiguous()
         return Scores(sums, torch.ones_like(sums))
 
     # --- samples ------------------------------------------------------------------------------
+    def unit_count(self, batch: DiffusionBatch) -> int:
+        return batch.steps.selected.shape[1]  # the trained steps of each sampled image
+
     def sample(self, model: nn.Module, contexts: list, n: int, generator: torch.Generator,
                **options) -> Samples:
         """``n`` images per context ({"prompt": caption}) by DDIM with the trajectory recorded;

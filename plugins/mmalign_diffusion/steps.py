@@ -73,25 +73,30 @@ def conditioning(text: Tensor, pooled: Optional[Tensor], time_ids: Optional[Tens
     return kwargs
 
 
-def trajectory_scores(plugin, model: nn.Module, batch: DiffusionBatch) -> Scores:
+def trajectory_scores(plugin, model: nn.Module, batch: DiffusionBatch, units: Optional[slice] = None) -> Scores:
     """Scores [C, n] of sampled images: the sums of their trained steps' log-probs under
     ``model``, with the per-step terms as unit scores [C, n, U] (module docstring). One UNet pass
     per unit over every row, each row at its own timestep (its u-th trained step): U passes of
     all rows, rather than one pass per distinct timestep over the rows that train it (up to every
-    step of the schedule, in smaller batches)."""
+    step of the schedule, in smaller batches). ``units``: only those units' passes run, the other
+    columns are 0 (an update backpropagating step by step, mmalign/unit_chunks.py)."""
     from mmalign_diffusion.online import ddim_scheduler, guided_prediction
 
     steps, device = batch.steps, batch.latents.device
     contexts = len(batch.captions)
-    rows, units = steps.selected.shape
+    rows, count = steps.selected.shape
     scheduler = ddim_scheduler(plugin.comps, len(steps.timesteps))
     dtype = next(p.dtype for p in unwrap_wrappers(model).parameters())
     every_row = torch.arange(rows, device=device)
     pooled = batch.pooled[every_row % contexts] if batch.pooled is not None else None
     inputs = conditioning(batch.text[every_row % contexts], pooled, batch.time_ids, steps.negative_text,
                           steps.negative_pooled, device, dtype)
+    scored = range(*(units or slice(None)).indices(count))
     columns = []
-    for u in range(units):
+    for u in range(count):
+        if u not in scored:
+            columns.append(torch.zeros(rows, device=device))
+            continue
         k = steps.selected[:, u].to(device)
         t = steps.timesteps.to(device)[k]
         x_t, x_prev = steps.latents[every_row, k], steps.latents[every_row, k + 1]
@@ -106,6 +111,6 @@ def trajectory_scores(plugin, model: nn.Module, batch: DiffusionBatch) -> Scores
                                                               x_prev[where], steps.eta))
         columns.append(column)
     log_probs = torch.stack(columns, 1)  # [rows, U]
-    per_context = log_probs.view(rows // contexts, contexts, units).transpose(0, 1).contiguous()  # [C, n, U]
+    per_context = log_probs.view(rows // contexts, contexts, count).transpose(0, 1).contiguous()  # [C, n, U]
     ones = torch.ones_like(per_context)
     return Scores(per_context.sum(-1), ones.sum(-1), unit_scores=per_context, unit_mask=ones)

@@ -124,7 +124,10 @@ def group_policy_loss(policy: Scores, reference: Optional[Scores], *, beta: floa
 
 
 GROUP_LOSS = LossSpec("group_policy", group_policy_loss, needs_reference=True, responses="group", per_unit=True,
-                      summary="PPO-clip per token with a group baseline and k3 KL (GRPO family)")
+                      summary="PPO-clip per token with a group baseline and k3 KL (GRPO family)",
+                      # per token, the clipped term and the KL need that token's log-prob only; GSPO's
+                      # sequence ratio needs all of them
+                      unit_separable=lambda options: options.get("importance_sampling", "token") == "token")
 
 
 def advantage_estimator(options: GroupOptions):

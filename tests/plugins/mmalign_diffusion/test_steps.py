@@ -79,6 +79,27 @@ def test_the_update_runs_one_unet_pass_per_trained_step_over_every_row():
     assert calls == [2 * rows] * units  # the unconditional and conditional rows of guidance
 
 
+def test_one_unit_alone_is_its_column_at_the_cost_of_one_pass():
+    """score(units=slice(u, u + 1)) (an update backpropagating step by step, mmalign/unit_chunks.py):
+    column u as the full scoring gives it, the others 0 without a graph, one UNet pass of every row."""
+    reward = make_reward("sd15")
+    policy = reward.load_policy()
+    _, batch = _trajectory_batch(reward, policy, n=2, steps=10, fraction=0.3, guidance=2.0)
+    rows, units = batch.steps.selected.shape
+    assert reward.unit_chunks and reward.unit_count(batch) == units == 2  # int(0.3 * 9 stochastic steps)
+    with torch.no_grad():
+        whole = reward.score(policy, batch, per_unit=True).unit_scores
+    calls = []
+    hook = policy.register_forward_pre_hook(lambda module, args: calls.append(len(args[0])))
+    try:
+        one = reward.score(policy, batch, per_unit=True, units=slice(1, 2)).unit_scores
+    finally:
+        hook.remove()
+    assert calls == [2 * rows]
+    assert torch.allclose(one[..., 1], whole[..., 1], atol=1e-6) and one.requires_grad
+    assert torch.equal(one[..., 0], torch.zeros_like(one[..., 0]))
+
+
 def test_gradients_reach_lora_adapters_only():
     lora = {"r": 4, "alpha": 4, "target_modules": ["to_q", "to_k", "to_v", "to_out.0"]}
     reward = make_reward("sdxl", lora=lora)
