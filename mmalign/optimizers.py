@@ -27,6 +27,13 @@ def check_optimizer(name: str, where: str) -> None:
 
 def make_optimizer(train: Any, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
     """The optimizer ``train.optimizer`` names over ``params``, with train.lr, weight_decay and adam_betas."""
+    params = list(params)
+    if not params:
+        from mmalign.errors import ConfigError
+
+        raise ConfigError("the model has nothing to train: every parameter has requires_grad False. A PEFT "
+                          "model passed to mmalign.train must be loaded trainable (PeftModel.from_pretrained("
+                          "base, path, is_trainable=True)); or set model.lora to attach new adapters.")
     kwargs = {"lr": train.lr, "weight_decay": train.weight_decay, "betas": tuple(train.adam_betas)}
     if train.optimizer == "adamw":
         return torch.optim.AdamW(params, **kwargs)

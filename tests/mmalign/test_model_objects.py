@@ -152,3 +152,18 @@ def test_contradictions_are_refused_before_anything_is_written(tmp_path, saved_m
     with pytest.raises(ConfigError, match=message) as caught:
         mmalign.train(cfg, model=model, log=quiet, **kwargs)
     assert caught.value.exit_code == 2 and not (tmp_path / case).exists()
+
+
+def test_a_frozen_peft_model_is_refused_and_a_trainable_one_trains(tmp_path, saved_model):
+    """A PeftModel loaded for inference (PeftModel.from_pretrained's default) has nothing to train."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    adapter = tmp_path / "adapter"
+    get_peft_model(load(saved_model), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"])).save_pretrained(adapter)
+    with pytest.raises(ConfigError, match="nothing to train") as caught:
+        mmalign.train(object_config(tmp_path, "frozen"), model=PeftModel.from_pretrained(load(saved_model), adapter),
+                      log=quiet)
+    assert caught.value.exit_code == 2 and not (tmp_path / "frozen" / "run").exists()
+    trainable = PeftModel.from_pretrained(load(saved_model), adapter, is_trainable=True)
+    result = mmalign.train(object_config(tmp_path, "trainable"), model=trainable, log=quiet)
+    assert (result.final_dir / "adapter_model.safetensors").exists() and len(result.history) == 4
