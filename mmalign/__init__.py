@@ -51,12 +51,14 @@ def _load(config, overrides, objects=None) -> Config:
     from mmalign.in_memory import object_overrides
     from mmalign.validation import check_top_level, read_config_file
 
-    if isinstance(config, Config) and not any((objects or {}).values()) and not overrides:
+    given = {name: obj for name, obj in (objects or {}).items() if obj is not None}
+    if isinstance(config, Config) and not given and not overrides:
         return config
     if isinstance(config, Config):
         config = to_dict(config)
-    data = check_top_level(config, "config") if isinstance(config, dict) else read_config_file(config)
-    overrides = [*(overrides or []), *object_overrides(data, objects or {})]
+    if given:  # the config as written, to refuse a model named there too
+        data = check_top_level(config, "config") if isinstance(config, dict) else read_config_file(config)
+        overrides = [*(overrides or []), *object_overrides(data, given)]
     return load_config(data=config, overrides=overrides) if isinstance(config, dict) else load_config(
         config, overrides)
 

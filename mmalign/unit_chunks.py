@@ -28,7 +28,7 @@ from mmalign.scores import Scores
 def unit_by_unit(plugin: Any, objective: Any, sharded: bool) -> bool:
     """Whether an update backpropagates unit by unit (module docstring)."""
     separable = objective.spec.unit_separable
-    return (bool(getattr(plugin, "unit_chunks", False)) and objective.spec.per_unit and not sharded
+    return (plugin.unit_chunks and objective.spec.per_unit and not sharded
             and separable is not None and separable(objective.options))
 
 
@@ -44,7 +44,7 @@ def backward_by_units(run: Any, batch: Any, ref: Scores | None, last: bool) -> t
                 pol = run.plugin.score(run.policy, batch.data, per_unit=True, units=slice(u, u + 1))
             unit = torch.zeros(pol.unit_scores.shape[-1], dtype=torch.bool, device=pol.unit_scores.device)
             unit[u] = True
-            known = pol.unit_scores.detach() * 0 if known is None else known
+            known = torch.zeros_like(pol.unit_scores.detach()) if known is None else known
             scores = torch.where(unit, pol.unit_scores, known)
             loss, metrics = objective_loss(run.objective, _with_units(pol, scores), ref, batch.values)
             run.accelerator.backward(loss / run.stream.accumulation)

@@ -138,9 +138,12 @@ class DiffusionReward(ModalityPlugin):
         directory = Path(directory)
         if (directory / WEIGHT_NAME).exists():
             base_dir = directory / "base_pipeline"
-            # a pipeline passed from Python now carries the trained adapter: its base from its own path
-            base = C.load_unet(str(base_dir)) if base_dir.exists() else C.load_unet(
-                source_name(self.cfg.name_or_path)) if self.passed else self._base_unet()
+            if base_dir.exists():
+                base = C.load_unet(str(base_dir))
+            elif self.passed:  # the pipeline object now carries the trained adapter: its base from its path
+                base = C.load_unet(source_name(self.cfg.name_or_path))
+            else:
+                base = self._base_unet()
             return load_lora_unet(base, directory)
         return C.load_unet(str(directory))
 

@@ -72,15 +72,19 @@ def _load_failure(text: str, hub: HubDataset, error: Exception) -> DataError:
 def read_hub(text: str) -> list[Record]:
     """The rows of the hub dataset ``text`` names; ``where`` is ``hf://...:row N``. Paths inside
     rows resolve against the current directory (hub rows normally hold image bytes)."""
+    return dataset_records(_load_dataset(text, parse_hub_id(text)), text, Path.cwd())
+
+
+def _load_dataset(text: str, hub: HubDataset, **options):
+    """``datasets.load_dataset`` of the id, subset, split and revision (``options``: streaming);
+    any failure is one DataError with the fix (exit code 2)."""
     import datasets
 
-    hub = parse_hub_id(text)
     try:
         with quiet_datasets():
-            dataset = datasets.load_dataset(hub.repo_id, hub.subset, split=hub.split, revision=hub.revision)
-    except Exception as e:  # network, unknown id or split, offline mode: one error, exit code 2
+            return datasets.load_dataset(hub.repo_id, hub.subset, split=hub.split, revision=hub.revision, **options)
+    except Exception as e:  # network, unknown id or split, offline mode
         raise _load_failure(text, hub, e) from None
-    return dataset_records(dataset, text, Path.cwd())
 
 
 def stream_hub(text: str):
@@ -88,20 +92,13 @@ def stream_hub(text: str):
     BATCH_ROWS at a time as training reaches them, nothing downloaded ahead. The number of records
     in the split (a pass's length: the data position is counted in passes) comes from the
     dataset's card metadata; a split slice cannot be streamed."""
-    import datasets
-
     from mmalign.streaming import RecordStream
 
     hub = parse_hub_id(text)
     if "[" in hub.split:
         raise ConfigError(f"'{text}': a split slice ({hub.split}) cannot be streamed; name a whole split, or "
                           f"set data.streaming: false.")
-    try:
-        with quiet_datasets():
-            dataset = datasets.load_dataset(hub.repo_id, hub.subset, split=hub.split, revision=hub.revision,
-                                            streaming=True)
-    except Exception as e:  # network, unknown id or split, offline mode: one error, exit code 2
-        raise _load_failure(text, hub, e) from None
+    dataset = _load_dataset(text, hub, streaming=True)
     split = (dataset.info.splits or {}).get(hub.split)
     if split is None or not split.num_examples:
         raise ConfigError(f"'{text}': the dataset's card does not say how many records the split "

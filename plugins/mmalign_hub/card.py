@@ -82,8 +82,9 @@ def _shown(value: Any) -> str:
 def _settings(config: dict, summary: str) -> list[tuple[str, str]]:
     model, data, loss, train = config["model"], config["data"], config["loss"], config["train"]
     algorithm = config.get("algorithm") or {}
-    if source_name(model.get("name_or_path")):
-        base = _shown(source_name(model["name_or_path"]))
+    source = source_name(model.get("name_or_path"))
+    if source:
+        base = _shown(source)
     elif model.get("name_or_path"):
         base = "a model object passed to `mmalign.train()`"
     else:

@@ -24,9 +24,8 @@ from torch import Tensor, nn
 
 from mmalign.config import LoraConfig, ModelConfig
 from mmalign.errors import ConfigError
-from mmalign.in_memory import held
+from mmalign.in_memory import held, source_name
 from mmalign_text.quantization import quantization
-from mmalign_text.sources import base_source
 from mmalign.precision import DTYPES
 from mmalign.protocol import ModalityPlugin
 
@@ -237,7 +236,7 @@ class CausalLMModels(ModalityPlugin):
         if (directory / "base_model").exists():
             return self._from_pretrained(str(directory / "base_model"))
         if held(self.cfg.name_or_path) is not None:
-            return self._from_pretrained(base_source(self.cfg))
+            return self._from_pretrained(source_name(self.cfg.name_or_path))
         return self._base_model()
 
     def save(self, model: nn.Module, directory: Path) -> None:
@@ -248,7 +247,7 @@ class CausalLMModels(ModalityPlugin):
         directory.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(directory, safe_serialization=True)
         self.tokenizer.save_pretrained(directory)
-        if hasattr(model, "peft_config") and base_source(self.cfg) is None:
+        if hasattr(model, "peft_config") and source_name(self.cfg.name_or_path) is None:  # no path to point at
             base = model.get_base_model()
             base.save_pretrained(directory / "base_model", state_dict=base_state_dict(base),
                                  safe_serialization=True)

@@ -54,12 +54,6 @@ def pretrained_config(cfg: ModelConfig):
     return AutoConfig.from_pretrained(cfg.name_or_path, trust_remote_code=cfg.trust_remote_code)
 
 
-def base_source(cfg: ModelConfig) -> Optional[str]:
-    """The path or Hub id the base model is reloaded from (an adapter's base): None for a base
-    built from ``model.tiny`` or passed from Python without a name_or_path (save writes it)."""
-    return source_name(cfg.name_or_path)
-
-
 def load_tokenizer(cfg: ModelConfig):
     """``AutoTokenizer`` from ``model.tokenizer`` (default ``model.name_or_path``), or the tokenizer
     passed to mmalign.train (a processor's own tokenizer)."""

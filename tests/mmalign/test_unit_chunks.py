@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from mmalign.losses.objective import make_objective, objective_loss
+from mmalign.protocol import ModalityPlugin
 from mmalign.scores import Scores
 from mmalign.unit_chunks import backward_by_units, unit_by_unit
 from mmalign_rl.algorithms import GROUP_LOSS
@@ -99,4 +100,4 @@ def test_it_is_used_only_where_it_is_exact():
     assert unit_by_unit(plugin, token, sharded=False)
     assert not unit_by_unit(plugin, sequence, sharded=False)  # GSPO's ratio needs every unit
     assert not unit_by_unit(plugin, token, sharded=True)  # FSDP reduces once per backward
-    assert not unit_by_unit(SimpleNamespace(), token, sharded=False)  # a plugin that scores all units at once
+    assert not unit_by_unit(ModalityPlugin(), token, sharded=False)  # a plugin that scores all units at once
