@@ -2,9 +2,9 @@
 mmalign's engine: DDPO, GRPO and online Diffusion-DPO side by side with offline Diffusion-DPO.
 
 1. The offline demo (``mmalign demo diffusion``, :mod:`mmalign_diffusion.demo`) builds the world,
-   the tiny SDXL pipeline, the SFT reference and the offline Diffusion-DPO policy; ``--offline
-   DIR`` reuses one that already ran.
-2. From the SFT model, on the world's 18 captions alone, with the gold scorer ``brightness`` as
+   the tiny SDXL pipeline and the SFT reference; its offline Diffusion-DPO policy is trained in
+   step 2 with the online ones. ``offline=DIR`` reuses an offline demo that already ran.
+2. From the SFT model, side by side on the usable cores (:mod:`mmalign_diffusion.demo_jobs`), on the world's 18 captions alone, with the gold scorer ``brightness`` as
    the reward: ``ddpo`` (per-prompt normalised advantages, PPO-clip over denoising steps),
    ``grpo`` (group advantages over each caption's images) and ``online_dpo`` (two images per
    caption, the brighter chosen, the Diffusion-DPO loss on their denoising scores, at the offline
@@ -31,10 +31,12 @@ import torch
 
 from mmalign.config import load_config
 from mmalign.engine import train
-from mmalign_diffusion import world
+from mmalign_diffusion import demo as offline_demo, world
+from mmalign_diffusion.demo_jobs import Job, run_jobs, usable_cores
 from mmalign_diffusion.sampling import load_pipeline, sample, save_grid, win_rate
 
 ONLINE = ("ddpo", "grpo", "online_dpo")
+LONGEST_FIRST = ("ddpo", "grpo", "offline_dpo", "online_dpo")  # at the demo's sizes: 83, 81, 47 and 30 s
 FULL = dict(rl_steps=30, prompts_per_step=4, samples_per_prompt=8, dpo_prompts_per_step=16, sample_steps=20,
             timestep_fraction=1.0,
             lr=1e-4, kl_beta=0.0, dpo_lr=1e-5, dpo_beta=2500.0, eval_samples=64, eval_steps=20, kl_samples=32)
@@ -67,47 +69,64 @@ def online_config(out: Path, algorithm: str, sizes: dict, seed: int) -> dict:
     }
 
 
-def run_demo(out_dir: str | Path, *, quick: bool = False, seed: int = 0, threads: int = 1, offline=None,
-             algorithms: tuple[str, ...] = ONLINE, log=print, **overrides) -> dict:
+def run_demo(out_dir: str | Path, *, quick: bool = False, seed: int = 0, workers: int | None = None,
+             offline=None, algorithms: tuple[str, ...] = ONLINE, log=print, **overrides) -> dict:
     """Run the demo into ``out_dir`` (``offline``: a finished ``mmalign demo diffusion`` directory;
-    ``algorithms``: which of ONLINE to train, e.g. DDPO alone for its outcome test)."""
+    ``algorithms``: which of ONLINE to train, e.g. DDPO alone for its outcome test; ``workers``:
+    processes for the trainings from the SFT model, by default one per usable core). Every step
+    runs on one torch thread, so the numbers do not depend on ``workers`` or the machine's cores
+    (two threads change the SFT model's last bits)."""
+    workers = usable_cores() if workers is None else workers
     old_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(1)
     try:
         return _run(Path(out_dir), dict(QUICK if quick else FULL, **overrides), seed, quick, offline,
-                    tuple(algorithms), log)
+                    tuple(algorithms), workers, log)
     finally:
         torch.set_num_threads(old_threads)
 
 
-def _run(out: Path, sizes: dict, seed: int, quick: bool, offline, algorithms: tuple[str, ...], log) -> dict:
+def _run(out: Path, sizes: dict, seed: int, quick: bool, offline, algorithms: tuple[str, ...], workers: int,
+         log) -> dict:
+    """The module docstring's steps. The trainings from the SFT model (offline Diffusion-DPO with
+    the rest of the offline demo, and each online algorithm) are independent jobs, run side by
+    side on ``workers`` processes (:mod:`mmalign_diffusion.demo_jobs`), longest first."""
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    jobs = []
     if offline is None:
-        from mmalign_diffusion.demo import run_demo as run_offline
-
-        log("[1/3] the offline demo: world, tiny SDXL pipeline, SFT reference, offline Diffusion-DPO")
-        run_offline(out / "offline", quick=quick, seed=seed, log=log)
+        offline_sizes = dict(offline_demo.QUICK if quick else offline_demo.FULL)
+        log("[1/3] the offline demo: world, tiny SDXL pipeline, SFT reference (offline Diffusion-DPO below)")
+        built = offline_demo.build_reference(out / "offline", offline_sizes, seed, log)
+        jobs.append(Job("offline_dpo", offline_demo.train_policy_and_report, (out / "offline", offline_sizes, seed, built)))
     else:
         log(f"[1/3] reusing the offline demo in {offline}")
         (out / "offline").symlink_to(Path(offline).resolve(), target_is_directory=True)
     captions = [f"a {c} {s}" for c in world.COLOURS for s in world.SHAPES]
     world.write_jsonl(out / "data" / "captions.jsonl", [{"prompt": c} for c in captions])
-    t_offline = time.time() - t0
-    histories, seconds = {}, {}
-    for name in algorithms:
-        log(f"[2/3] {name} from the SFT model: {sizes['rl_steps']} steps of {sizes['prompts_per_step']} captions")
-        start = time.time()
-        histories[name] = train(load_config(data=online_config(out, name, sizes, seed)), log=log).history
-        seconds[name] = round(time.time() - start, 1)
-    log(f"[3/3] held-out seeds: gold win rate, caption fidelity and KL to the reference")
+    t_reference = time.time() - t0
+    jobs += [Job(name, _train_online, (online_config(out, name, sizes, seed),)) for name in algorithms]
+    jobs.sort(key=lambda job: LONGEST_FIRST.index(job.name))
+    log(f"[2/3] from the SFT model: {', '.join(j.name for j in jobs)} ({sizes['rl_steps']} steps each online)")
+    results = run_jobs(jobs, min(workers, len(jobs)), out / "logs", log)
+    histories = {name: results[name][0] for name in algorithms}
+    log("[3/3] held-out seeds: gold win rate, caption fidelity and KL to the reference")
     report = _evaluate(out, sizes, seed, algorithms)
-    report.update(sizes=sizes, seconds_offline_demo=round(t_offline, 1),
-                  **{f"seconds_{name}": s for name, s in seconds.items()}, seconds_total=round(time.time() - t0, 1))
+    report.update(sizes=sizes, seconds_reference=round(t_reference, 1),
+                  **{f"seconds_{name}": results[name][1] for name in algorithms}, seconds_total=round(time.time() - t0, 1))
+    if "offline_dpo" in results:
+        report["seconds_offline_dpo"] = results["offline_dpo"]["seconds_dpo"]
     (out / "report.json").write_text(json.dumps(report, indent=1))
     _plot(out, histories)
     log(_table(report))
     return report
+
+
+def _train_online(config: dict, log=print) -> tuple[list[dict], float]:
+    """(the metrics history, seconds) of one online training (a job: a top-level function)."""
+    start = time.time()
+    history = train(load_config(data=config), log=log).history
+    return history, round(time.time() - start, 1)
 
 
 def _evaluate(out: Path, sizes: dict, seed: int, algorithms: tuple[str, ...]) -> dict:

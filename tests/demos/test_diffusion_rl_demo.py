@@ -1,27 +1,44 @@
 """``mmalign demo diffusion-rl``: the quick run checks the plumbing (three online algorithms from the
-offline demo's SFT model, the report and the grid); the full run is the outcome check of issue 15
-(DDPO wins at least 0.9 of held-out seeds against the reference, caption fidelity within 0.05)."""
+offline demo's SFT model, the report and the grid) and that its trainings side by side give what
+they give one after the other; the full run is the outcome check of issue 15 (DDPO wins at least
+0.9 of held-out seeds against the reference, caption fidelity within 0.05)."""
 
 import json
 
 import pytest
 
 from mmalign.cli import main
-from mmalign_diffusion.rl_demo import ONLINE, run_demo
+from mmalign.errors import ConfigError
+from mmalign_diffusion.demo_jobs import Job, run_jobs
+from mmalign_diffusion.rl_demo import ONLINE, _train_online, run_demo
 
 
-@pytest.mark.slow  # tens of seconds: the quick offline demo, then three short online runs
+@pytest.mark.slow  # about a minute: the quick demo twice (side by side, then one job at a time)
 def test_quick_demo_writes_report_and_grid(tmp_path):
-    assert main(["demo", "diffusion-rl", "--out", str(tmp_path), "--quick"]) == 0
-    report = json.loads((tmp_path / "report.json").read_text())
+    assert main(["demo", "diffusion-rl", "--out", str(tmp_path / "cli"), "--quick"]) == 0
+    report = json.loads((tmp_path / "cli" / "report.json").read_text())
     assert set(report["models"]) == {"reference", "offline_dpo", *ONLINE}
     for name in ("offline_dpo", *ONLINE):
         model = report["models"][name]
         assert 0 <= model["win_rate_vs_reference"] <= 1 and 0 <= model["caption_fidelity"] <= 1
         assert model["kl_to_reference"] == pytest.approx(model["kl_to_reference"])  # finite
-    assert (tmp_path / "samples.png").stat().st_size > 500 and (tmp_path / "report.png").exists()
+    assert (tmp_path / "cli" / "samples.png").stat().st_size > 500 and (tmp_path / "cli" / "report.png").exists()
     for name in ONLINE:
-        assert (tmp_path / name / "final" / "model_index.json").exists()
+        assert (tmp_path / "cli" / name / "final" / "model_index.json").exists()
+    side_by_side = run_demo(tmp_path / "two", quick=True, workers=2, log=lambda *a: None)
+    assert {log.name for log in (tmp_path / "two" / "logs").iterdir()} == {f"{n}.log" for n in ("offline_dpo", *ONLINE)}
+    one_at_a_time = run_demo(tmp_path / "one", quick=True, workers=1, log=lambda *a: None)
+    assert not (tmp_path / "one" / "logs").exists()
+    assert side_by_side["models"] == one_at_a_time["models"] == report["models"]
+
+
+@pytest.mark.slow  # seconds: two spawned processes import torch and mmalign
+def test_a_jobs_error_is_raised_in_the_parent(tmp_path):
+    bad = {"output_dir": str(tmp_path / "out"), "model": {"reward": "diffusion"}, "train": {"max_step": 1}}
+    jobs = [Job(name, _train_online, (bad,)) for name in ("first", "second")]
+    with pytest.raises(ConfigError, match="max_step"):
+        run_jobs(jobs, 2, tmp_path / "logs", log=lambda *a: None)
+    assert (tmp_path / "logs" / "first.log").exists() and not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
