@@ -31,7 +31,7 @@ def train(config, *, model=None, ref_model=None, tokenizer_or_processor=None, tr
     from mmalign.in_memory import keep
 
     objects = {"model": model, "ref_model": ref_model, "tokenizer_or_processor": tokenizer_or_processor}
-    config = _load(config, overrides, objects)
+    config = as_config(config, overrides, objects)
     given = {"train": train_dataset, "eval": eval_dataset}
     addresses = {key: keep(f"{key}_dataset", value) for key, value in given.items() if value is not None}
     if addresses:
@@ -44,9 +44,9 @@ def train(config, *, model=None, ref_model=None, tokenizer_or_processor=None, tr
                   callbacks=tuple(callbacks))
 
 
-def _load(config, overrides, objects=None) -> Config:
-    """A validated Config from a Config, a dict or a YAML path, with ``overrides`` and the config
-    keys of the model ``objects`` given to :func:`train`."""
+def as_config(config, overrides=None, objects=None) -> Config:
+    """A validated Config from a Config, a dict or a YAML path, with ``overrides`` (``KEY=VALUE``
+    strings) and the config keys of the model ``objects`` given to :func:`train`."""
     from mmalign.config import to_dict
     from mmalign.in_memory import object_overrides
     from mmalign.validation import check_top_level, read_config_file
@@ -63,14 +63,5 @@ def _load(config, overrides, objects=None) -> Config:
         config, overrides)
 
 
-def score(config, *, overrides=None):
-    """Implicit rewards beta * (s_policy - s_ref) of every record of a trained run (any modality):
-    a list of {"record", "reward_chosen", "reward_rejected", "margin"}; also written to
-    ``output_dir/scores.jsonl``."""
-    from mmalign.evaluate_cli import score_config
-
-    return score_config(_load(config, overrides))
-
-
-__all__ = ["score", "register", "Scores", "implicit_reward", "Config", "ConfigError", "DataError", "MmalignError", "hookimpl", "load_config", "train",
+__all__ = ["as_config", "register", "Scores", "implicit_reward", "Config", "ConfigError", "DataError", "MmalignError", "hookimpl", "load_config", "train",
            "__version__"]

@@ -1,4 +1,4 @@
-"""``mmalign`` command line: plugins, check, train, eval, score, demo, and the commands plugins add.
+"""``mmalign`` command line: plugins, train, demo, and the commands plugins add (check, eval, score, sweep, push).
 
 Exit codes: 0 done; 2 bad input (config, data, unknown names) or a machine that refuses (disk full,
 read-only path), printed as one paragraph; 3 training stopped (non-finite loss); 130 interrupted;
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 import tempfile
@@ -29,10 +28,6 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("plugins", help="list every registered reward, loss, dataset format, evaluator, "
                                    "callback and demo with the plugin that provides it")
-    c = sub.add_parser("check", help="validate a config (and read its data files) without loading "
-                                     "a model: exit 0 with a summary, or 2 with the error")
-    c.add_argument("config")
-    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     t = sub.add_parser("train", help="train from a YAML config")
     t.add_argument("config")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -45,13 +40,6 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true",
                    help="start anew in an output_dir that holds files: they are moved (not deleted) "
                         "to OUTPUT_DIR.previous-<time>")
-    e = sub.add_parser("eval", help="evaluate output_dir/final (or eval.checkpoint) on data.eval")
-    e.add_argument("config")
-    e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    s = sub.add_parser("score", help="write the implicit reward of every record's responses to "
-                                     "output_dir/scores.jsonl")
-    s.add_argument("config")
-    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     d = sub.add_parser("demo", help="run an offline end-to-end demo")
     d.add_argument("name", help="text (more come from plugins: see `mmalign plugins`)")
     d.add_argument("--out", required=True, help="output directory")
@@ -106,13 +94,6 @@ def load_checked(args, command: str):
     return cfg
 
 
-def cmd_check(args) -> None:
-    from mmalign.check import summary
-
-    cfg = load_checked(args, "check")
-    print(summary(cfg, args.config))
-
-
 def cmd_train(args) -> None:
     from mmalign.engine import train
 
@@ -127,24 +108,6 @@ def cmd_train(args) -> None:
 
     if PartialState().is_main_process:  # once, not once per process
         print(f"final model: {result.final_dir}")
-
-
-def cmd_eval(args) -> None:
-    from mmalign.evaluate_cli import evaluate_config
-
-    cfg = load_checked(args, "eval")
-    results = evaluate_config(cfg)
-    print(json.dumps(results, indent=1))
-
-
-def cmd_score(args) -> None:
-    from mmalign.evaluate_cli import score_config
-
-    cfg = load_checked(args, "score")
-    rows = score_config(cfg)
-    margins = [r["margin"] for r in rows if "margin" in r]
-    summary = f", accuracy {sum(m > 0 for m in margins) / len(margins):.3f}" if margins else ""
-    print(f"{len(rows)} records scored{summary}: {cfg.output_dir}/scores.jsonl")
 
 
 def cmd_demo(args) -> None:
@@ -184,8 +147,7 @@ def fresh_out(out: str | Path, overwrite: bool) -> None:
     prepare_fresh_output(out, overwrite=overwrite, log=print)
 
 
-COMMANDS = {"plugins": lambda args: cmd_plugins(), "check": cmd_check, "train": cmd_train,
-            "eval": cmd_eval, "score": cmd_score, "demo": cmd_demo}
+COMMANDS = {"plugins": lambda args: cmd_plugins(), "train": cmd_train, "demo": cmd_demo}
 
 
 def _run(args) -> None:

@@ -146,7 +146,7 @@ def test_eval_and_score_compute_as_training_did(tmp_path, tokenizer_dir, pairs_f
 
     from conftest import write_jsonl
 
-    from mmalign.evaluate_cli import evaluate_config, score_config
+    from mmalign_inspect.trained_run import evaluate_config, score_config
 
     held_out = write_jsonl(tmp_path / "held_out.jsonl",
                            [json.loads(x) for x in pairs_file.read_text().splitlines()[:8]])

@@ -1,4 +1,5 @@
-"""``mmalign eval CONFIG``: evaluate a trained policy against its reference on held-out data."""
+"""``mmalign eval CONFIG`` and ``mmalign score CONFIG``: a trained policy against its reference on
+held-out data (the configured evaluators), or the implicit reward of every record."""
 
 from __future__ import annotations
 

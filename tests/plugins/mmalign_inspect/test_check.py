@@ -12,7 +12,7 @@ import yaml
 
 from mmalign.cli import main
 
-DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo"
+DEMO = Path(__file__).resolve().parents[3] / "configs" / "demo"
 
 
 def _config(tmp_path: Path, modality: str, records: int) -> tuple[Path, list[dict]]:
