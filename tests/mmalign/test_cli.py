@@ -108,6 +108,12 @@ def test_score_and_per_subset_eval(tmp_path, tokenizer_dir, pairs_file, capsys):
     scores = [json.loads(x) for x in (tmp_path / "run" / "scores.jsonl").read_text().splitlines()]
     assert len(scores) == 40 and scores[0]["record"].endswith("held_out.jsonl:1")
     assert scores[0]["margin"] == pytest.approx(scores[0]["reward_chosen"] - scores[0]["reward_rejected"])
+    from mmalign.errors import MmalignError
+    from mmalign_inspect import score
+
+    assert score(str(path)) == scores  # the same from Python
+    with pytest.raises(MmalignError, match="no_such_loss"):  # names checked as the CLI checks them
+        score(str(path), overrides=["loss.name=no_such_loss"])
     assert run_cli(["eval", str(path)], capsys)[0] == 0
     result = json.loads((tmp_path / "run" / "eval.json").read_text())
     even = sum(s["margin"] > 0 for s in scores[0::2]) / 20
