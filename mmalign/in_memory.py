@@ -24,6 +24,7 @@ from mmalign.errors import ConfigError
 
 MEMORY_SCHEME = "memory://"
 _OBJECTS: dict[str, Any] = {}
+_FOREIGN_WEIGHTS: set[str] = set()  # addresses of kept models whose weights are not their path's
 
 
 def keep(name: str, dataset: Any) -> str:
@@ -65,6 +66,18 @@ def source_name(value: Optional[str]) -> Optional[str]:
     obj = _OBJECTS.get(value)  # None in another process (mmalign push): no name to show
     name = getattr(obj, "name_or_path", None) or getattr(getattr(obj, "config", None), "_name_or_path", None)
     return str(name) if name else None
+
+
+def weights_source(value: Optional[str]) -> Optional[str]:
+    """Where the *weights* behind a config value can be loaded from: :func:`source_name`, unless a
+    plugin found the kept object's weights differ from that path's (:func:`not_its_weights`: a
+    model made with ``from_config`` of a downloaded config carries the config's path)."""
+    return None if value in _FOREIGN_WEIGHTS else source_name(value)
+
+
+def not_its_weights(value: str) -> None:
+    """Mark a kept model whose weights are not those of the ``name_or_path`` it carries."""
+    _FOREIGN_WEIGHTS.add(value)
 
 
 def object_fingerprint(obj: Any) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from mmalign.config import HUB_ID
-from mmalign.in_memory import source_name
+from mmalign.in_memory import weights_source
 from mmalign.run_files import write_atomic
 
 CARD = "README.md"
@@ -42,7 +42,7 @@ def model_card(config: dict, history: list[dict], directory: Path, ref: str) -> 
     model, loss, algorithm = config["model"], config["loss"], config.get("algorithm") or {}
     method, online = algorithm.get("name") or loss["name"], bool(algorithm.get("name"))
     plugin, summary = _registered(model["reward"], method, online)
-    base = source_name(model.get("name_or_path"))  # a model passed from Python: the path it came from
+    base = weights_source(model.get("name_or_path"))  # a model passed from Python: the path it came from
     loading = plugin.how_to_load(Path(directory), ref, base) if plugin else None
     meta: dict[str, Any] = {"library_name": loading[0] if loading else "mmalign"}
     if base and HUB_ID.fullmatch(base) and not Path(base).exists():
@@ -82,7 +82,7 @@ def _shown(value: Any) -> str:
 def _settings(config: dict, summary: str) -> list[tuple[str, str]]:
     model, data, loss, train = config["model"], config["data"], config["loss"], config["train"]
     algorithm = config.get("algorithm") or {}
-    source = source_name(model.get("name_or_path"))
+    source = weights_source(model.get("name_or_path"))
     if source:
         base = _shown(source)
     elif model.get("name_or_path"):

@@ -24,8 +24,9 @@ from torch import Tensor, nn
 
 from mmalign.config import LoraConfig, ModelConfig
 from mmalign.errors import ConfigError
-from mmalign.in_memory import held, source_name
+from mmalign.in_memory import held, weights_source
 from mmalign_text.quantization import quantization
+from mmalign_text.weights_source import check_weights_source
 from mmalign.precision import DTYPES
 from mmalign.protocol import ModalityPlugin
 
@@ -91,6 +92,7 @@ def from_pretrained(auto_class, path: str, cfg: ModelConfig, *, dtype: Optional[
         if not isinstance(obj, nn.Module):
             raise ConfigError(f"mmalign.train: a {type(obj).__name__} was passed as a model; pass a "
                               f"transformers model (one that {auto_class.__name__}.from_pretrained loads).")
+        check_weights_source(path, obj)
         return obj
     kwargs = dict(dtype=DTYPES[dtype or cfg.dtype], trust_remote_code=cfg.trust_remote_code,
                   **loading_options(cfg), **kwargs)
@@ -236,7 +238,7 @@ class CausalLMModels(ModalityPlugin):
         if (directory / "base_model").exists():
             return self._from_pretrained(str(directory / "base_model"))
         if held(self.cfg.name_or_path) is not None:
-            return self._from_pretrained(source_name(self.cfg.name_or_path))
+            return self._from_pretrained(weights_source(self.cfg.name_or_path))
         return self._base_model()
 
     def save(self, model: nn.Module, directory: Path) -> None:
@@ -247,7 +249,7 @@ class CausalLMModels(ModalityPlugin):
         directory.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(directory, safe_serialization=True)
         self.tokenizer.save_pretrained(directory)
-        if hasattr(model, "peft_config") and source_name(self.cfg.name_or_path) is None:  # no path to point at
+        if hasattr(model, "peft_config") and weights_source(self.cfg.name_or_path) is None:  # no path to point at
             base = model.get_base_model()
             base.save_pretrained(directory / "base_model", state_dict=base_state_dict(base),
                                  safe_serialization=True)

@@ -115,6 +115,35 @@ def test_lora_on_a_model_built_in_memory_saves_its_base(tmp_path, saved_model):
         assert torch.allclose(loaded(ids).logits, model.eval()(ids).logits, atol=1e-5)
 
 
+@pytest.mark.parametrize("named", ["saved", "org/not-on-this-machine"])
+def test_lora_on_a_from_config_model_saves_its_base(tmp_path, saved_model, capsys, named):
+    """from_config(AutoConfig.from_pretrained(p)) carries p as its name_or_path with random weights
+    (or a Hub id whose weights are not here): the adapter must not point at p. The base goes to
+    base_model/, with a warning; a model loaded from p still saves the adapter alone."""
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(saved_model)
+    if named != "saved":
+        config._name_or_path = named
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_config(config)
+    assert model.name_or_path == (str(saved_model) if named == "saved" else named)
+    lora = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+    result = mmalign.train(object_config(tmp_path, "from-config", model={"lora": lora}), model=model,
+                           tokenizer_or_processor=AutoTokenizer.from_pretrained(saved_model), log=quiet)
+    assert ("its weights differ" if named == "saved" else "no weights of it") in capsys.readouterr().err
+    final = result.final_dir
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(final / "base_model"), final).eval()
+    ids = torch.tensor([[1, 5, 7, 9]])
+    with torch.no_grad():
+        assert torch.allclose(loaded(ids).logits, model.eval()(ids).logits, atol=1e-5)
+    assert "a model object passed to `mmalign.train()`" in (final / "README.md").read_text()
+    from_path = mmalign.train(object_config(tmp_path, "from-path", model={"lora": lora}), model=load(saved_model),
+                              log=quiet)
+    assert not (from_path.final_dir / "base_model").exists() and "differ" not in capsys.readouterr().err
+
+
 def test_resume_accepts_the_same_weights_and_refuses_others(tmp_path, saved_model):
     cfg = object_config(tmp_path, "resume", train={"max_steps": 2, "save_every": 1})
     mmalign.train(cfg, model=load(saved_model), log=quiet)

@@ -1,0 +1,91 @@
+"""mmalign_text.weights_source: a model passed from Python is checked against the weights its
+name_or_path holds (a directory, or the Hub cache where from_pretrained left them), so a LoRA
+adapter never points at a base it was not trained on. The training side (base_model/ written,
+loading back to the trained logits) is tests/mmalign/test_model_objects.py."""
+
+import shutil
+
+import pytest
+import torch
+from conftest import DEMO_DATA, TINY
+
+from mmalign.in_memory import keep_object, weights_source
+from mmalign_text.weights_source import _sampled_weights_match, check_weights_source
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(DEMO_DATA / "tokenizer")
+    tiny = dict(TINY)
+    config = AutoConfig.for_model(tiny.pop("model_type"), vocab_size=len(tokenizer), **tiny)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "tiny"
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    return path
+
+
+def hub_cache(root, repo: str, files: dict) -> None:
+    """The Hub cache's layout for ``repo`` at revision main: refs/main and one snapshot."""
+    folder = root / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text("abc123")
+    snapshot = folder / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    for name, source in files.items():
+        shutil.copy(source, snapshot / name)
+
+
+def kept(model, name):
+    """The model kept as mmalign.train keeps it, named ``name`` (the address carries the name: a
+    mark on one address does not reach another test's)."""
+    model.name_or_path = model.config._name_or_path = name
+    return keep_object(f"model-{name.replace('/', '-')}", model)
+
+
+def loaded(path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path)
+
+
+def test_a_directory_with_the_same_weights_is_the_source(saved):
+    model = loaded(saved)
+    address = kept(model, str(saved))
+    check_weights_source(address, model)
+    assert weights_source(address) == str(saved)
+    assert _sampled_weights_match(model, [saved / "model.safetensors"]) is True  # compared, not trusted
+
+
+def test_other_weights_are_not_the_source(saved, capsys):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(saved))
+    address = kept(model, str(saved))
+    check_weights_source(address, model)
+    assert weights_source(address) is None and "its weights differ" in capsys.readouterr().err
+
+
+def test_hub_ids_are_looked_up_in_the_hub_cache(saved, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    hub_cache(tmp_path, "org/tiny", {"model.safetensors": saved / "model.safetensors"})
+    hub_cache(tmp_path, "org/old", {"pytorch_model.bin": saved / "config.json"})  # only .bin: not read
+    model = loaded(saved)
+    for repo, expected in (("org/tiny", "org/tiny"), ("org/old", "org/old"), ("org/absent", None)):
+        address = kept(model, repo)
+        check_weights_source(address, model)
+        assert weights_source(address) == expected, repo
+
+
+def test_a_peft_model_is_compared_by_its_base(saved):
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(loaded(saved), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    address = keep_object("model-peft", model)  # its name_or_path is its base's
+    check_weights_source(address, model)
+    assert weights_source(address) == str(saved)
+    assert _sampled_weights_match(model, [saved / "model.safetensors"]) is True  # compared, not trusted
