@@ -37,12 +37,43 @@ def components_of(pipe, resolution: Optional[int]) -> Components:
 
 
 def check_passed(model_cfg: ModelConfig) -> bool:
-    """Whether ``model.name_or_path`` is a pipeline passed from Python; a LoRA on one with no path
-    is refused (the adapter is saved alone, pointing at the base's path)."""
-    if held(model_cfg.name_or_path) is None:
+    """Whether ``model.name_or_path`` is a pipeline passed from Python. A LoRA is saved alone,
+    pointing at the base's path, so a LoRA on one with no path is refused, and so is one whose
+    components' weights are not those at its path (:func:`foreign_component`)."""
+    pipe = held(model_cfg.name_or_path)
+    if pipe is None:
         return False
-    if model_cfg.lora is not None and source_name(model_cfg.name_or_path) is None:
+    source = source_name(model_cfg.name_or_path)
+    if model_cfg.lora is not None and source is None:
         raise ConfigError("mmalign.train: model= is a pipeline without a name_or_path, and model.lora "
                           "saves only the adapter: save the pipeline first (pipeline.save_pretrained(DIR)) "
                           "and pass DiffusionPipeline.from_pretrained(DIR), or set model.name_or_path: DIR.")
+    foreign = foreign_component(pipe, source) if model_cfg.lora is not None else None
+    if foreign:
+        raise ConfigError(f"mmalign.train: model= is a pipeline that names '{source}', but its {foreign}, and "
+                          f"model.lora saves only the adapter, which would load over that path's weights. Save "
+                          f"the pipeline (pipeline.save_pretrained(DIR)) and pass "
+                          f"DiffusionPipeline.from_pretrained(DIR), or train without model.lora.")
     return True
+
+
+COMPONENT_FILES = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model",
+                   "text_encoder_2": "model"}
+
+
+def foreign_component(pipe, source: str) -> Optional[str]:
+    """Why the pipeline's weights are not those at ``source`` (a component replaced in memory,
+    say), or None: each component's sampled weight matrices against its folder's safetensors
+    (:mod:`mmalign_text.weights_source`; ``.bin`` weights or nothing comparable are trusted)."""
+    from mmalign_text.weights_source import sampled_weights_match, weight_files
+
+    for name, stem in COMPONENT_FILES.items():
+        part = getattr(pipe, name, None)
+        if part is None:
+            continue
+        files = weight_files(source, name, stem)
+        if files == []:
+            return f"{name} has no weights there on this machine"
+        if files and sampled_weights_match(part, files) is False:
+            return f"{name}'s weights differ from the files there"
+    return None

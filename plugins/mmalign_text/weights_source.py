@@ -31,8 +31,8 @@ def check_weights_source(address: str, model: nn.Module) -> None:
     source = source_name(address)
     if source is None:
         return
-    files = _weight_files(source)
-    if files is None or (files and _sampled_weights_match(model, files) is not False):
+    files = weight_files(source)
+    if files is None or (files and sampled_weights_match(model, files) is not False):
         return
     not_its_weights(address)
     why = "its weights differ from the files there" if files else "no weights of it are on this machine"
@@ -40,30 +40,33 @@ def check_weights_source(address: str, model: nn.Module) -> None:
          f"from_config?). A LoRA adapter will be saved with its base in final/base_model/.")
 
 
-def _weight_files(source: str) -> Optional[list[Path]]:
-    """The safetensors files of ``source``; [] when it has no weights here; None when it has only
-    weights that are not read here (``.bin``)."""
-    folder = Path(source)
-    if folder.is_dir():
+def weight_files(source: str, subfolder: str = "", stem: str = "model") -> Optional[list[Path]]:
+    """The safetensors files of ``source`` (in ``subfolder``: a diffusers component), a directory
+    or a Hub id in the Hub cache; [] when it has no weights here; None when it has only weights
+    that are not read here (``.bin``). ``stem``: the weight files' name (diffusers:
+    ``diffusion_pytorch_model``)."""
+    folder = Path(source) / subfolder
+    if Path(source).is_dir():
         files = sorted(folder.glob("*.safetensors"))
         return files or (None if any(folder.glob("*.bin")) else [])
     from huggingface_hub import try_to_load_from_cache
 
     def cached(name: str) -> Optional[Path]:
-        found = try_to_load_from_cache(source, name)
+        found = try_to_load_from_cache(source, f"{subfolder}/{name}" if subfolder else name)
         return Path(found) if isinstance(found, str) else None
 
-    index = cached("model.safetensors.index.json")
+    index = cached(f"{stem}.safetensors.index.json")
     if index is not None:
         names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         return [f for f in (cached(n) for n in names) if f is not None]
-    single = cached("model.safetensors")
+    single = cached(f"{stem}.safetensors")
     if single is not None:
         return [single]
-    return None if cached("pytorch_model.bin") or cached("pytorch_model.bin.index.json") else []
+    bin_stem = "pytorch_model" if stem == "model" else stem
+    return None if cached(f"{bin_stem}.bin") or cached(f"{bin_stem}.bin.index.json") else []
 
 
-def _sampled_weights_match(model: nn.Module, files: list[Path]) -> Optional[bool]:
+def sampled_weights_match(model: nn.Module, files: list[Path]) -> Optional[bool]:
     """Whether up to SAMPLED weight matrices (spread over the model) equal the files' tensors of the
     same name and shape, cast to the model's dtype as ``from_pretrained`` casts; None when none
     can be compared."""

@@ -80,3 +80,18 @@ def test_what_cannot_work_is_refused(tmp_path, pipeline_dir, case, message):
     with pytest.raises(ConfigError, match=message) as caught:
         mmalign.train(config(tmp_path, case, **model), model=pipe, log=lambda *a: None, **kwargs)
     assert caught.value.exit_code == 2 and not (tmp_path / case).exists()
+
+
+def test_lora_on_a_pipeline_whose_unet_is_not_its_paths_is_refused(tmp_path, pipeline_dir):
+    """A pipeline loaded from a path, its UNet then replaced by a random one: the adapter would
+    load over the path's UNet, so the run is refused before anything is written; without LoRA
+    (the whole pipeline saved) it trains."""
+    from diffusers import UNet2DConditionModel
+
+    pipe = load(pipeline_dir)
+    torch.manual_seed(3)
+    pipe.unet = UNet2DConditionModel.from_config(pipe.unet.config)
+    with pytest.raises(ConfigError, match="unet's weights differ from the files there"):
+        mmalign.train(config(tmp_path, "replaced", lora=LORA), model=pipe, log=lambda *a: None)
+    assert not (tmp_path / "replaced").exists()
+    mmalign.train(config(tmp_path, "full"), model=pipe, log=lambda *a: None)

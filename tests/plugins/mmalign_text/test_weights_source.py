@@ -10,7 +10,7 @@ import torch
 from conftest import DEMO_DATA, TINY
 
 from mmalign.in_memory import keep_object, weights_source
-from mmalign_text.weights_source import _sampled_weights_match, check_weights_source
+from mmalign_text.weights_source import check_weights_source, sampled_weights_match, weight_files
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_a_directory_with_the_same_weights_is_the_source(saved):
     address = kept(model, str(saved))
     check_weights_source(address, model)
     assert weights_source(address) == str(saved)
-    assert _sampled_weights_match(model, [saved / "model.safetensors"]) is True  # compared, not trusted
+    assert sampled_weights_match(model, [saved / "model.safetensors"]) is True  # compared, not trusted
 
 
 def test_other_weights_are_not_the_source(saved, capsys):
@@ -79,6 +79,15 @@ def test_hub_ids_are_looked_up_in_the_hub_cache(saved, tmp_path, monkeypatch):
         address = kept(model, repo)
         check_weights_source(address, model)
         assert weights_source(address) == expected, repo
+    # a diffusers component's folder (the diffusion plugin checks a pipeline's components so)
+    (tmp_path / "unet").mkdir()
+    shutil.copy(saved / "model.safetensors", tmp_path / "unet" / "diffusion_pytorch_model.safetensors")
+    hub_cache(tmp_path, "org/pipe", {})
+    snapshot = tmp_path / "models--org--pipe" / "snapshots" / "abc123"
+    shutil.copytree(tmp_path / "unet", snapshot / "unet")
+    assert weight_files("org/pipe", "unet", "diffusion_pytorch_model") == [
+        snapshot / "unet" / "diffusion_pytorch_model.safetensors"]
+    assert weight_files("org/pipe", "vae", "diffusion_pytorch_model") == []
 
 
 def test_a_peft_model_is_compared_by_its_base(saved):
@@ -88,4 +97,4 @@ def test_a_peft_model_is_compared_by_its_base(saved):
     address = keep_object("model-peft", model)  # its name_or_path is its base's
     check_weights_source(address, model)
     assert weights_source(address) == str(saved)
-    assert _sampled_weights_match(model, [saved / "model.safetensors"]) is True  # compared, not trusted
+    assert sampled_weights_match(model, [saved / "model.safetensors"]) is True  # compared, not trusted
