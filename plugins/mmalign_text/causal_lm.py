@@ -92,7 +92,8 @@ def from_pretrained(auto_class, path: str, cfg: ModelConfig, *, dtype: Optional[
         if not isinstance(obj, nn.Module):
             raise ConfigError(f"mmalign.train: a {type(obj).__name__} was passed as a model; pass a "
                               f"transformers model (one that {auto_class.__name__}.from_pretrained loads).")
-        check_weights_source(path, obj)
+        if path == cfg.name_or_path and (cfg.lora is not None or hasattr(obj, "peft_config")):
+            check_weights_source(path, obj)  # the policy, saved as an adapter pointing at its path
         return obj
     kwargs = dict(dtype=DTYPES[dtype or cfg.dtype], trust_remote_code=cfg.trust_remote_code,
                   **loading_options(cfg), **kwargs)

@@ -69,7 +69,7 @@ def weight_files(source: str, subfolder: str = "", stem: str = "model") -> Optio
 def sampled_weights_match(model: nn.Module, files: list[Path]) -> Optional[bool]:
     """Whether up to SAMPLED weight matrices (spread over the model) equal the files' tensors of the
     same name and shape, cast to the model's dtype as ``from_pretrained`` casts; None when none
-    can be compared."""
+    can be compared (quantized or offloaded to the meta device)."""
     from safetensors import safe_open
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -80,7 +80,7 @@ def sampled_weights_match(model: nn.Module, files: list[Path]) -> Optional[bool]
             for key in f.keys():
                 mine = state.get(key)
                 if mine is not None and mine.dim() >= 2 and mine.is_floating_point() and \
-                        tuple(f.get_slice(key).get_shape()) == tuple(mine.shape):
+                        mine.device.type != "meta" and tuple(f.get_slice(key).get_shape()) == tuple(mine.shape):
                     shapes[key] = file
     keys = sorted(shapes)
     if not keys:
@@ -90,6 +90,6 @@ def sampled_weights_match(model: nn.Module, files: list[Path]) -> Optional[bool]
         with safe_open(str(shapes[key]), "pt") as f:
             saved = f.get_tensor(key)
         mine = state[key].detach()
-        if mine.device.type == "meta" or not torch.equal(saved.to(mine.dtype), mine.cpu()):
+        if not torch.equal(saved.to(mine.dtype), mine.cpu()):
             return False
     return True
