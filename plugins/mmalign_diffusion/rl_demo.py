@@ -36,7 +36,8 @@ from mmalign_diffusion.demo_jobs import Job, run_jobs, usable_cores
 from mmalign_diffusion.sampling import load_pipeline, sample, save_grid, win_rate
 
 ONLINE = ("ddpo", "grpo", "online_dpo")
-LONGEST_FIRST = ("ddpo", "grpo", "offline_dpo", "online_dpo")  # at the demo's sizes: 83, 81, 47 and 30 s
+LONGEST_FIRST = ("ddpo", "grpo", "offline_dpo", "online_dpo")  # at the demo's sizes: 95, 95, 45 and 31 s
+ALONE_THREADS = 2  # the autoencoder and SFT take 21 and 69 s with two threads, 31 and 80 with one
 FULL = dict(rl_steps=30, prompts_per_step=4, samples_per_prompt=8, dpo_prompts_per_step=16, sample_steps=20,
             timestep_fraction=1.0,
             lr=1e-4, kl_beta=0.0, dpo_lr=1e-5, dpo_beta=2500.0, eval_samples=64, eval_steps=20, kl_samples=32)
@@ -73,12 +74,13 @@ def run_demo(out_dir: str | Path, *, quick: bool = False, seed: int = 0, workers
              offline=None, algorithms: tuple[str, ...] = ONLINE, log=print, **overrides) -> dict:
     """Run the demo into ``out_dir`` (``offline``: a finished ``mmalign demo diffusion`` directory;
     ``algorithms``: which of ONLINE to train, e.g. DDPO alone for its outcome test; ``workers``:
-    processes for the trainings from the SFT model, by default one per usable core). Every step
-    runs on one torch thread, so the numbers do not depend on ``workers`` or the machine's cores
-    (two threads change the SFT model's last bits)."""
+    processes for the trainings from the SFT model, by default one per usable core). The steps
+    that run alone (the reference, the evaluation) use ALONE_THREADS torch threads and each
+    training one, whatever the machine: the numbers depend on thread counts (a second thread
+    changes the SFT model's last bits), so they do not depend on ``workers`` or the cores."""
     workers = usable_cores() if workers is None else workers
     old_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(ALONE_THREADS)
     try:
         return _run(Path(out_dir), dict(QUICK if quick else FULL, **overrides), seed, quick, offline,
                     tuple(algorithms), workers, log)
@@ -90,63 +92,90 @@ def _run(out: Path, sizes: dict, seed: int, quick: bool, offline, algorithms: tu
          log) -> dict:
     """The module docstring's steps. The trainings from the SFT model (offline Diffusion-DPO with
     the rest of the offline demo, and each online algorithm) are independent jobs, run side by
-    side on ``workers`` processes (:mod:`mmalign_diffusion.demo_jobs`), longest first."""
+    side on ``workers`` processes (:mod:`mmalign_diffusion.demo_jobs`), longest first; each job
+    then samples its model on the held-out seeds, and this process compares them."""
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    jobs = []
     if offline is None:
         offline_sizes = dict(offline_demo.QUICK if quick else offline_demo.FULL)
         log("[1/3] the offline demo: world, tiny SDXL pipeline, SFT reference (offline Diffusion-DPO below)")
         built = offline_demo.build_reference(out / "offline", offline_sizes, seed, log)
-        jobs.append(Job("offline_dpo", offline_demo.train_policy_and_report, (out / "offline", offline_sizes, seed, built)))
+        jobs = [Job("offline_dpo", _train_offline, (out, offline_sizes, seed, built, sizes))]
     else:
         log(f"[1/3] reusing the offline demo in {offline}")
         (out / "offline").symlink_to(Path(offline).resolve(), target_is_directory=True)
+        jobs = [Job("offline_dpo", _evaluate_offline, (out, sizes, seed))]
     captions = [f"a {c} {s}" for c in world.COLOURS for s in world.SHAPES]
     world.write_jsonl(out / "data" / "captions.jsonl", [{"prompt": c} for c in captions])
     t_reference = time.time() - t0
-    jobs += [Job(name, _train_online, (online_config(out, name, sizes, seed),)) for name in algorithms]
+    jobs += [Job(name, _train_online, (out, name, sizes, seed)) for name in algorithms]
     jobs.sort(key=lambda job: LONGEST_FIRST.index(job.name))
-    log(f"[2/3] from the SFT model: {', '.join(j.name for j in jobs)} ({sizes['rl_steps']} steps each online)")
+    log(f"[2/3] from the SFT model: {', '.join(j.name for j in jobs)} ({sizes['rl_steps']} steps each online), "
+        f"each model then sampled on the held-out seeds")
     results = run_jobs(jobs, min(workers, len(jobs)), out / "logs", log)
-    histories = {name: results[name][0] for name in algorithms}
     log("[3/3] held-out seeds: gold win rate, caption fidelity and KL to the reference")
-    report = _evaluate(out, sizes, seed, algorithms)
+    report = _report(out, sizes, seed, {**results["offline_dpo"]["evaluations"],
+                                        **{name: results[name]["evaluation"] for name in algorithms}})
     report.update(sizes=sizes, seconds_reference=round(t_reference, 1),
-                  **{f"seconds_{name}": results[name][1] for name in algorithms}, seconds_total=round(time.time() - t0, 1))
-    if "offline_dpo" in results:
-        report["seconds_offline_dpo"] = results["offline_dpo"]["seconds_dpo"]
+                  **{f"seconds_{name}": results[name]["seconds"] for name in algorithms},
+                  seconds_total=round(time.time() - t0, 1))
+    if "seconds" in results["offline_dpo"]:
+        report["seconds_offline_dpo"] = results["offline_dpo"]["seconds"]
     (out / "report.json").write_text(json.dumps(report, indent=1))
-    _plot(out, histories)
+    _plot(out, {name: results[name]["history"] for name in algorithms})
     log(_table(report))
     return report
 
 
-def _train_online(config: dict, log=print) -> tuple[list[dict], float]:
-    """(the metrics history, seconds) of one online training (a job: a top-level function)."""
+def _train_online(out: Path, name: str, sizes: dict, seed: int, log=print) -> dict:
+    """A job: one online training, then its model on the held-out seeds."""
     start = time.time()
-    history = train(load_config(data=config), log=log).history
-    return history, round(time.time() - start, 1)
+    history = train(load_config(data=online_config(out, name, sizes, seed)), log=log).history
+    seconds = round(time.time() - start, 1)
+    return {"history": history, "seconds": seconds, "evaluation": _evaluate_model(out, out / name / "final", sizes, seed)}
 
 
-def _evaluate(out: Path, sizes: dict, seed: int, algorithms: tuple[str, ...]) -> dict:
-    """Every model's samples on the offline demo's held-out captions and seeds (module docstring)."""
-    rng = random.Random(seed + 12345)  # the offline demo's held-out captions and seeds
+def _train_offline(out: Path, offline_sizes: dict, seed: int, built: dict, sizes: dict, log=print) -> dict:
+    """A job: the rest of the offline demo (Diffusion-DPO, its report), then the held-out seeds."""
+    report = offline_demo.train_policy_and_report(out / "offline", offline_sizes, seed, built, log)
+    return {"seconds": report["seconds_dpo"], **_evaluate_offline(out, sizes, seed)}
+
+
+def _evaluate_offline(out: Path, sizes: dict, seed: int, log=print) -> dict:
+    """The reference's and the offline Diffusion-DPO policy's held-out evaluations."""
+    return {"evaluations": {"reference": _evaluate_model(out, out / "offline" / "sft" / "final", sizes, seed, kl=False),
+                            "offline_dpo": _evaluate_model(out, out / "offline" / "dpo" / "final", sizes, seed)}}
+
+
+def _held_out(sizes: dict, seed: int) -> tuple[list[str], list[int]]:
+    """The offline demo's held-out captions and seeds."""
+    rng = random.Random(seed + 12345)
     captions = [world.caption(rng) for _ in range(sizes["eval_samples"])]
-    seeds = list(range(10_000, 10_000 + len(captions)))
-    dirs = {"reference": out / "offline" / "sft" / "final", "offline_dpo": out / "offline" / "dpo" / "final",
-            **{name: out / name / "final" for name in algorithms}}
-    images = {name: sample(load_pipeline(d), captions, seeds, steps=sizes["eval_steps"]) for name, d in dirs.items()}
-    gold = {name: [world.gold_score(im) for im in ims] for name, ims in images.items()}
-    models = {}
-    for name, ims in images.items():
-        models[name] = {"gold_score": sum(gold[name]) / len(ims),
-                        "caption_fidelity": sum(world.caption_fidelity(im, c) for im, c in zip(ims, captions)) / len(ims)}
+    return captions, list(range(10_000, 10_000 + len(captions)))
+
+
+def _evaluate_model(out: Path, model_dir: Path, sizes: dict, seed: int, kl: bool = True) -> dict:
+    """One model's samples of the held-out captions and seeds (DDIM at eta 0): their gold scores,
+    the caption fidelity, the first 12 images (the grid) and the sampled KL to the reference."""
+    captions, seeds = _held_out(sizes, seed)
+    images = sample(load_pipeline(model_dir), captions, seeds, steps=sizes["eval_steps"])
+    return {"gold": [world.gold_score(im) for im in images],
+            "caption_fidelity": sum(world.caption_fidelity(im, c) for im, c in zip(images, captions)) / len(images),
+            "grid": images[:12], "kl_to_reference": _sampled_kl(out, model_dir, sizes, seed) if kl else None}
+
+
+def _report(out: Path, sizes: dict, seed: int, evaluations: dict) -> dict:
+    """Every model against the reference on the same seeds (module docstring); ``samples.png``."""
+    captions, _ = _held_out(sizes, seed)
+    reference, models = evaluations["reference"]["gold"], {}
+    for name, evaluation in evaluations.items():
+        gold = evaluation["gold"]
+        models[name] = {"gold_score": sum(gold) / len(gold), "caption_fidelity": evaluation["caption_fidelity"]}
         if name != "reference":
-            models[name]["win_rate_vs_reference"] = win_rate(gold[name], gold["reference"])
-            models[name]["kl_to_reference"] = _sampled_kl(out, dirs[name], sizes, seed)
-    short = {name: ims[:12] for name, ims in images.items()}
-    save_grid(out / "samples.png", short, captions, {n: g[:12] for n, g in gold.items()})
+            models[name].update(win_rate_vs_reference=win_rate(gold, reference),
+                                kl_to_reference=evaluation["kl_to_reference"])
+    save_grid(out / "samples.png", {name: e["grid"] for name, e in evaluations.items()}, captions,
+              {name: e["gold"][:12] for name, e in evaluations.items()})
     return {"models": models, "held_out_samples": len(captions),
             "gold_score": "mean brightness of the image in [0, 1]",
             "caption_fidelity": "share of samples whose saturated pixels (>= 5% of the image) are nearest "

@@ -10,7 +10,7 @@ import pytest
 from mmalign.cli import main
 from mmalign.errors import ConfigError
 from mmalign_diffusion.demo_jobs import Job, run_jobs
-from mmalign_diffusion.rl_demo import ONLINE, _train_online, run_demo
+from mmalign_diffusion.rl_demo import ONLINE, QUICK, _train_online, run_demo
 
 
 @pytest.mark.slow  # about a minute: the quick demo twice (side by side, then one job at a time)
@@ -34,11 +34,11 @@ def test_quick_demo_writes_report_and_grid(tmp_path):
 
 @pytest.mark.slow  # seconds: two spawned processes import torch and mmalign
 def test_a_jobs_error_is_raised_in_the_parent(tmp_path):
-    bad = {"output_dir": str(tmp_path / "out"), "model": {"reward": "diffusion"}, "train": {"max_step": 1}}
-    jobs = [Job(name, _train_online, (bad,)) for name in ("first", "second")]
-    with pytest.raises(ConfigError, match="max_step"):
+    bad = dict(QUICK, lr=-1.0)
+    jobs = [Job(name, _train_online, (tmp_path, name, bad, 0)) for name in ("ddpo", "grpo")]
+    with pytest.raises(ConfigError, match="train.lr"):
         run_jobs(jobs, 2, tmp_path / "logs", log=lambda *a: None)
-    assert (tmp_path / "logs" / "first.log").exists() and not (tmp_path / "out").exists()
+    assert (tmp_path / "logs" / "ddpo.log").exists() and not (tmp_path / "ddpo").exists()
 
 
 @pytest.mark.slow
