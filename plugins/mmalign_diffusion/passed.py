@@ -57,8 +57,7 @@ def check_passed(model_cfg: ModelConfig) -> bool:
     return True
 
 
-COMPONENT_FILES = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model",
-                   "text_encoder_2": "model"}
+COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")  # the weights an adapter's base loads
 
 
 def foreign_component(pipe, source: str) -> Optional[str]:
@@ -67,11 +66,11 @@ def foreign_component(pipe, source: str) -> Optional[str]:
     (:mod:`mmalign_text.weights_source`; ``.bin`` weights or nothing comparable are trusted)."""
     from mmalign_text.weights_source import sampled_weights_match, weight_files
 
-    for name, stem in COMPONENT_FILES.items():
+    for name in COMPONENTS:
         part = getattr(pipe, name, None)
         if part is None:
             continue
-        files = weight_files(source, name, stem)
+        files = weight_files(source, name)
         if files == []:
             return f"{name} has no weights there on this machine"
         if files and sampled_weights_match(part, files) is False:

@@ -13,7 +13,6 @@ Only ``.bin`` weights, or no matrix to compare (a quantized model): trusted, as 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -40,56 +39,50 @@ def check_weights_source(address: str, model: nn.Module) -> None:
          f"from_config?). A LoRA adapter will be saved with its base in final/base_model/.")
 
 
-def weight_files(source: str, subfolder: str = "", stem: str = "model") -> Optional[list[Path]]:
+def weight_files(source: str, subfolder: str = "") -> Optional[list[Path]]:
     """The safetensors files of ``source`` (in ``subfolder``: a diffusers component), a directory
-    or a Hub id in the Hub cache; [] when it has no weights here; None when it has only weights
-    that are not read here (``.bin``). ``stem``: the weight files' name (diffusers:
-    ``diffusion_pytorch_model``)."""
-    folder = Path(source) / subfolder
+    or a Hub id in the Hub cache (the snapshot folder of its ``config.json``): every shard and
+    variant (``.fp16.safetensors``) there. [] when it has no weights here; None when it has only
+    weights that are not read here (``.bin``)."""
     if Path(source).is_dir():
-        files = sorted(folder.glob("*.safetensors"))
-        return files or (None if any(folder.glob("*.bin")) else [])
-    from huggingface_hub import try_to_load_from_cache
+        folder = Path(source) / subfolder
+    else:
+        from huggingface_hub import try_to_load_from_cache
 
-    def cached(name: str) -> Optional[Path]:
-        found = try_to_load_from_cache(source, f"{subfolder}/{name}" if subfolder else name)
-        return Path(found) if isinstance(found, str) else None
-
-    index = cached(f"{stem}.safetensors.index.json")
-    if index is not None:
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [f for f in (cached(n) for n in names) if f is not None]
-    single = cached(f"{stem}.safetensors")
-    if single is not None:
-        return [single]
-    bin_stem = "pytorch_model" if stem == "model" else stem
-    return None if cached(f"{bin_stem}.bin") or cached(f"{bin_stem}.bin.index.json") else []
+        config = try_to_load_from_cache(source, f"{subfolder}/config.json" if subfolder else "config.json")
+        if not isinstance(config, str):  # not in the cache (or known to be absent from the repo)
+            return []
+        folder = Path(config).parent
+    files = sorted(folder.glob("*.safetensors"))
+    return files or (None if any(folder.glob("*.bin")) else [])
 
 
 def sampled_weights_match(model: nn.Module, files: list[Path]) -> Optional[bool]:
-    """Whether up to SAMPLED weight matrices (spread over the model) equal the files' tensors of the
-    same name and shape, cast to the model's dtype as ``from_pretrained`` casts; None when none
-    can be compared (quantized or offloaded to the meta device)."""
+    """Whether up to SAMPLED weight matrices (spread over the model) equal the tensor of the same
+    name and shape in one of the files (a variant's or the full-precision one); None when none can
+    be compared (quantized or offloaded to the meta device)."""
     from safetensors import safe_open
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     state = {k.replace(".base_layer", ""): v for k, v in base.state_dict().items()}
-    shapes = {}
+    holders: dict[str, list[Path]] = {}  # key -> the files holding it (shards; variants hold it twice)
     for file in files:
         with safe_open(str(file), "pt") as f:
             for key in f.keys():
                 mine = state.get(key)
                 if mine is not None and mine.dim() >= 2 and mine.is_floating_point() and \
                         mine.device.type != "meta" and tuple(f.get_slice(key).get_shape()) == tuple(mine.shape):
-                    shapes[key] = file
-    keys = sorted(shapes)
+                    holders.setdefault(key, []).append(file)
+    keys = sorted(holders)
     if not keys:
         return None
     picked = {keys[i * (len(keys) - 1) // max(1, SAMPLED - 1)] for i in range(min(SAMPLED, len(keys)))}
-    for key in sorted(picked):
-        with safe_open(str(shapes[key]), "pt") as f:
-            saved = f.get_tensor(key)
-        mine = state[key].detach()
-        if not torch.equal(saved.to(mine.dtype), mine.cpu()):
-            return False
-    return True
+    return all(any(_equal(file, key, state[key].detach()) for file in holders[key]) for key in sorted(picked))
+
+
+def _equal(file: Path, key: str, mine: torch.Tensor) -> bool:
+    """The file's tensor, cast to the model's dtype (as from_pretrained casts), equals ``mine``."""
+    from safetensors import safe_open
+
+    with safe_open(str(file), "pt") as f:
+        return torch.equal(f.get_tensor(key).to(mine.dtype), mine.cpu())

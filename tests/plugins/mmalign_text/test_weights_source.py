@@ -72,22 +72,36 @@ def test_hub_ids_are_looked_up_in_the_hub_cache(saved, tmp_path, monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
-    hub_cache(tmp_path, "org/tiny", {"model.safetensors": saved / "model.safetensors"})
-    hub_cache(tmp_path, "org/old", {"pytorch_model.bin": saved / "config.json"})  # only .bin: not read
+    from safetensors.torch import save_file
+
+    config = saved / "config.json"
+    half = tmp_path / "model.fp16.safetensors"  # a variant, as variant="fp16" downloads it
+    save_file({k: v.half().contiguous() for k, v in loaded(saved).state_dict().items()}, str(half))
+    hub_cache(tmp_path, "org/tiny", {"config.json": config, "model.safetensors": saved / "model.safetensors"})
+    hub_cache(tmp_path, "org/old", {"config.json": config, "pytorch_model.bin": config})  # only .bin: not read
+    hub_cache(tmp_path, "org/config-only", {"config.json": config})  # what AutoConfig.from_pretrained leaves
+    hub_cache(tmp_path, "org/both", {"config.json": config, "model.safetensors": saved / "model.safetensors",
+                                     "model.fp16.safetensors": half})
     model = loaded(saved)
-    for repo, expected in (("org/tiny", "org/tiny"), ("org/old", "org/old"), ("org/absent", None)):
+    for repo, expected in (("org/tiny", "org/tiny"), ("org/old", "org/old"), ("org/absent", None),
+                           ("org/config-only", None)):
         address = kept(model, repo)
         check_weights_source(address, model)
         assert weights_source(address) == expected, repo
+    rounded = loaded(saved).half()  # loaded from the fp16 variant: it matches that file, not the fp32 one
+    for dtype in (torch.float16, torch.float32):
+        address = kept(rounded.to(dtype), "org/both")
+        check_weights_source(address, rounded)
+        assert weights_source(address) == "org/both", dtype
     # a diffusers component's folder (the diffusion plugin checks a pipeline's components so)
     (tmp_path / "unet").mkdir()
     shutil.copy(saved / "model.safetensors", tmp_path / "unet" / "diffusion_pytorch_model.safetensors")
+    shutil.copy(config, tmp_path / "unet" / "config.json")
     hub_cache(tmp_path, "org/pipe", {})
     snapshot = tmp_path / "models--org--pipe" / "snapshots" / "abc123"
     shutil.copytree(tmp_path / "unet", snapshot / "unet")
-    assert weight_files("org/pipe", "unet", "diffusion_pytorch_model") == [
-        snapshot / "unet" / "diffusion_pytorch_model.safetensors"]
-    assert weight_files("org/pipe", "vae", "diffusion_pytorch_model") == []
+    assert weight_files("org/pipe", "unet") == [snapshot / "unet" / "diffusion_pytorch_model.safetensors"]
+    assert weight_files("org/pipe", "vae") == []
 
 
 def test_a_peft_model_is_compared_by_its_base(saved):
