@@ -80,6 +80,11 @@ def not_its_weights(value: str) -> None:
     _FOREIGN_WEIGHTS.add(value)
 
 
+def its_weights(value: str) -> None:
+    """Clear that mark (the same weights now carry a name_or_path that holds them)."""
+    _FOREIGN_WEIGHTS.discard(value)
+
+
 def object_fingerprint(obj: Any) -> str:
     """sha256 over what makes the object compute what it does: every tensor of a module's state
     dict (name, dtype, shape, bytes), each component of a diffusers pipeline, and the files a

@@ -184,6 +184,16 @@ def base_state_dict(peft_base: nn.Module) -> dict[str, Tensor]:
             if "lora_" not in k}
 
 
+def name_no_base(adapter_config: Path) -> None:
+    """An adapter saved beside its base (``base_model/``) names no base of its own: pointing at
+    the model's name_or_path, ``AutoPeftModel`` would load it over other weights."""
+    import json
+
+    config = json.loads(adapter_config.read_text())
+    config["base_model_name_or_path"] = None
+    adapter_config.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def tied_names(model: nn.Module) -> set[str]:
     """Parameter names the model ties to another (absent from a saved state dict by design)."""
     keys = getattr(model, "_tied_weights_keys", None) or {}
@@ -254,6 +264,7 @@ class CausalLMModels(ModalityPlugin):
             base = model.get_base_model()
             base.save_pretrained(directory / "base_model", state_dict=base_state_dict(base),
                                  safe_serialization=True)
+            name_no_base(directory / "adapter_config.json")
 
     @classmethod
     def how_to_load(cls, directory: Path, ref: str, base: Optional[str]) -> tuple[str, str]:

@@ -115,16 +115,27 @@ def test_lora_on_a_model_built_in_memory_saves_its_base(tmp_path, saved_model):
         assert torch.allclose(loaded(ids).logits, model.eval()(ids).logits, atol=1e-5)
 
 
-@pytest.mark.parametrize("named", ["saved", "org/not-on-this-machine"])
-def test_lora_on_a_from_config_model_saves_its_base(tmp_path, saved_model, capsys, named):
+@pytest.mark.parametrize("named", ["saved", "org/config-only"])
+def test_lora_on_a_from_config_model_saves_its_base(tmp_path, saved_model, capsys, monkeypatch, named):
     """from_config(AutoConfig.from_pretrained(p)) carries p as its name_or_path with random weights
-    (or a Hub id whose weights are not here): the adapter must not point at p. The base goes to
-    base_model/, with a warning; a model loaded from p still saves the adapter alone."""
+    (p a directory, or a Hub id of which the cache holds the config alone, as AutoConfig leaves it):
+    the adapter must not point at p. The base goes to base_model/, with a warning, and the adapter
+    names no base; a model loaded from p still saves the adapter alone, pointing at p."""
+    import json
+    import shutil
+
+    from huggingface_hub import constants
     from peft import PeftModel
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     config = AutoConfig.from_pretrained(saved_model)
-    if named != "saved":
+    if named != "saved":  # the Hub cache's layout: refs/main and a snapshot holding config.json
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+        snapshot = tmp_path / "hub" / "models--org--config-only" / "snapshots" / "abc"
+        snapshot.mkdir(parents=True)
+        (snapshot.parents[1] / "refs").mkdir()
+        (snapshot.parents[1] / "refs" / "main").write_text("abc")
+        shutil.copy(saved_model / "config.json", snapshot / "config.json")
         config._name_or_path = named
     torch.manual_seed(1)
     model = AutoModelForCausalLM.from_config(config)
@@ -139,9 +150,12 @@ def test_lora_on_a_from_config_model_saves_its_base(tmp_path, saved_model, capsy
     with torch.no_grad():
         assert torch.allclose(loaded(ids).logits, model.eval()(ids).logits, atol=1e-5)
     assert "a model object passed to `mmalign.train()`" in (final / "README.md").read_text()
+    assert json.loads((final / "adapter_config.json").read_text())["base_model_name_or_path"] is None
     from_path = mmalign.train(object_config(tmp_path, "from-path", model={"lora": lora}), model=load(saved_model),
                               log=quiet)
     assert not (from_path.final_dir / "base_model").exists() and "differ" not in capsys.readouterr().err
+    assert json.loads((from_path.final_dir / "adapter_config.json").read_text())["base_model_name_or_path"] == \
+        str(saved_model)
 
 
 def test_resume_accepts_the_same_weights_and_refuses_others(tmp_path, saved_model):

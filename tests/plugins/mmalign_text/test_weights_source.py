@@ -83,8 +83,9 @@ def test_hub_ids_are_looked_up_in_the_hub_cache(saved, tmp_path, monkeypatch):
     hub_cache(tmp_path, "org/both", {"config.json": config, "model.safetensors": saved / "model.safetensors",
                                      "model.fp16.safetensors": half})
     model = loaded(saved)
-    for repo, expected in (("org/tiny", "org/tiny"), ("org/old", "org/old"), ("org/absent", None),
-                           ("org/config-only", None)):
+    # org/absent: not in the cache at its main revision (a revision= or cache_dir= load): cannot tell, trusted
+    for repo, expected in (("org/tiny", "org/tiny"), ("org/old", "org/old"), ("org/absent", "org/absent"),
+                           ("org/config-only", None), (str(tmp_path / "gone"), None)):
         address = kept(model, repo)
         check_weights_source(address, model)
         assert weights_source(address) == expected, repo
@@ -101,7 +102,7 @@ def test_hub_ids_are_looked_up_in_the_hub_cache(saved, tmp_path, monkeypatch):
     snapshot = tmp_path / "models--org--pipe" / "snapshots" / "abc123"
     shutil.copytree(tmp_path / "unet", snapshot / "unet")
     assert weight_files("org/pipe", "unet") == [snapshot / "unet" / "diffusion_pytorch_model.safetensors"]
-    assert weight_files("org/pipe", "vae") == []
+    assert weight_files("org/pipe", "vae") is None  # a component not in the cache: cannot tell
 
 
 def test_a_peft_model_is_compared_by_its_base(saved):
@@ -112,3 +113,20 @@ def test_a_peft_model_is_compared_by_its_base(saved):
     check_weights_source(address, model)
     assert weights_source(address) == str(saved)
     assert sampled_weights_match(model, [saved / "model.safetensors"]) is True  # compared, not trusted
+
+
+def test_resized_rounded_and_cleared(saved, capsys):
+    """Resized embeddings are not the path's weights; a bfloat16 load later upcast is; a mark is
+    cleared when the same weights are checked against a name_or_path that holds them."""
+    from mmalign.in_memory import not_its_weights
+
+    resized = loaded(saved)
+    resized.resize_token_embeddings(resized.config.vocab_size + 8)
+    assert sampled_weights_match(resized, [saved / "model.safetensors"]) is False
+    upcast = loaded(saved).to(torch.bfloat16).float()
+    assert sampled_weights_match(upcast, [saved / "model.safetensors"]) is True
+    model = loaded(saved)
+    address = kept(model, str(saved))
+    not_its_weights(address)
+    check_weights_source(address, model)
+    assert weights_source(address) == str(saved) and "differ" not in capsys.readouterr().err
