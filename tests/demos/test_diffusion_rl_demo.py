@@ -4,6 +4,7 @@ they give one after the other; the full run is the outcome check of issue 15 (DD
 0.9 of held-out seeds against the reference, caption fidelity within 0.05)."""
 
 import json
+import time
 
 import pytest
 
@@ -32,13 +33,20 @@ def test_quick_demo_writes_report_and_grid(tmp_path):
     assert side_by_side["models"] == one_at_a_time["models"] == report["models"]
 
 
+def wait(seconds: float, log=print) -> None:
+    """A job that takes ``seconds`` (spawned processes import it from this module)."""
+    time.sleep(seconds)
+
+
 @pytest.mark.slow  # seconds: two spawned processes import torch and mmalign
-def test_a_jobs_error_is_raised_in_the_parent(tmp_path):
-    bad = dict(QUICK, lr=-1.0)
-    jobs = [Job(name, _train_online, (tmp_path, name, bad, 0)) for name in ("ddpo", "grpo")]
+def test_a_failing_job_stops_the_others_and_raises_here(tmp_path):
+    bad = Job("ddpo", _train_online, (tmp_path, "ddpo", dict(QUICK, lr=-1.0), 0))
+    start = time.time()
     with pytest.raises(ConfigError, match="train.lr"):
-        run_jobs(jobs, 2, tmp_path / "logs", log=lambda *a: None)
-    assert (tmp_path / "logs" / "ddpo.log").exists() and not (tmp_path / "ddpo").exists()
+        run_jobs([bad, Job("long", wait, (120,))], 2, tmp_path / "logs", log=lambda *a: None)
+    assert time.time() - start < 60  # the long job was stopped, not waited for
+    assert "train.lr" in (tmp_path / "logs" / "ddpo.log").read_text()  # the traceback, in the job's log
+    assert not (tmp_path / "ddpo").exists()
 
 
 @pytest.mark.slow
