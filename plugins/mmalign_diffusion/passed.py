@@ -64,15 +64,12 @@ def foreign_component(pipe, source: str) -> Optional[str]:
     """Why the pipeline's weights are not those at ``source`` (a component replaced in memory,
     say), or None: each component's sampled weight matrices against its folder's safetensors
     (:mod:`mmalign_text.weights_source`; ``.bin`` weights or nothing comparable are trusted)."""
-    from mmalign_text.weights_source import sampled_weights_match, weight_files
+    from mmalign_text.weights_source import not_its_weights_because
 
     for name in COMPONENTS:
         part = getattr(pipe, name, None)
-        if part is None:
-            continue
-        files = weight_files(source, name)
-        if files == []:
-            return f"{name} has no weights there on this machine"
-        if files and sampled_weights_match(part, files) is False:
-            return f"{name}'s weights differ from the files there"
+        because = not_its_weights_because(part, source, name) if part is not None else None
+        if because:
+            return {"differ": f"{name}'s weights differ from the files there",
+                    "absent": f"{name} has no weights there on this machine"}[because]
     return None

@@ -36,14 +36,26 @@ def check_weights_source(address: str, model: nn.Module) -> None:
     source = source_name(address)
     if source is None:
         return
-    files = weight_files(source)
-    if files is None or (files and sampled_weights_match(model, files) is not False):
+    because = not_its_weights_because(model, source)
+    if because is None:
         its_weights(address)
         return
     not_its_weights(address)
-    why = "its weights differ from the files there" if files else "no weights of it are on this machine"
+    why = {"differ": "its weights differ from the files there", "absent": "no weights of it are on this machine"}[because]
     warn(f"model: the model passed names '{source}' as its name_or_path, but {why} (a model made with "
          f"from_config, or trained before?). A LoRA adapter will be saved with its base in final/base_model/.")
+
+
+def not_its_weights_because(model: nn.Module, source: str, subfolder: str = "") -> Optional[str]:
+    """"absent" (``source`` has no weights here) or "differ" when ``model`` does not hold the
+    weights at ``source`` (in ``subfolder``: a diffusers component); None when it does or that
+    cannot be told (:func:`weight_files`, :func:`sampled_weights_match`)."""
+    files = weight_files(source, subfolder)
+    if files == []:
+        return "absent"
+    if files and sampled_weights_match(model, files) is False:
+        return "differ"
+    return None
 
 
 def weight_files(source: str, subfolder: str = "") -> Optional[list[Path]]:
