@@ -6,11 +6,12 @@ mmalign's engine: DDPO, GRPO and online Diffusion-DPO side by side with offline 
    step 2 with the online ones. ``offline=DIR`` reuses an offline demo that already ran.
 2. From the SFT model, side by side on the usable cores (:mod:`mmalign_diffusion.demo_jobs`), on
    the world's 18 captions alone, with the gold scorer ``brightness`` as the reward: ``ddpo``
-   (per-prompt normalised advantages, PPO-clip over denoising steps), ``grpo`` (group advantages over each caption's images) and ``online_dpo`` (two images per
-   caption, the brighter chosen, the Diffusion-DPO loss on their denoising scores, at the offline
-   demo's beta and lr). Sampling: DDIM, 20 steps at eta 1; DDPO and GRPO train every step of each
-   image (``timestep_fraction`` 1: at 0.5 the policy moved too little in 30 steps), lr 1e-4 and no
-   KL. Full fine-tuning, as offline.
+   (per-prompt normalised advantages, PPO-clip over denoising steps), ``grpo`` (group advantages
+   over each caption's images) and ``online_dpo`` (two images per caption, the brighter chosen,
+   the Diffusion-DPO loss on their denoising scores, at the offline demo's beta and lr).
+   Sampling: DDIM, 20 steps at eta 1; DDPO and GRPO train every step of each image
+   (``timestep_fraction`` 1: at 0.5 the policy moved too little in 30 steps), lr 1e-4 and no KL.
+   Full fine-tuning, as offline.
 3. Held-out seeds (the offline demo's captions and seeds, DDIM at eta 0): each policy's gold score
    against the reference's on the same seed (win rate); caption fidelity (the caption's colour, a
    shape present: :func:`mmalign_diffusion.world.caption_fidelity`), which catches the reward hack

@@ -41,7 +41,8 @@ def check_weights_source(address: str, model: nn.Module) -> None:
         its_weights(address)
         return
     not_its_weights(address)
-    why = {"differ": "its weights differ from the files there", "absent": "no weights of it are on this machine"}[because]
+    why = {"differ": "its weights differ from the files there",
+           "absent": "no weights of it are on this machine"}[because]
     warn(f"model: the model passed names '{source}' as its name_or_path, but {why} (a model made with "
          f"from_config, or trained before?). A LoRA adapter will be saved with its base in final/base_model/.")
 

@@ -148,7 +148,7 @@ def _config(tmp_path: Path, tokenizer_dir: Path, pairs_file: Path) -> tuple[Path
     return path, out
 
 
-def _fails_cleanly(capsys, args: list[str], out: Path | None, words: list[str]) -> str:
+def _assert_fails_cleanly(capsys, args: list[str], out: Path | None, words: list[str]) -> str:
     code = main(args)
     err = capsys.readouterr().err
     assert code == 2, err
@@ -169,14 +169,14 @@ def test_catalogue_is_large_enough():
 def test_bad_value(tmp_path, tokenizer_dir, pairs_file, capsys, name, overrides, words):
     path, out = _config(tmp_path, tokenizer_dir, pairs_file)
     args = ["train", str(path)] + [a for o in overrides for a in ("--set", o)]
-    err = _fails_cleanly(capsys, args, out, words)
+    err = _assert_fails_cleanly(capsys, args, out, words)
     assert str(path) in err  # the message names the file as well as the key
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is valid where a GPU is visible")
 def test_fp16_on_cpu_is_refused_with_the_fix(tmp_path, tokenizer_dir, pairs_file, capsys):
     path, out = _config(tmp_path, tokenizer_dir, pairs_file)
-    err = _fails_cleanly(capsys, ["train", str(path), "--set", "train.precision=fp16"], out,
+    err = _assert_fails_cleanly(capsys, ["train", str(path), "--set", "train.precision=fp16"], out,
                          ["train.precision", "fp16", "bf16"])
     assert str(path) in err
 
@@ -193,7 +193,7 @@ def test_output_dir_that_is_a_file(tmp_path, tokenizer_dir, pairs_file, capsys):
     path, _ = _config(tmp_path, tokenizer_dir, pairs_file)
     blocker = tmp_path / "a-file"
     blocker.write_bytes(PLANTED)
-    _fails_cleanly(capsys, ["train", str(path), "--set", f"output_dir={blocker}/run"], None,
+    _assert_fails_cleanly(capsys, ["train", str(path), "--set", f"output_dir={blocker}/run"], None,
                    ["output_dir", "is a file", str(blocker)])
     assert blocker.read_bytes() == PLANTED
 
@@ -232,7 +232,7 @@ def test_bad_value_other_modalities(tmp_path, capsys, name, demo, overrides, wor
     out.mkdir()
     (out / "metrics.jsonl").write_bytes(PLANTED)
     args = ["train", str(path), "--set", f"output_dir={out}"] + [a for o in overrides for a in ("--set", o)]
-    err = _fails_cleanly(capsys, args, out, words)
+    err = _assert_fails_cleanly(capsys, args, out, words)
     assert str(path) in err
 
 
@@ -265,18 +265,18 @@ def test_bad_file(tmp_path, capsys, name, content, words):
         path.write_bytes(content)
     else:
         path.write_text(content)
-    err = _fails_cleanly(capsys, ["check", str(path)], None, words)
+    err = _assert_fails_cleanly(capsys, ["check", str(path)], None, words)
     assert str(path) in err
 
 
 def test_config_that_is_a_directory(tmp_path, capsys):
-    _fails_cleanly(capsys, ["train", str(tmp_path)], None, ["is a directory", str(tmp_path)])
+    _assert_fails_cleanly(capsys, ["train", str(tmp_path)], None, ["is a directory", str(tmp_path)])
 
 
 def test_config_that_is_a_pipe(tmp_path, capsys):
     fifo = tmp_path / "config.yaml"
     os.mkfifo(fifo)
-    _fails_cleanly(capsys, ["check", str(fifo)], None, ["not a regular file", str(fifo)])
+    _assert_fails_cleanly(capsys, ["check", str(fifo)], None, ["not a regular file", str(fifo)])
 
 
 def test_a_utf8_bom_is_fine(tmp_path, tokenizer_dir, pairs_file, capsys):
@@ -286,7 +286,7 @@ def test_a_utf8_bom_is_fine(tmp_path, tokenizer_dir, pairs_file, capsys):
 
 
 def test_config_that_does_not_exist(tmp_path, capsys):
-    _fails_cleanly(capsys, ["check", str(tmp_path / "nope.yaml")], None, ["does not exist", "nope.yaml"])
+    _assert_fails_cleanly(capsys, ["check", str(tmp_path / "nope.yaml")], None, ["does not exist", "nope.yaml"])
 
 
 def test_unreadable_config(tmp_path, capsys, monkeypatch):
@@ -303,18 +303,18 @@ def test_unreadable_config(tmp_path, capsys, monkeypatch):
             return real(self)
 
         monkeypatch.setattr(Path, "read_bytes", read_bytes)
-    _fails_cleanly(capsys, ["check", str(path)], None, ["cannot be read", str(path), "permission"])
+    _assert_fails_cleanly(capsys, ["check", str(path)], None, ["cannot be read", str(path), "permission"])
 
 
 def test_override_without_a_value(tmp_path, tokenizer_dir, pairs_file, capsys):
     path, out = _config(tmp_path, tokenizer_dir, pairs_file)
-    _fails_cleanly(capsys, ["train", str(path), "--set", "train.lr"], out, ["--set 'train.lr'", "KEY=VALUE"])
+    _assert_fails_cleanly(capsys, ["train", str(path), "--set", "train.lr"], out, ["--set 'train.lr'", "KEY=VALUE"])
 
 
 def test_the_same_faults_under_eval_and_score(tmp_path, tokenizer_dir, pairs_file, capsys):
     path, out = _config(tmp_path, tokenizer_dir, pairs_file)
     for command in ("eval", "score", "check"):
-        _fails_cleanly(capsys, [command, str(path), "--set", "eval.batch_size=0"], out, ["eval.batch_size"])
+        _assert_fails_cleanly(capsys, [command, str(path), "--set", "eval.batch_size=0"], out, ["eval.batch_size"])
 
 
 @pytest.mark.slow  # several seconds: kept out of the quick set

@@ -234,7 +234,7 @@ class Case:
     check: Callable[[World, str], None] | None = None  # more checks on an accepted case
 
 
-def refused(case: Case, world: World, capsys) -> None:
+def assert_refused(case: Case, world: World, capsys) -> None:
     where = case.setup(world)
     code, _, err = train_cli(world, capsys)
     assert code == 2, err
@@ -244,7 +244,7 @@ def refused(case: Case, world: World, capsys) -> None:
     assert not run.exists() or not [p for p in run.rglob("*") if p.is_file()], "output_dir written"
 
 
-def accepted(case: Case, world: World, capsys) -> None:
+def assert_accepted(case: Case, world: World, capsys) -> None:
     case.setup(world)
     code, out, err = train_cli(world, capsys)
     assert code == 0, err
@@ -529,7 +529,7 @@ CASES = TEXT + VLM + DIFFUSION
 def test_data_fault(case: Case, tmp_path, capsys, request):
     processor_dir = lambda: request.getfixturevalue("processor")  # noqa: E731  (built once, if needed)
     world = make_world(case.kind, tmp_path, processor_dir)
-    (accepted if case.ok else refused)(case, world, capsys)
+    (assert_accepted if case.ok else assert_refused)(case, world, capsys)
 
 
 def test_catalogue_size():
