@@ -49,7 +49,7 @@ def as_config(config, overrides=None, objects=None) -> Config:
     strings) and the config keys of the model ``objects`` given to :func:`train`."""
     from mmalign.config import to_dict
     from mmalign.in_memory import object_overrides
-    from mmalign.validation import check_top_level, read_config_file
+    from mmalign.config_file import check_top_level, read_config_file
 
     given = {name: obj for name, obj in (objects or {}).items() if obj is not None}
     if isinstance(config, Config) and not given and not overrides:

@@ -137,7 +137,7 @@ def one_thread():
 def fresh_out(out: str | Path, overwrite: bool) -> None:
     """A demo or sweep starts in an empty --out: one with files from an earlier run is refused, or
     with --overwrite moved aside (nothing is deleted), as for ``mmalign train``."""
-    from mmalign.run_identity import existing_contents, prepare_fresh_output
+    from mmalign.run_files import existing_contents, prepare_fresh_output
 
     out = Path(out)
     if existing_contents(out) and not overwrite:

@@ -12,7 +12,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from mmalign.config_file import apply_overrides, parse_override  # noqa: F401 (they lived here)
+from mmalign.config_file import apply_overrides, parse_override
 from mmalign.config_types import _build
 
 
@@ -109,6 +109,7 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int = 0  # 0: evaluate only at the end (when eval data exists)
     save_every: int = 0  # 0: only the final model
+    run_store: str = "local"  # where checkpoints, metrics and final/ go (mmalign/run_store.py)
     keep_last: int = 2  # checkpoints kept
     # a non-finite loss or gradient: stop (the last checkpoint stays intact) or skip the update
     # (counted as skipped_steps in metrics.jsonl)
@@ -161,7 +162,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     a dict config and of ``--set`` overrides, to the current directory (see _resolve_paths).
     """
     where = str(path) if path is not None else "config"
-    from mmalign.validation import check_top_level, read_config_file
+    from mmalign.config_file import check_top_level, read_config_file
 
     # a deep copy: overrides must not write into the caller's dict
     data = read_config_file(path) if path is not None else copy.deepcopy(check_top_level(data, where))

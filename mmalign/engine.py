@@ -1,9 +1,12 @@
 """The explicit training loop on accelerate. It reads top to bottom:
 
-    build the run (mmalign/run_setup.py) -> resume -> for each optimizer step:
+    build the run (mmalign/run_setup.py) -> the store's start (resume) -> for each optimizer step:
         micro-batches: policy scores (with grad), reference scores (without) -> loss -> backward
         -> clip -> step -> log / evaluate -> checkpoint
     -> final/
+
+Files are the run store's (mmalign/run_store.py): the loop hands it the run and state to restore,
+log, checkpoint and write ``final/``.
 
 Every function below takes the run (fixed) and its state (what changes); none holds state of its
 own. The engine never knows the modality: it sees batches and :class:`mmalign.scores.Scores`.
@@ -23,16 +26,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mmalign import checkpoint as ckpt
-from mmalign.config import Config, dump_config
+from mmalign.config import Config
 from mmalign.eval_samples import draw_samples
 from mmalign.losses.objective import objective_loss
-from mmalign.nonfinite import TrainingError, all_finite, check_before_save, trained
+from mmalign.nonfinite import TrainingError, all_finite, trained
 from mmalign.nonfinite import message as nonfinite_message
-from mmalign.run_files import append_metrics, read_metrics, summary_table, truncate_metrics, write_atomic
-from mmalign.run_identity import check_same_run
+from mmalign.run_files import summary_table
 from mmalign.run_setup import Run, RunState, any_process, build_run, cache_reference
-from mmalign.sharding import full_model_state, full_parameters, load_sharded, save_shards
 from mmalign.throughput import Meter
 from mmalign.unit_chunks import backward_by_units
 
@@ -79,20 +79,15 @@ def train(cfg: Config, *, resume: str | bool | None = None, log=print, overwrite
     """Train the policy described by ``cfg``; write metrics, checkpoints and ``final/``.
     ``callbacks``: :class:`mmalign.callbacks.Callback` objects, after those of the config.
 
-    ``output_dir`` is locked for the run; a new run needs it empty unless ``overwrite`` (old
-    contents moved aside); ``resume`` refuses another run's checkpoint unless ``force_resume``
-    (see :mod:`mmalign.run_identity`)."""
+    With the ``local`` run store, ``output_dir`` is locked for the run; a new run needs it empty
+    unless ``overwrite`` (old contents moved aside); ``resume`` refuses another run's checkpoint
+    unless ``force_resume`` (see ``plugins/mmalign_runs/run_identity.py``)."""
     with ExitStack() as cleanup:  # releases output_dir's lock however the run ends
         clock = Meter()  # time/elapsed counts from here: loading the models is part of the run
         run = build_run(cfg, resume=resume, log=log, overwrite=overwrite, cleanup=cleanup)
         run.callbacks += list(callbacks) if run.is_main else []
         state = RunState(meter=clock)
-        if resume:
-            restore(run, state, resume, force_resume)
-        if run.is_main:
-            write_atomic(run.out / "config.yaml", dump_config(cfg))
-            truncate_metrics(run.out / "metrics.jsonl", state.step)
-            state.history = read_metrics(run.out / "metrics.jsonl")
+        run.store.start(run, state, resume, force_resume)
         cache_reference(run)
         bar = _progress(cfg, run.total_steps, state.step, run.is_main)
         with _Stop() as stop:
@@ -101,39 +96,16 @@ def train(cfg: Config, *, resume: str | bool | None = None, log=print, overwrite
                 stop_requested = any_process(run.accelerator, stop.requested)[0]
                 record(run, state, bar)
                 if cfg.train.save_every and state.step % cfg.train.save_every == 0:
-                    save_checkpoint(run, state)
+                    run.store.save_checkpoint(run, state)
                 if stop_requested and not run.stream.at_boundary:  # a rollout in flight: train it first
                     run.log(f"step {state.step}: finishing the rollout before saving (signal again to stop now)")
                 elif stop_requested:
-                    save_checkpoint(run, state)
+                    run.store.save_checkpoint(run, state)
                     bar.close()
                     run.log(f"stopped by signal at step {state.step}; checkpoint saved. Continue with --resume.")
                     sys.exit(130)
         bar.close()
         return finish(run, state)
-
-
-def restore(run: Run, state: RunState, resume: Any, force_resume: bool) -> None:
-    """Continue from a checkpoint of the same run: weights, optimizer, schedule, data position."""
-    path, saved_state, saved = ckpt.find_resume_checkpoint(
-        run.out / "checkpoints", None if resume is True else Path(resume), run.log)
-    check_same_run(path, saved, run.identity, force=force_resume, log=run.log)
-    run.identity.run_id = saved.get("run_id") or run.identity.run_id  # the same run, continued
-    whole = None if run.sharded else lambda d: run.plugin.load_weights(run.unwrapped, d)
-    loaded = ckpt.load_checkpoint(path, load_model=whole, optimizer=run.optimizer, scheduler=run.scheduler,
-                                  data_generator=run.stream.generator, rank=run.accelerator.process_index,
-                                  state=saved_state,
-                                  load_sharded=lambda d, meta: load_sharded(d, run.policy, run.optimizer, meta))
-    state.step, state.skipped = loaded["step"], loaded.get("skipped_steps", 0)
-    state.meter.started -= loaded.get("elapsed", 0.0)  # time/elapsed continues the run's clock
-    run.stream.consumed = loaded["consumed"]
-    state.window = [{k: torch.tensor(v) for k, v in m.items()} for m in loaded.get("metrics_window", [])]
-    if "source_tensors" in loaded:  # what the online source keeps of its own (a PPO critic)
-        run.stream.load_source_state(loaded["source_tensors"], loaded.get("source", {}))
-    run.log(f"resumed from {path} at step {state.step}")
-    if loaded.get("processes", run.stream.world) != run.stream.world:
-        run.log(f"note: the checkpoint was written by {loaded['processes']} processes and this run has "
-                f"{run.stream.world}: training continues from the same data position, but not bit for bit.")
 
 
 def micro_step(run: Run, meter: Meter, last: bool) -> tuple[dict[str, Tensor], bool]:
@@ -170,7 +142,7 @@ def train_step(run: Run, state: RunState) -> None:
     bad_loss = any_process(run.accelerator, not all(ok for _, ok in results))[0]
     bad = "loss" if bad_loss else None if math.isfinite(grad_norm) else "gradient norm"
     if bad and cfg.train.on_nonfinite == "stop":
-        raise TrainingError(nonfinite_message(bad, state.step + 1, run.out))
+        raise TrainingError(nonfinite_message(bad, state.step + 1, run.store.last_checkpoint()))
     state.lr = run.scheduler.get_last_lr()[0]
     if bad:  # on_nonfinite: skip. The step, schedule and data position still advance.
         state.skipped += 1
@@ -179,7 +151,8 @@ def train_step(run: Run, state: RunState) -> None:
     else:
         run.optimizer.step()
         if any_process(run.accelerator, not all_finite(trained(run.policy)))[0]:  # e.g. lr: .inf
-            raise TrainingError(nonfinite_message("weights after the update", state.step + 1, run.out))
+            raise TrainingError(nonfinite_message("weights after the update", state.step + 1,
+                                                    run.store.last_checkpoint()))
         step_metrics[-1]["grad_norm"] = torch.tensor(grad_norm)
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
@@ -213,7 +186,7 @@ def record(run: Run, state: RunState, bar) -> None:
         state.window = []
         if run.is_main:
             state.history.append(row)
-            append_metrics(run.out / "metrics.jsonl", row)
+            run.store.append_row(row)
             for cb in run.callbacks:
                 cb.on_log(step, row)
             bar.set_postfix({name: f"{row[k]:.3g}" for k, name in _SHOWN.items() if k in row})
@@ -230,41 +203,10 @@ def evaluate(run: Run) -> dict[str, float]:
                           run.objective, run.accelerator.autocast)
 
 
-def save_checkpoint(run: Run, state: RunState) -> None:
-    """Every process's generators are saved (each draws its own noise); only the main one writes."""
-    rngs = [ckpt.rng_state(run.stream.generator)]
-    if run.stream.world > 1:
-        from accelerate.utils import gather_object
-
-        rngs = gather_object(rngs)
-    check_before_save(run.unwrapped, run.optimizer, state.step, run.out, "saving a checkpoint")
-    source_tensors, source_meta = run.stream.source_state()
-    sharded = save_shards(run.out / "checkpoints", state.step, run.policy, run.optimizer,
-                          run.accelerator) if run.sharded else None
-    if run.is_main:
-        trainer_state = {"step": state.step, "consumed": run.stream.consumed, "total_steps": run.total_steps,
-                         "processes": run.stream.world, "skipped_steps": state.skipped,
-                         "elapsed": state.meter.elapsed(),
-                         "metrics_window": [{k: float(v) for k, v in m.items()} for m in state.window],
-                         "source": source_meta}
-        ckpt.save_checkpoint(run.out / "checkpoints", state.step,
-                             save_model=lambda d: run.plugin.save(run.unwrapped, d), optimizer=run.optimizer,
-                             scheduler=run.scheduler, data_generator=run.stream.generator,
-                             trainer_state=trainer_state, keep_last=run.cfg.train.keep_last,
-                             rng_states=rngs, identity_json=run.identity.to_json(),
-                             source_tensors=source_tensors, sharded=sharded)
-    run.accelerator.wait_for_everyone()
-
-
 def finish(run: Run, state: RunState) -> TrainResult:
     """``final/``, the callbacks' end, the metrics table."""
-    final = run.out / "final"
-    check_before_save(run.unwrapped, run.optimizer, state.step, run.out, "saving final/")  # every process
-    full = full_model_state(run.policy) if run.sharded else None  # FSDP: gathered on the main process
+    final = run.store.save_final(run, state)
     if run.is_main:
-        with full_parameters(run.unwrapped, full) if full is not None else nullcontext():
-            ckpt.save_final(ckpt.with_final_files(lambda d: run.plugin.save(run.unwrapped, d), run.cfg,
-                                                  state.history), final)
         for cb in run.callbacks:
             cb.on_train_end(state.history)
         run.log(summary_table(state.history))

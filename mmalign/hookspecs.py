@@ -159,3 +159,14 @@ def mmalign_register_algorithms(register: Callable[..., None]) -> None:
     options. Built-in: ``grpo``, ``dr_grpo``, ``dapo``, ``gspo``, ``rloo``, ``remax``, ``reinforce_pp``, ``ppo``,
     ``online_dpo`` (mmalign_rl).
     """
+
+
+@hookspec
+def mmalign_register_run_stores(register: Callable[..., None]) -> None:
+    """Register run stores (``train.run_store`` in the config): where a run's files go.
+
+    Call ``register(name, factory)`` where ``factory(cfg, accelerator, log)`` returns a
+    :class:`mmalign.run_store.RunStore`, which claims the output, resumes, keeps the metrics rows,
+    saves checkpoints and writes ``final/``. Built-in: ``local`` (mmalign_runs: ``output_dir`` on
+    a file system, with atomic verified checkpoints, the resume identity and the folder's lock).
+    """

@@ -16,11 +16,11 @@ The message names the last checkpoint, which is intact and finite by constructio
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from mmalign import checkpoint as ckpt
-from mmalign.errors import ConfigError, MmalignError
+from mmalign.errors import MmalignError
 
 
 class TrainingError(MmalignError):
@@ -58,9 +58,9 @@ def nonfinite_tensors(named: dict[str, torch.Tensor], limit: int = 3) -> list[st
     return bad
 
 
-def message(what: str, step: int, out: Path) -> str:
-    """The one-paragraph error for non-finite ``what`` at (1-based) ``step``."""
-    last = _last_intact(out / "checkpoints")
+def message(what: str, step: int, last: Path | None) -> str:
+    """The one-paragraph error for non-finite ``what`` at (1-based) ``step``; ``last``: the run
+    store's last intact checkpoint (:meth:`mmalign.run_store.RunStore.last_checkpoint`)."""
     kept = (f"the last checkpoint, {last}, is intact (finite, verified): continue from it with --resume"
             if last is not None else "no intact checkpoint was written yet (see train.save_every)")
     applied = "weights" in what or "values" in what
@@ -71,24 +71,14 @@ def message(what: str, step: int, out: Path) -> str:
             f"no); {skip}.")
 
 
-def _last_intact(root: Path) -> Path | None:
-    """The newest checkpoint that passes :func:`checkpoint.verify_checkpoint` (the one --resume
-    takes); a damaged or tampered newer one is passed over, as --resume does, not reported."""
-    for path in reversed(ckpt.list_checkpoints(root)):
-        try:
-            if not isinstance(ckpt.verify_checkpoint(path), str):
-                return path
-        except ConfigError:  # holds a file mmalign did not write: --resume refuses it too
-            continue
-    return None
-
-
-def check_before_save(model: torch.nn.Module, optimizer, step: int, out: Path, when: str) -> None:
-    """Never write non-finite weights or optimizer state: exit 3 instead."""
+def check_before_save(model: torch.nn.Module, optimizer, step: int, when: str,
+                      last_checkpoint: Callable[[], Path | None]) -> None:
+    """Never write non-finite weights or optimizer state: exit 3 instead (the message names
+    ``last_checkpoint()``, looked up only then: it verifies the checkpoint's files)."""
     bad = nonfinite_tensors(dict(model.named_parameters()))
     states = {f"optimizer state {i}.{key}": value  # on the device: no copy just to check
               for i, state in enumerate(optimizer.state.values())
               for key, value in state.items() if torch.is_tensor(value)}
     bad = bad or nonfinite_tensors(states)
     if bad:
-        raise TrainingError(message(f"values in {', '.join(bad)} when {when}", step, out))
+        raise TrainingError(message(f"values in {', '.join(bad)} when {when}", step, last_checkpoint()))

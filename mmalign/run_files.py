@@ -1,17 +1,21 @@
-"""The files a run writes beside its checkpoints: atomic text writes, metrics.jsonl (read back
-tolerating a line cut short by a killed run, truncated on resume), the end-of-run summary table,
-and :func:`writing`, which turns a failed write (a full disk, a read-only folder, a path that is
+"""Writing a run's files safely: a fresh output folder (:func:`prepare_fresh_output`), atomic text
+writes, flushing to disk, the end-of-run summary table, and :func:`writing`, which turns a failed write (a full disk, a read-only folder, a path that is
 a file) into a one-paragraph error naming the path and the fix (exit code 2)."""
 
 from __future__ import annotations
 
 import errno
 import os
-import json
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from mmalign.errors import ConfigError
+
+LOCK_NAME = ".mmalign.lock"
+# Kept across --overwrite and ignored when deciding if a folder is empty: reusable by design
+# (keyed by its own fingerprint). So are the CLI's crash logs (mmalign-crash-*.log).
+KEPT_ON_OVERWRITE = ("reference_cache",)
 
 _FIXES = {
     errno.ENOSPC: "the disk is full: free space (or point output_dir at another disk), then continue "
@@ -46,39 +50,6 @@ def write_atomic(path: Path, text: str) -> None:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(text)
         tmp.replace(path)
-
-
-def append_metrics(path: Path, row: dict) -> None:
-    """One row of metrics.jsonl."""
-    with writing(path), path.open("a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
-def metric_rows(path: Path) -> list[tuple[str, dict]]:
-    """(line, row) of every complete row; a line cut short by a killed run (or any line that is
-    not a JSON object with an integer "step") is dropped."""
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int):
-            rows.append((line, row))
-    return rows
-
-
-def truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop rows logged after the checkpoint so the file reads as one run."""
-    if path.exists():
-        kept = [line for line, row in metric_rows(path) if row["step"] <= step]
-        write_atomic(path, "".join(line + "\n" for line in kept))
-
-
-def read_metrics(path: Path) -> list[dict]:
-    return [row for _, row in metric_rows(path)]
 
 
 def summary_table(history: list[dict]) -> str:
@@ -116,3 +87,33 @@ def fsync_dir(root: Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def existing_contents(out: Path) -> list[Path]:
+    """What is in ``out`` besides the lock and the reusable reference cache."""
+    if not out.is_dir():
+        return []
+    return sorted(p for p in out.iterdir() if p.name != LOCK_NAME and p.name not in KEPT_ON_OVERWRITE
+                  and not p.name.startswith("mmalign-crash-"))  # the CLI's crash logs stay
+
+
+def prepare_fresh_output(out: Path, *, overwrite: bool, log) -> None:
+    """A new run needs an empty ``output_dir``: refuse one with files, or with ``overwrite`` move
+    them into ``<output_dir>.previous-<UTC time>`` (nothing is deleted)."""
+    found = existing_contents(out)
+    if not found:
+        return
+    names = ", ".join(p.name for p in found[:5]) + (", ..." if len(found) > 5 else "")
+    if not overwrite:
+        raise ConfigError(f"output_dir {out} already holds files ({names}). Continue that run "
+                          f"with --resume; or pass --overwrite to move them aside (into "
+                          f"{out.name}.previous-<time>) and start anew; or choose another output_dir.")
+    aside = out.with_name(f"{out.name}.previous-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
+    n = 1
+    while aside.exists():
+        aside, n = aside.with_name(f"{aside.name.split('~')[0]}~{n}"), n + 1
+    with writing(aside, "move the previous run aside"):
+        aside.mkdir()
+        for path in found:
+            path.rename(aside / path.name)
+    log(f"--overwrite: the previous contents of {out} ({names}) were moved to {aside}")

@@ -25,7 +25,7 @@ from mmalign.algorithms import SourceContext, algorithm_loss, build_options
 from mmalign.optimizers import make_optimizer
 from mmalign.losses.objective import Objective, check_fits, make_objective
 from mmalign.reference import FrozenCopy, make_reference
-from mmalign.run_identity import RunIdentity, claim_output_dir, new_identity
+from mmalign.run_store import RunStore, make_run_store
 from mmalign.schedule import make_scheduler
 from mmalign.sharding import is_sharded, refuse_under_fsdp
 from mmalign.throughput import Meter
@@ -48,7 +48,7 @@ class Run:
     stream: BatchStream
     eval_examples: list
     out: Path
-    identity: RunIdentity
+    store: RunStore  # where its files go (mmalign/run_store.py)
     total_steps: int
     log: Callable[[str], None]  # prints on the main process only
     reports: list = field(default_factory=list)
@@ -106,23 +106,21 @@ def build_run(cfg: Config, *, resume: Any, log: Callable, overwrite: bool, clean
     layout = (cfg.train.batch_size, cfg.train.gradient_accumulation_steps, accelerator.num_processes,
               accelerator.process_index, cfg.seed, torch.Generator().manual_seed(cfg.seed * 1009),
               cfg.data.prefetch)
-    if cfg.data.streaming:  # read as training reaches it; only data.train's hash identifies the data
+    content = ""  # the training data's fingerprint; streamed, only data.train's hash identifies it
+    if cfg.data.streaming:
         stream, eval_examples, reports = streamed_data(cfg, plugin, objective.spec.paired, layout, main_log)
-        identity = new_identity(cfg)
     else:
         if algorithm is None:
             train_examples, eval_examples, reports = load_data(cfg, plugin, objective.spec.paired, main_log)
             content = plugin.content_fingerprint(train_examples)
         else:  # the prompts the policy answers; the plugin reads each record's context when it samples
-            train_examples, reports, content = prompt_records(cfg, cfg.data.train, "data.train"), [], ""
+            train_examples, reports = prompt_records(cfg, cfg.data.train, "data.train"), []
             eval_examples = prompt_records(cfg, cfg.data.eval, "data.eval") if cfg.data.eval else []
             main_log(f"{cfg.data.train}: {len(train_examples)} records read, each a prompt for {cfg.algorithm.name}")
-        identity = new_identity(cfg, content)  # what must match for --resume
         stream = BatchStream(train_examples, *layout)
         check_enough_data(cfg, stream, len(eval_examples))
-    out = Path(cfg.output_dir)  # bad data was refused above, before --overwrite moves a run aside
-    claim_output_dir(out, is_main=accelerator.is_main_process, fresh=not resume, overwrite=overwrite,
-                     cleanup=cleanup, vote=lambda failed: any_process(accelerator, failed)[0], log=log)
+    out, store = Path(cfg.output_dir), make_run_store(cfg, reg, accelerator, main_log)
+    store.claim(content, fresh=not resume, overwrite=overwrite, cleanup=cleanup)  # bad data was refused above
     steps_per_epoch = stream.per_epoch // (stream.batch_size * stream.accumulation * stream.world)
     total_steps = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
     source_reference = algorithm is not None and algorithm.source_needs_reference  # KL in the reward
@@ -138,7 +136,7 @@ def build_run(cfg: Config, *, resume: Any, log: Callable, overwrite: bool, clean
     callbacks = build_callbacks(cfg, reg, out, accelerator) if accelerator.is_main_process else []
     contexts = sample_contexts(cfg) if cfg.eval.samples and accelerator.is_main_process else []
     return Run(cfg, accelerator, plugin, objective, policy, accelerator.unwrap_model(policy), optimizer,
-               scheduler, reference, stream, eval_examples, out, identity, total_steps, main_log, reports,
+               scheduler, reference, stream, eval_examples, out, store, total_steps, main_log, reports,
                callbacks, contexts)
 
 

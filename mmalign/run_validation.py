@@ -72,6 +72,7 @@ def _validate_names(cfg: Any, where: str, command: str, reg: Any) -> None:
     _check_evaluators(cfg, reg, modality, where)
     for i, name in enumerate(cfg.train.callbacks):
         reg.entry("callbacks", name, f"train.callbacks[{i}]")
+    reg.entry("run_stores", cfg.train.run_store, "train.run_store")
     if cfg.data.format != "auto":
         reg.entry("datasets", cfg.data.format, "data.format")
     _check_data_keys(cfg, command, where)

@@ -68,7 +68,7 @@ def refresh_card(run_dir: Path, repo_id: str, log: Callable[[str], None]) -> Non
     """final/README.md again, its loading code naming ``repo_id`` (from the run's config.yaml and
     metrics.jsonl). A card that is not the one mmalign wrote (edited by hand) is left as it is."""
     from mmalign_hub.card import CARD, model_card, write_model_card
-    from mmalign.run_files import read_metrics
+    from mmalign_runs.metrics_file import read_metrics
 
     config_file, card = run_dir / "config.yaml", run_dir / "final" / CARD
     if not config_file.is_file():

@@ -73,7 +73,7 @@ class TextReward(CausalLMModels):
     @staticmethod
     def check_config(model_cfg: ModelConfig, data_cfg: DataConfig) -> None:
         """The plugin's keys, checked before anything loads (mmalign.validation calls it too)."""
-        from mmalign.validation import check_transformers_config
+        from mmalign_text.tiny_config import check_transformers_config
 
         unknown = set(model_cfg.options) - KNOWN_OPTIONS
         if unknown:

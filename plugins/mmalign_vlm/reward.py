@@ -95,7 +95,7 @@ class VLMReward(VLMRecords, VLMScoring, CausalLMModels):
             raise ConfigError("model.tokenizer is required for a model built from model.tiny: a "
                               "directory written by processor.save_pretrained.")
         if model_cfg.name_or_path is None and model_cfg.tiny is not None:
-            from mmalign.validation import check_transformers_config
+            from mmalign_text.tiny_config import check_transformers_config
 
             check_transformers_config(model_cfg.tiny, "llava")
 

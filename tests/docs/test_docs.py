@@ -73,7 +73,7 @@ def test_the_hookspec_docstrings_name_every_built_in():
         assert not unnamed, (kind, unnamed)
 
 
-BUILT_IN_PLUGINS = {"text", "vlm", "diffusion", "losses", "metrics", "formats", "hf_datasets"}
+BUILT_IN_PLUGINS = {"text", "vlm", "diffusion", "losses", "metrics", "formats", "hf_datasets", "runs"}
 
 
 @pytest.mark.parametrize("path", [DOCS / p for p in sorted(p.name for p in DOCS.glob("*.md"))] + [REPO / "README.md"],

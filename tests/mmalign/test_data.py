@@ -110,7 +110,7 @@ def test_an_image_is_decoded_in_full_not_only_its_header(tmp_path):
 
 def test_data_content_identity_of_a_folder_and_a_dataset_id(tmp_path):
     from mmalign.data import data_sha256
-    from mmalign.run_identity import file_sha256
+    from mmalign_runs.run_identity import file_sha256
 
     (tmp_path / "saved").mkdir()
     (tmp_path / "saved" / "state.json").write_text("{}")

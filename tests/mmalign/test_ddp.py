@@ -30,7 +30,7 @@ from train_processes import (
     write_config,
 )
 
-from mmalign import checkpoint as ckpt
+from mmalign_runs import checkpoint as ckpt
 
 # Measured on the tiny text config: at most 1.2e-7 (float32 rounding of the gradient all-reduce).
 LOSS_TOLERANCE = 1e-5

@@ -29,7 +29,7 @@ from train_processes import (
     write_config,
 )
 
-from mmalign import checkpoint as ckpt
+from mmalign_runs import checkpoint as ckpt
 
 # Measured, max |w_fsdp - w| over every tensor of final/: against a 2-process DDP run, text 7.5e-9,
 # text with LoRA 0.0, VLM 6.0e-8, diffusion 0.0; against one process, diffusion 1.9e-6. The same

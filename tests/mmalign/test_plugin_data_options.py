@@ -17,7 +17,7 @@ from mmalign.protocol import ModalityPlugin
 from mmalign.config import DataConfig, NoDataOptions, dump_config, load_config
 from mmalign.errors import ConfigError, RegistryError
 from mmalign.reference_cache import fingerprint
-from mmalign.run_identity import differences, run_settings
+from mmalign_runs.run_identity import differences, run_settings
 from mmalign_text.data_options import TextDataOptions
 
 MIN = {"model": {"tiny": {"hidden_size": 8}}}

@@ -28,8 +28,8 @@ from train_processes import (
     write_config,
 )
 
-from mmalign import checkpoint as ckpt
-from mmalign.run_files import read_metrics as _read_metrics, truncate_metrics as _truncate_metrics
+from mmalign_runs import checkpoint as ckpt
+from mmalign_runs.metrics_file import read_metrics as _read_metrics, truncate_metrics as _truncate_metrics
 
 # log_every does not divide save_every, so a resumed run must also restore the metrics of the
 # steps logged in no row yet; warmup + linear decay make the scheduler state matter.

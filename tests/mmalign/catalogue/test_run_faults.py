@@ -27,9 +27,9 @@ from conftest import DEMO_DATA, base_config
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # train_processes.py
 from train_processes import assert_bitwise_equal, metrics_text, process_env, train_command, weights  # noqa: E402
 
-from mmalign import checkpoint as ckpt  # noqa: E402
+from mmalign_runs import checkpoint as ckpt  # noqa: E402
 from mmalign.cli import main  # noqa: E402
-from mmalign.run_identity import LOCK_NAME  # noqa: E402
+from mmalign.run_files import LOCK_NAME  # noqa: E402
 
 TRAIN = {"max_steps": 4, "save_every": 2, "keep_last": 9, "callbacks": [], "log_every": 1}
 STEP2, STEP4 = "checkpoints/step-0000002", "checkpoints/step-0000004"
@@ -187,7 +187,7 @@ def test_read_only_output_dir(tmp_path, capsys, monkeypatch):
                 raise PermissionError(errno.EACCES, "Permission denied", str(path))
             return real_open(path, *args, **kwargs)
 
-        monkeypatch.setattr("mmalign.run_identity.os.open", refuse)
+        monkeypatch.setattr("mmalign_runs.run_identity.os.open", refuse)
     else:
         target.chmod(0o555)
     code, out = cli(capsys, make_config(tmp_path, target))
@@ -514,7 +514,7 @@ def full_disk_at(monkeypatch, module: str, name: str, after: int = 0):
 def test_disk_full_while_saving_a_checkpoint_keeps_the_previous_one(tmp_path, capsys, monkeypatch):
     run_dir = tmp_path / "run"
     # the optimizer file and the rng file of step 2 write fine; step 4's optimizer file fails
-    full_disk_at(monkeypatch, "mmalign.checkpoint", "save_file", after=2)
+    full_disk_at(monkeypatch, "mmalign_runs.checkpoint", "save_file", after=2)
     code, out = cli(capsys, make_config(tmp_path, run_dir))
     assert code == 2 and "disk is full" in out and str(run_dir / "checkpoints") in out
     assert "--resume" in out

@@ -45,7 +45,7 @@ def test_a_text_run_card_names_the_loss_beta_base_and_final_loss(tmp_path, token
                                                  plain.state_dict().values()))
     assert namespace["tokenizer"] is not None
     # the card sits in final/ only; checkpoints, verified file by file, are unchanged
-    from mmalign.checkpoint import find_resume_checkpoint
+    from mmalign_runs.checkpoint import find_resume_checkpoint
 
     path, _, _ = find_resume_checkpoint(result.output_dir / "checkpoints", None, lambda *a: None)
     assert path.name == "step-0000002" and not (path / "model" / "README.md").exists()

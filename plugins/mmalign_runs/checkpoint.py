@@ -8,10 +8,10 @@ so a kill during the deletion never leaves a partial ``step-N`` either. Everythi
 
 Layout of ``step-N/``: ``model/`` (the plugin's ``save``: loads with plain ``from_pretrained``),
 ``optimizer.safetensors`` (or, for a sharded FSDP2 run, ``sharded/``: model and optimizer state,
-one safetensors file per process, see :mod:`mmalign.sharding`) + ``trainer_state.json`` (step, data position, scheduler, optimizer
+one safetensors file per process, see :mod:`mmalign_runs.sharded_state`) + ``trainer_state.json`` (step, data position, scheduler, optimizer
 hyper-parameters), ``rng.safetensors`` (every random generator; under multi-process training
 ``rng-rank{r}.safetensors`` holds those of process r > 0), ``run_identity.json`` (the run's id and
-settings, see :mod:`mmalign.run_identity`), ``source.safetensors`` when the online source keeps
+settings, see :mod:`mmalign_runs.run_identity`), ``source.safetensors`` when the online source keeps
 tensors of its own (a PPO critic and its optimizer) and, written last, ``manifest.json``: the sha256 of
 every other file. Before a checkpoint is trusted (:func:`find_resume_checkpoint`) every file is
 checked against it: a damaged checkpoint is passed over for the newest intact one (with a message
@@ -40,12 +40,12 @@ from safetensors.torch import load_file, save_file
 
 from mmalign.errors import ConfigError
 from mmalign.run_files import fsync_dir, fsync_tree, writing
-from mmalign.checkpoint_verify import (IDENTITY, MANIFEST, STEP_DIR, find_resume_checkpoint,  # noqa: F401
+from mmalign_runs.checkpoint_verify import (IDENTITY, MANIFEST, STEP_DIR, find_resume_checkpoint,  # noqa: F401
                                        latest_checkpoint, list_checkpoints, rng_file, run_id_of,
                                        verify_checkpoint)
 from mmalign.optimizers import load_optimizer, optimizer_tensors
-from mmalign.run_identity import file_sha256
-from mmalign.sharding import SHARDED_DIR
+from mmalign_runs.run_identity import file_sha256
+from mmalign_runs.sharded_state import SHARDED_DIR
 
 CRASH_ENV = "MMALIGN_TEST_CRASH_AT"
 SOURCE_FILE = "source.safetensors"
@@ -137,7 +137,7 @@ def save_checkpoint(root: Path, step: int, *, save_model, optimizer, scheduler,
     ``rng_states``: the :func:`rng_state` of every process (index = rank), gathered by the caller
     under multi-process training; default: this process's only. ``sharded``: the model and
     optimizer state were already written into ``sharded/`` of :func:`start_checkpoint`'s directory
-    by every process (:func:`mmalign.sharding.save_sharded`, which returned this dict); then
+    by every process (:func:`mmalign_runs.sharded_state.save_sharded`, which returned this dict); then
     ``save_model`` and ``optimizer`` are not used. A failed write (full disk, read-only folder)
     removes the partial checkpoint and raises a ConfigError naming the path."""
     final = root / f"step-{step:07d}"

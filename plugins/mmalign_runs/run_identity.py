@@ -10,7 +10,8 @@
   code 2 naming that pid; a file left by a dead process is taken over (with a note).
 * **Fresh runs**: a run without ``--resume`` into a folder that already holds files refuses,
   unless ``--overwrite``, which moves the old contents (never deletes them) into a sibling folder
-  ``<output_dir>.previous-<UTC time>``.
+  ``<output_dir>.previous-<UTC time>`` (:func:`mmalign.run_files.prepare_fresh_output`, which the
+  demos' ``--out`` uses too).
 """
 
 from __future__ import annotations
@@ -28,12 +29,8 @@ from pathlib import Path
 from mmalign.config import Config, to_dict
 from mmalign.data import data_sha256
 from mmalign.errors import ConfigError
-from mmalign.run_files import writing
+from mmalign.run_files import LOCK_NAME, prepare_fresh_output, writing
 
-LOCK_NAME = ".mmalign.lock"
-# Kept across --overwrite and ignored when deciding if a folder is empty: reusable by design
-# (keyed by its own fingerprint). So are the CLI's crash logs (mmalign-crash-*.log).
-KEPT_ON_OVERWRITE = ("reference_cache",)
 
 # Settings that do not change the weights a step produces: where and how often things are
 # written or shown, how long the run is (a resume may extend it), evaluation, and the reference
@@ -42,7 +39,7 @@ KEPT_ON_OVERWRITE = ("reference_cache",)
 # of the files its records point to), not as a path.
 NOT_IDENTITY = ("output_dir", "source", "data.train", "data.eval", "eval.",
                 "train.max_steps", "train.epochs", "train.log_every", "train.eval_every",
-                "train.save_every", "train.keep_last", "train.progress", "train.callbacks",
+                "train.save_every", "train.keep_last", "train.run_store", "train.progress", "train.callbacks",
                 "train.report_to", "train.push_to_hub",
                 "train.on_nonfinite", "reference.cache", "reference.cache_dir",
                 "model.gradient_checkpointing")
@@ -228,38 +225,6 @@ def release_lock(lock: Lock | None) -> None:
     if _holder(lock.path).get("pid") == os.getpid():
         lock.path.unlink(missing_ok=True)
     _close(lock.fd)
-
-
-# --- a fresh run into a folder ----------------------------------------------------------------------
-
-def existing_contents(out: Path) -> list[Path]:
-    """What is in ``out`` besides the lock and the reusable reference cache."""
-    if not out.is_dir():
-        return []
-    return sorted(p for p in out.iterdir() if p.name != LOCK_NAME and p.name not in KEPT_ON_OVERWRITE
-                  and not p.name.startswith("mmalign-crash-"))  # the CLI's crash logs stay
-
-
-def prepare_fresh_output(out: Path, *, overwrite: bool, log) -> None:
-    """A new run needs an empty ``output_dir``: refuse one with files, or with ``overwrite`` move
-    them into ``<output_dir>.previous-<UTC time>`` (nothing is deleted)."""
-    found = existing_contents(out)
-    if not found:
-        return
-    names = ", ".join(p.name for p in found[:5]) + (", ..." if len(found) > 5 else "")
-    if not overwrite:
-        raise ConfigError(f"output_dir {out} already holds files ({names}). Continue that run "
-                          f"with --resume; or pass --overwrite to move them aside (into "
-                          f"{out.name}.previous-<time>) and start anew; or choose another output_dir.")
-    aside = out.with_name(f"{out.name}.previous-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
-    n = 1
-    while aside.exists():
-        aside, n = aside.with_name(f"{aside.name.split('~')[0]}~{n}"), n + 1
-    with writing(aside, "move the previous run aside"):
-        aside.mkdir()
-        for path in found:
-            path.rename(aside / path.name)
-    log(f"--overwrite: the previous contents of {out} ({names}) were moved to {aside}")
 
 
 def claim_output_dir(out: Path, *, is_main: bool, fresh: bool, overwrite: bool, cleanup, vote, log) -> None:

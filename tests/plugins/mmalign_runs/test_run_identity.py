@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from mmalign.errors import ConfigError
-from mmalign.run_identity import LOCK_NAME, acquire_lock, release_lock
+from mmalign.run_files import LOCK_NAME
+from mmalign_runs.run_identity import acquire_lock, release_lock
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_a_lock_being_created_by_another_run_is_not_taken_over(tmp_path):
@@ -44,7 +45,7 @@ def test_a_released_lock_can_be_taken_again_and_a_held_one_cannot(tmp_path):
 def test_a_dead_holder_releases_the_lock(tmp_path):
     """A run killed with SIGKILL cannot clean up: the kernel drops its flock, the next run takes
     over (its pid, dead now, is named in a note)."""
-    code = ("import sys; from pathlib import Path; from mmalign.run_identity import acquire_lock; "
+    code = ("import sys; from pathlib import Path; from mmalign_runs.run_identity import acquire_lock; "
             "acquire_lock(Path(sys.argv[1]), print); import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)])
     assert proc.wait() == -9 and (tmp_path / LOCK_NAME).exists()
@@ -56,7 +57,7 @@ def test_a_dead_holder_releases_the_lock(tmp_path):
 def test_the_fingerprint_is_the_same_in_every_process_and_hash_seed(tmp_path):
     """Resume (and every process of a multi-process run) compares fingerprints computed in other
     processes: nothing in them may depend on Python's per-process hash seed."""
-    code = ("from mmalign.config import load_config; from mmalign.run_identity import new_identity; "
+    code = ("from mmalign.config import load_config; from mmalign_runs.run_identity import new_identity; "
             f"print(new_identity(load_config({str(REPO / 'configs/demo/text.yaml')!r})).fingerprint)")
     prints = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                              env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("0", "1", "977")}

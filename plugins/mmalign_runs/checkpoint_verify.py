@@ -1,5 +1,5 @@
 """Which checkpoints exist, and whether one can be trusted: every file checked against the
-manifest before anything is loaded (see :mod:`mmalign.checkpoint` for the layout)."""
+manifest before anything is loaded (see :mod:`mmalign_runs.checkpoint` for the layout)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from mmalign.errors import ConfigError
-from mmalign.run_identity import file_sha256
+from mmalign_runs.run_identity import file_sha256
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 MANIFEST = "manifest.json"

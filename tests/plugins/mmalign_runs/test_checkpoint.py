@@ -1,6 +1,6 @@
 import torch
 
-from mmalign import checkpoint as ckpt
+from mmalign_runs import checkpoint as ckpt
 
 
 def _opt():

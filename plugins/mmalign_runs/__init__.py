@@ -1,0 +1,19 @@
+"""The built-in runs plugin (entry point ``runs`` of the ``mmalign`` group): the ``local`` run
+store, which keeps a run in ``output_dir`` on a file system (:mod:`mmalign_runs.store`).
+
+    store.py          the store the loop calls (mmalign/run_store.py)
+    checkpoint.py     atomic checkpoints, their layout, final/
+    checkpoint_verify.py  the manifest check before a checkpoint is trusted
+    run_identity.py   the settings a resume must match; the folder's lock
+    sharded_state.py  FSDP2 model and optimizer state on disk
+    metrics_file.py   metrics.jsonl
+"""
+
+from mmalign.hookspecs import hookimpl
+
+
+@hookimpl
+def mmalign_register_run_stores(register) -> None:
+    from mmalign_runs.store import LocalRunStore
+
+    register("local", LocalRunStore)
