@@ -29,9 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("plugins", help="list every registered reward, loss, dataset format, evaluator, "
                                    "callback and demo with the plugin that provides it")
     t = sub.add_parser("train", help="train from a YAML config")
-    t.add_argument("config")
-    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set train.lr=1e-5 (repeatable)")
+    add_config_arguments(t)
     t.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
                    help="continue from the latest checkpoint in output_dir (or the one given)")
     t.add_argument("--force-resume", action="store_true",
@@ -47,6 +45,13 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     _add_plugin_commands(sub)
     return p
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """CONFIG and ``--set KEY=VALUE``: what every command that reads a config takes."""
+    parser.add_argument("config")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set train.lr=1e-5 (repeatable)")
 
 
 def _add_plugin_commands(sub) -> None:

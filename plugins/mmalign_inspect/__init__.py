@@ -10,13 +10,8 @@ examine a config or a trained run without training.
 
 import json
 
+from mmalign.cli import add_config_arguments
 from mmalign.hookspecs import hookimpl
-
-
-def _config_arguments(parser) -> None:
-    parser.add_argument("config")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set eval.batch_size=8 (repeatable)")
 
 
 def check_command(args) -> None:
@@ -61,12 +56,12 @@ def score(config, *, overrides=None) -> list[dict]:
 
 @hookimpl
 def mmalign_register_commands(register):
-    register("check", check_command, arguments=_config_arguments,
+    register("check", check_command, arguments=add_config_arguments,
              help="validate a config (and read its data files) without loading a model: exit 0 with a "
                   "summary, or 2 with the error")
-    register("eval", eval_command, arguments=_config_arguments,
+    register("eval", eval_command, arguments=add_config_arguments,
              help="evaluate output_dir/final (or eval.checkpoint) on data.eval")
-    register("score", score_command, arguments=_config_arguments,
+    register("score", score_command, arguments=add_config_arguments,
              help="write the implicit reward of every record's responses to output_dir/scores.jsonl")
 
 
