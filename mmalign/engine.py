@@ -29,7 +29,7 @@ from torch import Tensor
 from mmalign.config import Config
 from mmalign.eval_samples import draw_samples
 from mmalign.losses.objective import objective_loss
-from mmalign.nonfinite import TrainingError, all_finite, trained
+from mmalign.nonfinite import TrainingError, all_finite, check_before_save, trained
 from mmalign.nonfinite import message as nonfinite_message
 from mmalign.run_files import summary_table
 from mmalign.run_setup import Run, RunState, any_process, build_run, cache_reference
@@ -96,11 +96,11 @@ def train(cfg: Config, *, resume: str | bool | None = None, log=print, overwrite
                 stop_requested = any_process(run.accelerator, stop.requested)[0]
                 record(run, state, bar)
                 if cfg.train.save_every and state.step % cfg.train.save_every == 0:
-                    run.store.save_checkpoint(run, state)
+                    save_checkpoint(run, state)
                 if stop_requested and not run.stream.at_boundary:  # a rollout in flight: train it first
                     run.log(f"step {state.step}: finishing the rollout before saving (signal again to stop now)")
                 elif stop_requested:
-                    run.store.save_checkpoint(run, state)
+                    save_checkpoint(run, state)
                     bar.close()
                     run.log(f"stopped by signal at step {state.step}; checkpoint saved. Continue with --resume.")
                     sys.exit(130)
@@ -203,8 +203,15 @@ def evaluate(run: Run) -> dict[str, float]:
                           run.objective, run.accelerator.autocast)
 
 
+def save_checkpoint(run: Run, state: RunState) -> None:
+    """The store saves; never non-finite weights or optimizer state, whatever the store."""
+    check_before_save(run.unwrapped, run.optimizer, state.step, "saving a checkpoint", run.store.last_checkpoint)
+    run.store.save_checkpoint(run, state)
+
+
 def finish(run: Run, state: RunState) -> TrainResult:
     """``final/``, the callbacks' end, the metrics table."""
+    check_before_save(run.unwrapped, run.optimizer, state.step, "saving final/", run.store.last_checkpoint)
     final = run.store.save_final(run, state)
     if run.is_main:
         for cb in run.callbacks:

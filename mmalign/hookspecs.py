@@ -101,8 +101,9 @@ def mmalign_register_final_files(register: Callable[..., None]) -> None:
 
     Call ``register(name, write)`` where ``write(directory, config, history)`` writes its files into
     ``directory`` (``config``: the resolved config as a mapping, as ``config.yaml`` holds it;
-    ``history``: the metrics rows). Called on the main process after the modality plugin's ``save``,
-    inside ``.tmp-final``, so the files appear with the model or not at all. Built-in:
+    ``history``: the metrics rows). The run store calls them with the final model (``local``: on
+    the main process after the modality plugin's ``save``, inside ``.tmp-final``, so the files
+    appear with the model or not at all). Built-in:
     ``model_card`` (hub: ``README.md``, a Hugging Face model card).
     """
 

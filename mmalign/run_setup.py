@@ -120,7 +120,8 @@ def build_run(cfg: Config, *, resume: Any, log: Callable, overwrite: bool, clean
         stream = BatchStream(train_examples, *layout)
         check_enough_data(cfg, stream, len(eval_examples))
     out, store = Path(cfg.output_dir), make_run_store(cfg, reg, accelerator, main_log)
-    store.claim(content, fresh=not resume, overwrite=overwrite, cleanup=cleanup)  # bad data was refused above
+    # bad data was refused above, before --overwrite moves a run aside
+    store.claim(content, fresh=not resume, overwrite=overwrite, cleanup=cleanup)
     steps_per_epoch = stream.per_epoch // (stream.batch_size * stream.accumulation * stream.world)
     total_steps = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
     source_reference = algorithm is not None and algorithm.source_needs_reference  # KL in the reward

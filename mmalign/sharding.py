@@ -19,6 +19,7 @@ from torch import nn
 
 from mmalign.errors import ConfigError
 
+
 def fsdp_requested() -> bool:
     """Whether the launcher asked for FSDP (``accelerate launch`` with an FSDP config)."""
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"

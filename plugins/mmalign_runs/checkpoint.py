@@ -8,8 +8,8 @@ so a kill during the deletion never leaves a partial ``step-N`` either. Everythi
 
 Layout of ``step-N/``: ``model/`` (the plugin's ``save``: loads with plain ``from_pretrained``),
 ``optimizer.safetensors`` (or, for a sharded FSDP2 run, ``sharded/``: model and optimizer state,
-one safetensors file per process, see :mod:`mmalign_runs.sharded_state`) + ``trainer_state.json`` (step, data position, scheduler, optimizer
-hyper-parameters), ``rng.safetensors`` (every random generator; under multi-process training
+one safetensors file per process, see :mod:`mmalign_runs.sharded_state`) + ``trainer_state.json``
+(step, data position, scheduler, optimizer hyper-parameters), ``rng.safetensors`` (every random generator; under multi-process training
 ``rng-rank{r}.safetensors`` holds those of process r > 0), ``run_identity.json`` (the run's id and
 settings, see :mod:`mmalign_runs.run_identity`), ``source.safetensors`` when the online source keeps
 tensors of its own (a PPO critic and its optimizer) and, written last, ``manifest.json``: the sha256 of
@@ -39,11 +39,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mmalign.errors import ConfigError
+from mmalign.optimizers import load_optimizer, optimizer_tensors
 from mmalign.run_files import fsync_dir, fsync_tree, writing
 from mmalign_runs.checkpoint_verify import (IDENTITY, MANIFEST, STEP_DIR, find_resume_checkpoint,  # noqa: F401
-                                       latest_checkpoint, list_checkpoints, rng_file, run_id_of,
-                                       verify_checkpoint)
-from mmalign.optimizers import load_optimizer, optimizer_tensors
+                                            latest_checkpoint, list_checkpoints, rng_file, run_id_of,
+                                            verify_checkpoint)
 from mmalign_runs.run_identity import file_sha256
 from mmalign_runs.sharded_state import SHARDED_DIR
 

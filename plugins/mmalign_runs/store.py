@@ -18,7 +18,6 @@ import torch
 
 from mmalign.config import dump_config
 from mmalign.errors import ConfigError
-from mmalign.nonfinite import check_before_save
 from mmalign.run_files import write_atomic
 from mmalign.run_setup import any_process
 from mmalign.run_store import RunStore
@@ -34,7 +33,7 @@ class LocalRunStore(RunStore):
     def __init__(self, cfg: Any, accelerator: Any, log: Callable[[str], None]) -> None:
         super().__init__(cfg, accelerator, log)
         self.out = Path(cfg.output_dir)
-        self.identity = new_identity(cfg)
+        self.identity = None  # set by claim: it hashes the training data
 
     def claim(self, data_content: str, *, fresh: bool, overwrite: bool, cleanup: ExitStack) -> None:
         self.identity = new_identity(self.cfg, data_content)  # what must match for --resume
@@ -82,7 +81,6 @@ class LocalRunStore(RunStore):
             from accelerate.utils import gather_object
 
             rngs = gather_object(rngs)
-        check_before_save(run.unwrapped, run.optimizer, state.step, "saving a checkpoint", self.last_checkpoint)
         source_tensors, source_meta = run.stream.source_state()
         sharded = save_shards(self.out / "checkpoints", state.step, run.policy, run.optimizer,
                               run.accelerator) if run.sharded else None
@@ -99,7 +97,6 @@ class LocalRunStore(RunStore):
     def save_final(self, run: Any, state: Any) -> Path:
         """``final/``: under FSDP2 the full state is gathered on the main process, which writes."""
         final = self.out / "final"
-        check_before_save(run.unwrapped, run.optimizer, state.step, "saving final/", self.last_checkpoint)
         full = full_model_state(run.policy) if run.sharded else None
         if run.is_main:
             with full_parameters(run.unwrapped, full) if full is not None else nullcontext():
@@ -128,4 +125,3 @@ def _trainer_state(run: Any, state: Any, source_meta: dict) -> dict:
             "processes": run.stream.world, "skipped_steps": state.skipped, "elapsed": state.meter.elapsed(),
             "metrics_window": [{k: float(v) for k, v in m.items()} for m in state.window],
             "source": source_meta}
-

@@ -3,12 +3,11 @@ points of a checkpoint save, SIGKILL from outside at an arbitrary moment, SIGTER
 ``--resume`` must end with final weights bitwise identical to an uninterrupted run (every
 safetensors file byte for byte, metadata included), and the same metrics.jsonl. Parametrized by modality (a new one is one entry in train_processes.MODALITIES).
 
-The deterministic kills use the test hook MMALIGN_TEST_CRASH_AT of mmalign/checkpoint.py.
+The deterministic kills use the test hook MMALIGN_TEST_CRASH_AT of plugins/mmalign_runs/checkpoint.py.
 """
 
 from __future__ import annotations
 
-import json
 import signal
 
 import pytest
@@ -29,7 +28,6 @@ from train_processes import (
 )
 
 from mmalign_runs import checkpoint as ckpt
-from mmalign_runs.metrics_file import read_metrics as _read_metrics, truncate_metrics as _truncate_metrics
 
 # log_every does not divide save_every, so a resumed run must also restore the metrics of the
 # steps logged in no row yet; warmup + linear decay make the scheduler state matter.
@@ -156,15 +154,6 @@ def test_every_process_has_its_own_saved_generators(tmp_path):
             assert not state["rng_restored"]
             assert torch.equal(torch.rand(3, generator=fresh),
                                torch.rand(3, generator=torch.Generator().manual_seed(100)))
-
-
-def test_a_metrics_line_cut_by_a_kill_is_dropped_on_resume(tmp_path):
-    path = tmp_path / "metrics.jsonl"
-    rows = [{"step": s, "loss": 0.5} for s in (1, 2, 3)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 4, "lo')
-    assert _read_metrics(path) == rows
-    _truncate_metrics(path, 2)
-    assert _read_metrics(path) == rows[:2] and path.read_text().endswith("}\n")
 
 
 def test_same_config_and_seed_give_the_same_metrics(tmp_path, tokenizer_dir, pairs_file):

@@ -1,11 +1,12 @@
 """mmalign/run_store.py: the loop writes no file itself. A store registered in-process (as a user's
 plugin would be) receives every call in the documented order, a store that keeps everything in
-memory trains a run that leaves nothing on disk, and an unknown store is refused before anything
-is touched."""
+memory trains a run that leaves nothing on disk (and refuses --resume), and an unknown store is
+refused before anything is touched."""
 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from conftest import base_config
 
 import mmalign
 from mmalign import train
-from mmalign.errors import RegistryError
+from mmalign.errors import ConfigError, RegistryError
 from mmalign.hookspecs import hookimpl
 from mmalign.run_store import RunStore
 from mmalign_runs.store import LocalRunStore
@@ -54,6 +55,8 @@ class MemoryStore(RunStore):
         MemoryStore.kept = {"rows": [], "checkpoints": {}, "content": data_content}
 
     def start(self, run, state, resume, force_resume):
+        if resume:
+            raise ConfigError("--resume: the memory store keeps nothing across runs; start a new run.")
         state.history = []
 
     def append_row(self, row):
@@ -64,10 +67,7 @@ class MemoryStore(RunStore):
 
     def save_final(self, run, state):
         self.kept["final"] = copy.deepcopy(run.unwrapped.state_dict())
-        return self.cfg.output_dir
-
-    def last_checkpoint(self):
-        return None
+        return Path(self.cfg.output_dir)
 
 
 class Stores:
@@ -104,6 +104,8 @@ def test_a_store_in_memory_trains_a_run_that_leaves_nothing_on_disk(tmp_path, to
     name = next(iter(kept["final"]))
     assert torch.equal(kept["final"][name], kept["checkpoints"][4][name])
     assert not torch.equal(kept["checkpoints"][2][name], kept["checkpoints"][4][name])  # it trained
+    with pytest.raises(ConfigError, match="memory store keeps nothing"):  # a store that cannot resume says so
+        train(mmalign.as_config(cfg), resume=True, log=lambda *a: None)
 
 
 def test_an_unknown_store_is_refused_before_anything_is_written(tmp_path, tokenizer_dir, pairs_file):
