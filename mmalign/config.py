@@ -94,8 +94,9 @@ class TrainConfig:
     lr: float = 1e-6
     weight_decay: float = 0.0
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    # AdamW in PyTorch, or bitsandbytes' 8-bit / paged AdamW (mmalign/optimizers.py)
-    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"] = "adamw"
+    # a registered optimizer: adamw (PyTorch), or bitsandbytes' adamw_8bit, paged_adamw_8bit,
+    # paged_adamw_32bit (plugins/mmalign_optimizers)
+    optimizer: str = "adamw"
     lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
     warmup_steps: int = 0
     warmup_ratio: float = 0.0

@@ -171,3 +171,17 @@ def mmalign_register_run_stores(register: Callable[..., None]) -> None:
     saves checkpoints and writes ``final/``. Built-in: ``local`` (mmalign_runs: ``output_dir`` on
     a file system, with atomic verified checkpoints, the resume identity and the folder's lock).
     """
+
+
+@hookspec
+def mmalign_register_optimizers(register: Callable[..., None]) -> None:
+    """Register optimizers (``train.optimizer`` in the config).
+
+    Call ``register(name, build)`` where ``build(params, train)`` returns a
+    ``torch.optim.Optimizer`` over ``params`` (the trainable parameters, float32 master weights)
+    with the settings of ``train`` (the config's train section: ``lr``, ``weight_decay``,
+    ``adam_betas``). Keywords: ``requires=("module",)``, modules that must be installed (checked
+    before anything loads; ``install="pip install ..."`` is the fix named), and ``sharded=False``
+    for one refused under FSDP2. Built-in: ``adamw`` (PyTorch), ``adamw_8bit``, ``paged_adamw_8bit``
+    and ``paged_adamw_32bit`` (bitsandbytes) (mmalign_optimizers).
+    """

@@ -1,9 +1,6 @@
-"""``train.optimizer``: AdamW in PyTorch (``adamw``, the default) or bitsandbytes' 8-bit AdamW
-(``adamw_8bit``; ``paged_adamw_8bit`` and ``paged_adamw_32bit`` page their state to CPU memory when
-a GPU runs short), the names Hugging Face's ``TrainingArguments.optim`` uses. The 8-bit optimizers
-keep each moment in one byte per value with block-wise scales (Dettmers et al. 2022, "8-bit
-Optimizers via Block-wise Quantization") instead of four: AdamW's state falls from 8 to about 2
-bytes per trained parameter. The weights stay float32 (mmalign's master weights)."""
+"""``train.optimizer``: the optimizer a plugin registered under that name
+(``mmalign_register_optimizers``; the built-in ones are in ``plugins/mmalign_optimizers``), checked
+before anything loads; and an optimizer's state as safetensors tensors plus JSON, for checkpoints."""
 
 from __future__ import annotations
 
@@ -12,34 +9,29 @@ from typing import Any, Iterable
 
 import torch
 
-BITSANDBYTES = {"adamw_8bit": "AdamW8bit", "paged_adamw_8bit": "PagedAdamW8bit", "paged_adamw_32bit": "PagedAdamW32bit"}
-OPTIMIZERS = ("adamw", *BITSANDBYTES)
+from mmalign.errors import ConfigError
 
 
-def check_optimizer(name: str, where: str) -> None:
-    """Before anything loads: a bitsandbytes optimizer needs bitsandbytes (found, not imported)."""
+def check_optimizer(name: str, reg: Any, where: str) -> None:
+    """Before anything loads: a registered name whose required modules are installed (found, not imported)."""
     from mmalign.validation import fail
 
-    if name in BITSANDBYTES and importlib.util.find_spec("bitsandbytes") is None:
-        raise fail(where, "train.optimizer", f"is '{name}', which needs bitsandbytes: `pip install "
-                                             f"'mmalign[bitsandbytes]'`, or use train.optimizer: adamw.")
+    entry = reg.entry("optimizers", name, "train.optimizer")
+    missing = [m for m in entry.meta.get("requires", ()) if importlib.util.find_spec(m) is None]
+    if missing:
+        install = entry.meta.get("install", f"pip install {missing[0]}")
+        raise fail(where, "train.optimizer", f"is '{name}', which needs {missing[0]}: `{install}`, or use "
+                                             f"train.optimizer: adamw.")
 
 
-def make_optimizer(train: Any, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+def make_optimizer(train: Any, params: Iterable[torch.nn.Parameter], reg: Any) -> torch.optim.Optimizer:
     """The optimizer ``train.optimizer`` names over ``params``, with train.lr, weight_decay and adam_betas."""
     params = list(params)
     if not params:
-        from mmalign.errors import ConfigError
-
         raise ConfigError("the model has nothing to train: every parameter has requires_grad False. A PEFT "
                           "model passed to mmalign.train must be loaded trainable (PeftModel.from_pretrained("
                           "base, path, is_trainable=True)); or set model.lora to attach new adapters.")
-    kwargs = {"lr": train.lr, "weight_decay": train.weight_decay, "betas": tuple(train.adam_betas)}
-    if train.optimizer == "adamw":
-        return torch.optim.AdamW(params, **kwargs)
-    import bitsandbytes
-
-    return getattr(bitsandbytes.optim, BITSANDBYTES[train.optimizer])(params, **kwargs)
+    return reg.get("optimizers", train.optimizer, "train.optimizer")(params, train)
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:

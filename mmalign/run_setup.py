@@ -97,7 +97,7 @@ def build_run(cfg: Config, *, resume: Any, log: Callable, overwrite: bool, clean
                                              project_dir=Path(cfg.output_dir) / "trackers")
     main_log = log if accelerator.is_main_process else _quiet
     if is_sharded(accelerator):
-        refuse_under_fsdp(cfg)
+        refuse_under_fsdp(cfg, reg)
     set_seed(cfg.seed)
     plugin = reg.get("rewards", cfg.model.reward, "model.reward")(cfg.model, cfg.data)
     if is_sharded(accelerator):
@@ -127,7 +127,7 @@ def build_run(cfg: Config, *, resume: Any, log: Callable, overwrite: bool, clean
     source_reference = algorithm is not None and algorithm.source_needs_reference  # KL in the reward
     needs_reference = (objective.spec.needs_reference or source_reference) and \
         (algorithm is None or cfg.loss.beta > 0)
-    policy, optimizer, scheduler, reference = build_models(cfg, plugin, needs_reference, accelerator,
+    policy, optimizer, scheduler, reference = build_models(cfg, reg, plugin, needs_reference, accelerator,
                                                            total_steps, main_log)
     if algorithm is not None:  # the online source replaces the offline stream (same data state)
         stream = algorithm.make_source(source_context(cfg, reg, plugin, accelerator, policy, reference,
@@ -233,7 +233,7 @@ def check_enough_data(cfg: Config, stream: BatchStream, held_out: int) -> None:
                         f"{' or data.eval_size' if held else ''}.")
 
 
-def build_models(cfg: Config, plugin: Any, needs_reference: bool, accelerator: Any, total_steps: int,
+def build_models(cfg: Config, reg: Any, plugin: Any, needs_reference: bool, accelerator: Any, total_steps: int,
                  log: Callable) -> tuple:
     """The policy (fp32 master weights, dropout off), the reference, the optimizer and the schedule,
     prepared by accelerate."""
@@ -245,7 +245,7 @@ def build_models(cfg: Config, plugin: Any, needs_reference: bool, accelerator: A
     reference = make_reference(cfg.reference.strategy, policy, plugin, cfg.reference.name_or_path,
                                needs_reference, accelerator.device, accelerator.autocast)
     params = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = make_optimizer(cfg.train, params)
+    optimizer = make_optimizer(cfg.train, params, reg)
     warmup = cfg.train.warmup_steps or int(cfg.train.warmup_ratio * total_steps)
     scheduler = make_scheduler(optimizer, cfg.train.lr_scheduler, warmup, total_steps)
     policy, optimizer = accelerator.prepare(policy, optimizer)

@@ -76,7 +76,7 @@ def _validate_names(cfg: Any, where: str, command: str, reg: Any) -> None:
     if cfg.data.format != "auto":
         reg.entry("datasets", cfg.data.format, "data.format")
     _check_data_keys(cfg, command, where)
-    check_optimizer(cfg.train.optimizer, where)
+    check_optimizer(cfg.train.optimizer, reg, where)
     _check_hardware(cfg, where)
     if command == "train":
         _check_output_dir(cfg, where)

@@ -57,18 +57,19 @@ def check_supported(accelerator: Any) -> None:
                           "parameters, gradients and optimizer state like ZeRO-3. See docs/scale.md.")
 
 
-def refuse_under_fsdp(cfg: Any) -> None:
+def refuse_under_fsdp(cfg: Any, reg: Any) -> None:
     """What does not run sharded yet, refused before anything loads: sampling (online algorithms,
     eval.samples), where each process would decode its own prompts with sharded weights and wait
-    for the others' gathers; bitsandbytes' optimizers, untested on sharded parameters."""
+    for the others' gathers; an optimizer registered with ``sharded=False`` (bitsandbytes')."""
     key = "algorithm.name" if cfg.algorithm.name else "eval.samples" if cfg.eval.samples else None
     if key:
         raise ConfigError(f"{key}: sampling under FSDP is not supported yet: each process would decode its "
                           f"own prompts with sharded weights and wait for the others' gathers. Train with DDP "
                           f"(configs/accelerate/ddp.yaml) or without {key}; see docs/scale.md.")
-    if cfg.train.optimizer != "adamw":
-        raise ConfigError(f"train.optimizer: {cfg.train.optimizer} under FSDP is not supported yet (bitsandbytes' "
-                          f"optimizers on sharded parameters are untested). Use adamw, or DDP.")
+    entry = reg.entry("optimizers", cfg.train.optimizer, "train.optimizer")
+    if not entry.meta.get("sharded", True):
+        raise ConfigError(f"train.optimizer: {cfg.train.optimizer} under FSDP is not supported yet (its plugin, "
+                          f"{entry.source}, does not run it on sharded parameters). Use adamw, or DDP.")
 
 
 def is_sharded(accelerator: Any) -> bool:

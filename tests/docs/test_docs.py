@@ -1,5 +1,6 @@
 """Docs are code: every hook, protocol member and registered name is documented, the README's and
-the plugin guide's and the Python API page's snippets run, and nothing that exists is called planned."""
+the plugin guide's and the Python API page's snippets run, nothing that exists is called planned,
+and philosophy.md's layout names every module of the core and of the built-in plugins that exist."""
 
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ def test_the_hookspec_docstrings_name_every_built_in():
         assert not unnamed, (kind, unnamed)
 
 
-BUILT_IN_PLUGINS = {"text", "vlm", "diffusion", "losses", "metrics", "formats", "hf_datasets", "runs"}
+BUILT_IN_PLUGINS = {"text", "vlm", "diffusion", "losses", "metrics", "formats", "hf_datasets", "runs", "optimizers"}
 
 
 @pytest.mark.parametrize("path", [DOCS / p for p in sorted(p.name for p in DOCS.glob("*.md"))] + [REPO / "README.md"],
@@ -100,3 +101,28 @@ def test_python_snippets_run(doc, tmp_path, monkeypatch):
             exec(compile(block, f"{doc} snippet {number}", "exec"), namespace)
         except Exception as e:  # noqa: BLE001
             pytest.fail(f"{doc} snippet {number} fails: {type(e).__name__}: {e}\n{block}")
+
+
+def _layout_names(top: str) -> list[str]:
+    """The names philosophy.md's layout gives under ``top`` (``mmalign/``): each entry's first
+    column, before the description (several names may share one entry: ``a.py, b.py``)."""
+    text = (DOCS / "philosophy.md").read_text()
+    block = text.split("## Layout as it is today", 1)[1].split("```")[1]
+    names, inside = [], False
+    for line in block.splitlines():
+        if not line.startswith(" "):
+            inside = line.startswith(top)
+        elif inside and not line.startswith("   "):  # an entry, not a description's next line
+            names += re.findall(r"[\w/]+\.py|\w+/", line.strip().split("  ")[0])
+    return names
+
+
+def test_the_layout_in_philosophy_names_every_core_module_and_built_in_plugin():
+    listed = _layout_names("mmalign/")
+    modules = [p.name for p in (REPO / "mmalign").glob("*.py") if p.name != "__init__.py"] + ["losses/"]
+    assert sorted(set(modules) - set(listed)) == [], "core modules missing from docs/philosophy.md's layout"
+    assert sorted(set(listed) - set(modules)) == [], "docs/philosophy.md's layout names modules that do not exist"
+    text = (DOCS / "philosophy.md").read_text()
+    plugins = sorted(p.name for p in (REPO / "plugins").iterdir() if (p / "__init__.py").is_file())
+    assert [p for p in plugins if f"plugins/{p}/" not in text] == []
+

@@ -1,6 +1,7 @@
-"""``train.optimizer`` (mmalign/optimizers.py): bitsandbytes' 8-bit AdamW trains, stores its moments
+"""``train.optimizer`` (plugins/mmalign_optimizers, mmalign/optimizers.py): bitsandbytes' 8-bit AdamW trains, stores its moments
 in one byte per value (the checkpoint's optimizer state about 4x smaller than AdamW's), resumes
-exactly; without bitsandbytes it is refused before anything is written."""
+exactly; without bitsandbytes it is refused before anything is written. A user's optimizer,
+registered as a plugin, trains, checkpoints and resumes; an unknown name is refused."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import importlib.util
 import math
 
 import pytest
+import torch
 from conftest import TINY, base_config
 from safetensors import safe_open
 
 import mmalign
-from mmalign.errors import ConfigError
+from mmalign.errors import ConfigError, RegistryError
+from mmalign.hookspecs import hookimpl
 
 WIDER = {**TINY, "hidden_size": 128, "intermediate_size": 256}  # matrices above bitsandbytes' 4096-value floor
 
@@ -69,3 +72,32 @@ def test_without_bitsandbytes_an_8bit_optimizer_is_refused_before_anything_is_wr
     with pytest.raises(ConfigError, match=r"train\.optimizer.*mmalign\[bitsandbytes\]") as caught:
         mmalign.train(config(tmp_path, tokenizer_dir, pairs_file, "adamw_8bit"), log=quiet)
     assert caught.value.exit_code == 2 and not (tmp_path / "run").exists()
+
+
+class Momentum:
+    """A user's optimizer, registered as a plugin would: SGD with momentum (state of its own)."""
+
+    @hookimpl
+    def mmalign_register_optimizers(self, register):
+        register("sgd_momentum", lambda params, train: torch.optim.SGD(params, lr=train.lr * 100, momentum=0.9))
+
+
+def test_a_registered_optimizer_trains_checkpoints_and_resumes_exactly(tmp_path, tokenizer_dir, pairs_file):
+    with mmalign.register(Momentum(), name="test-momentum"):
+        straight = mmalign.train(config(tmp_path / "a", tokenizer_dir, pairs_file, "sgd_momentum"), log=quiet)
+        cut = config(tmp_path / "b", tokenizer_dir, pairs_file, "sgd_momentum", steps=2)
+        mmalign.train(cut, log=quiet)
+        cut["train"]["max_steps"] = 4
+        resumed = mmalign.train(cut, resume=True, log=quiet)
+    assert straight.history[-1]["loss"] < straight.history[0]["loss"]
+    assert untimed(resumed.history) == untimed(straight.history)
+    path = straight.output_dir / "checkpoints" / "step-0000004" / "optimizer.safetensors"
+    with safe_open(str(path), "pt") as f:
+        assert any(key.endswith("momentum_buffer") for key in f.keys())
+
+
+def test_an_unknown_optimizer_is_refused_with_the_registered_ones(tmp_path, tokenizer_dir, pairs_file):
+    with pytest.raises(RegistryError, match=r"Unknown optimizer 'lion' \(config key 'train.optimizer'\)\. "
+                                            r"Registered optimizers: adamw, adamw_8bit"):
+        mmalign.train(config(tmp_path, tokenizer_dir, pairs_file, "lion"), log=quiet)
+    assert not (tmp_path / "run").exists()
