@@ -34,13 +34,18 @@ def build_callbacks(cfg: Any, reg: Any, out: Path, accelerator: Any) -> list[Cal
     for ``train.report_to``, ``push_to_hub`` for ``train.push_to_hub``, ``samples`` for
     ``eval.samples``). Each factory is called as
     ``factory(output_dir)``, plus the keywords it declares among ``cfg`` and ``accelerator``."""
+    context = {"cfg": cfg, "accelerator": accelerator}
+    return [_make(reg.get("callbacks", name, key), out, context) for name, key in callbacks_of(cfg)]
+
+
+def callbacks_of(cfg: Any) -> list[tuple[str, str]]:
+    """(name, the config key that asks for it) of every callback the run uses."""
     names = [(name, f"train.callbacks[{i}]") for i, name in enumerate(cfg.train.callbacks)]
     for key, name in IMPLIED:
         section, field = key.split(".")
         if getattr(getattr(cfg, section), field) and name not in cfg.train.callbacks:
             names.append((name, key))
-    context = {"cfg": cfg, "accelerator": accelerator}
-    return [_make(reg.get("callbacks", name, key), out, context) for name, key in names]
+    return names
 
 
 def _make(factory: Any, out: Path, context: dict) -> Callback:

@@ -88,6 +88,8 @@ def mmalign_register_callbacks(register: Callable[..., None]) -> None:
     :class:`mmalign.callbacks.Callback` (``on_log(step, metrics)``, ``on_eval(step, metrics)``,
     ``on_samples(step, samples)``, ``on_train_end(history)``; each a no-op unless overridden), called on the main process; a
     factory that declares ``cfg`` or ``accelerator`` keywords also receives them.
+    ``register(name, factory, check=check)``: ``check(cfg)`` checks the config keys the callback
+    reads before anything loads, raising :class:`mmalign.errors.ConfigError` naming the key.
     Built-in: ``plot`` (PNG of loss, reward accuracy and margins), ``trackers`` (every row to
     accelerate's experiment trackers: ``train.report_to``), ``push_to_hub`` (hub: ``final/`` to the
     Hugging Face Hub after training: ``train.push_to_hub``), ``samples`` (``eval.samples``: the

@@ -70,8 +70,7 @@ def _validate_names(cfg: Any, where: str, command: str, reg: Any) -> None:
                                                 f"model. Use a reference-free loss (e.g. simpo, sft) "
                                                 f"or strategy auto/copy.")
     _check_evaluators(cfg, reg, modality, where)
-    for i, name in enumerate(cfg.train.callbacks):
-        reg.entry("callbacks", name, f"train.callbacks[{i}]")
+    _check_callbacks(cfg, reg, where)
     reg.entry("run_stores", cfg.train.run_store, "train.run_store")
     if cfg.data.format != "auto":
         reg.entry("datasets", cfg.data.format, "data.format")
@@ -201,6 +200,20 @@ def _check_evaluators(cfg: Any, reg: Any, modality: str, where: str) -> None:
             raise fail(where, f"eval.options.{name}", f"gives options to '{name}', which is not in "
                                                       f"eval.evaluators ({cfg.eval.evaluators}). Add it "
                                                       f"there or remove its options.")
+
+
+def _check_callbacks(cfg: Any, reg: Any, where: str) -> None:
+    """Every callback the run uses is registered; one registered with ``check=`` checks the keys
+    it reads (``trackers``: the trackers of train.report_to)."""
+    from mmalign.callbacks import callbacks_of
+
+    for name, key in callbacks_of(cfg):
+        check = reg.entry("callbacks", name, key).meta.get("check")
+        try:
+            if check is not None:
+                check(cfg)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
 
 
 def _check_data_keys(cfg: Any, command: str, where: str) -> None:

@@ -15,7 +15,6 @@ Every failure is a :class:`mmalign.errors.ConfigError` naming the file and the d
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import sys
 from typing import Any
@@ -66,10 +65,12 @@ NON_EMPTY = ("output_dir", "model.reward", "model.name_or_path", "model.tokenize
 FREE_MAPPINGS = ("model.tiny", "model.options", "loss.options", "eval.options")
 
 
-def fail(where: str, key: str, message: str) -> ConfigError:
+def fail(where: str | None, key: str, message: str) -> ConfigError:
+    """The error for a bad value of ``key``, with the fix; ``where`` (the config file) first,
+    unless None: a plugin's check, which the core prefixes."""
     settable = key.split("[")[0]  # --set names a whole list, not one of its items
-    return ConfigError(f"{where}: key '{key}' {message} Fix it in the config file or with "
-                       f"--set {settable}=VALUE (see docs/configuration.md).")
+    return ConfigError(f"{where + ': ' if where else ''}key '{key}' {message} Fix it in the config file or "
+                       f"with --set {settable}=VALUE (see docs/configuration.md).")
 
 
 def warn(message: str) -> None:
@@ -187,33 +188,20 @@ def _check_lists(cfg: Any, where: str) -> None:
         if not isinstance(options, dict):
             raise fail(where, f"eval.options.{name}", f"must be a mapping of that evaluator's "
                                                       f"options, got {short_repr(options)}.")
-    _check_hub(cfg.train.report_to, cfg.train.push_to_hub, where)
+    _check_push_to_hub(cfg.train.push_to_hub, where)
 
 
-# train.report_to: tracker -> the modules accelerate accepts for it (any one installed will do)
-TRACKERS = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",),
-            "trackio": ("trackio",)}
-
-
-def _check_hub(report_to: list[str], push_to_hub: Any, where: str) -> None:
-    """Trackers known and installed (found, not imported), and a well-formed Hub repository id."""
-    for i, name in enumerate(report_to):
-        if name not in TRACKERS:
-            raise fail(where, f"train.report_to[{i}]", f"is '{name}', not a tracker mmalign logs to. "
-                                                       f"Choose from {', '.join(TRACKERS)}.")
-        if not any(importlib.util.find_spec(module) for module in TRACKERS[name]):
-            extra = " (or `pip install 'mmalign[trackers]'`)" if name == "tensorboard" else ""
-            raise fail(where, f"train.report_to[{i}]", f"is '{name}', which is not installed. Install "
-                                                       f"it with `pip install {name}`{extra}, or remove it.")
-    if push_to_hub:
+def _check_push_to_hub(repo_id: Any, where: str) -> None:
+    """A well-formed Hub repository id (the hub plugin uploads there; checked as the config loads)."""
+    if repo_id:
         from huggingface_hub.utils import HFValidationError, validate_repo_id
 
         try:
-            validate_repo_id(push_to_hub)
+            validate_repo_id(repo_id)
         except HFValidationError:
-            raise fail(where, "train.push_to_hub", f"is '{push_to_hub}', not a Hub repository id: "
-                                                   f"'name' or 'org/name' in letters, digits, '-', '_' "
-                                                   f"and '.' (at most 96 characters).") from None
+            raise fail(where, "train.push_to_hub", f"is '{repo_id}', not a Hub repository id: 'name' or "
+                                                   f"'org/name' in letters, digits, '-', '_' and '.' (at most "
+                                                   f"96 characters).") from None
 
 
 def _check_cross(cfg: Any, where: str) -> None:

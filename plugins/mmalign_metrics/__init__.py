@@ -6,7 +6,7 @@ from mmalign.hookspecs import hookimpl
 from mmalign_metrics.plot_callback import PlotCallback
 from mmalign_metrics.reward_accuracy import reward_accuracy
 from mmalign_metrics.samples import SamplesCallback
-from mmalign_metrics.trackers import TrackerCallback
+from mmalign_metrics.trackers import TrackerCallback, check_report_to
 
 
 @hookimpl
@@ -17,7 +17,7 @@ def mmalign_register_evaluators(register):
 @hookimpl
 def mmalign_register_callbacks(register):
     register("plot", PlotCallback)
-    register("trackers", TrackerCallback)  # what train.report_to turns on
+    register("trackers", TrackerCallback, check=check_report_to)  # what train.report_to turns on
     register("samples", SamplesCallback)  # what eval.samples turns on: output_dir/samples/
 
 

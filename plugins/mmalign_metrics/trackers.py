@@ -6,6 +6,7 @@ logs the rows and closes them. Called on the main process only, as every callbac
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -13,8 +14,24 @@ from typing import Any
 
 from mmalign.callbacks import Callback
 from mmalign.errors import ConfigError
+from mmalign.validation import fail
 
 PROJECT = "mmalign"  # the tracker project (TensorBoard: output_dir/trackers/mmalign); runs named by output_dir
+# train.report_to: tracker -> the modules accelerate accepts for it (any one installed will do)
+TRACKERS = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",),
+            "trackio": ("trackio",)}
+
+
+def check_report_to(cfg: Any) -> None:
+    """Before anything loads: trackers known and installed (found, not imported)."""
+    for i, name in enumerate(cfg.train.report_to):
+        if name not in TRACKERS:
+            raise fail(None, f"train.report_to[{i}]", f"is '{name}', not a tracker mmalign logs to. Choose "
+                                                      f"from {', '.join(TRACKERS)}.")
+        if not any(importlib.util.find_spec(module) for module in TRACKERS[name]):
+            extra = " (or `pip install 'mmalign[trackers]'`)" if name == "tensorboard" else ""
+            raise fail(None, f"train.report_to[{i}]", f"is '{name}', which is not installed. Install it with "
+                                                      f"`pip install {name}`{extra}, or remove it.")
 
 
 class TrackerCallback(Callback):
