@@ -1,6 +1,7 @@
 """Writing a run's files safely: a fresh output folder (:func:`prepare_fresh_output`), atomic text
-writes, flushing to disk, the end-of-run summary table, and :func:`writing`, which turns a failed write (a full disk, a read-only folder, a path that is
-a file) into a one-paragraph error naming the path and the fix (exit code 2)."""
+writes, flushing to disk, the end-of-run summary table, and :func:`writing`, which turns a failed
+write (a full disk, a read-only folder, a path that is a file) into a one-paragraph error naming
+the path and the fix (exit code 2)."""
 
 from __future__ import annotations
 

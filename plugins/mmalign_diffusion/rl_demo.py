@@ -133,7 +133,8 @@ def _train_online(out: Path, name: str, sizes: dict, seed: int, log=print) -> di
     start = time.time()
     history = train(load_config(data=online_config(out, name, sizes, seed)), log=log).history
     seconds = round(time.time() - start, 1)
-    return {"history": history, "seconds": seconds, "evaluation": _evaluate_model(out, out / name / "final", sizes, seed)}
+    return {"history": history, "seconds": seconds,
+            "evaluation": _evaluate_model(out, out / name / "final", sizes, seed)}
 
 
 def _train_offline(out: Path, offline_sizes: dict, seed: int, built: dict, sizes: dict, log=print) -> dict:

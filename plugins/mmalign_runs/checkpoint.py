@@ -9,11 +9,11 @@ so a kill during the deletion never leaves a partial ``step-N`` either. Everythi
 Layout of ``step-N/``: ``model/`` (the plugin's ``save``: loads with plain ``from_pretrained``),
 ``optimizer.safetensors`` (or, for a sharded FSDP2 run, ``sharded/``: model and optimizer state,
 one safetensors file per process, see :mod:`mmalign_runs.sharded_state`) + ``trainer_state.json``
-(step, data position, scheduler, optimizer hyper-parameters), ``rng.safetensors`` (every random generator; under multi-process training
-``rng-rank{r}.safetensors`` holds those of process r > 0), ``run_identity.json`` (the run's id and
-settings, see :mod:`mmalign_runs.run_identity`), ``source.safetensors`` when the online source keeps
-tensors of its own (a PPO critic and its optimizer) and, written last, ``manifest.json``: the sha256 of
-every other file. Before a checkpoint is trusted (:func:`find_resume_checkpoint`) every file is
+(step, data position, scheduler, optimizer hyper-parameters), ``rng.safetensors`` (every random
+generator; under multi-process training ``rng-rank{r}.safetensors`` holds those of process r > 0),
+``run_identity.json`` (the run's id and settings, see :mod:`mmalign_runs.run_identity`),
+``source.safetensors`` when the online source keeps tensors of its own (a PPO critic and its
+optimizer) and, written last, ``manifest.json``: the sha256 of every other file. Before a checkpoint is trusted (:func:`find_resume_checkpoint`) every file is
 checked against it: a damaged checkpoint is passed over for the newest intact one (with a message
 naming the bad file), and a file the manifest does not list (a planted pickle, say) is refused, as
 is any file that is not safetensors, JSON or tokenizer text (:data:`SAFE_SUFFIXES`) even if listed.
@@ -42,8 +42,8 @@ from mmalign.errors import ConfigError
 from mmalign.optimizers import load_optimizer, optimizer_tensors
 from mmalign.run_files import fsync_dir, fsync_tree, writing
 from mmalign_runs.checkpoint_verify import (IDENTITY, MANIFEST, STEP_DIR, find_resume_checkpoint,  # noqa: F401
-                                            latest_checkpoint, list_checkpoints, rng_file, run_id_of,
-                                            verify_checkpoint)
+                                            last_intact, latest_checkpoint, list_checkpoints, rng_file,
+                                            run_id_of, verify_checkpoint)
 from mmalign_runs.run_identity import file_sha256
 from mmalign_runs.sharded_state import SHARDED_DIR
 

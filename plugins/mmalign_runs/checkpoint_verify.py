@@ -111,6 +111,18 @@ def verify_checkpoint(path: Path) -> tuple[dict, dict] | str:
     return state, identity if isinstance(identity, dict) else {}
 
 
+def last_intact(root: Path) -> Path | None:
+    """The newest checkpoint under ``root`` that passes verification (the one --resume takes); a
+    damaged or tampered newer one is passed over, as --resume does, not reported."""
+    for path in reversed(list_checkpoints(root)):
+        try:
+            if not isinstance(verify_checkpoint(path), str):
+                return path
+        except ConfigError:  # holds a file mmalign did not write: --resume refuses it too
+            continue
+    return None
+
+
 def find_resume_checkpoint(root: Path, explicit: Path | None, log) -> tuple[Path, dict, dict]:
     """The checkpoint to resume from, verified: ``explicit`` or else the newest intact one under
     ``root`` (a damaged newer one is passed over with a message). Exit 2 when there is none."""

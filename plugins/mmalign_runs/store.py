@@ -17,7 +17,6 @@ from typing import Any, Callable
 import torch
 
 from mmalign.config import dump_config
-from mmalign.errors import ConfigError
 from mmalign.run_files import write_atomic
 from mmalign.run_setup import any_process
 from mmalign.run_store import RunStore
@@ -105,19 +104,7 @@ class LocalRunStore(RunStore):
         return final
 
     def last_checkpoint(self) -> Path | None:
-        return last_intact(self.out / "checkpoints")
-
-
-def last_intact(root: Path) -> Path | None:
-    """The newest checkpoint under ``root`` that passes verification (the one --resume takes); a
-    damaged or tampered newer one is passed over, as --resume does, not reported."""
-    for path in reversed(ckpt.list_checkpoints(root)):
-        try:
-            if not isinstance(ckpt.verify_checkpoint(path), str):
-                return path
-        except ConfigError:  # holds a file mmalign did not write: --resume refuses it too
-            continue
-    return None
+        return ckpt.last_intact(self.out / "checkpoints")
 
 
 def _trainer_state(run: Any, state: Any, source_meta: dict) -> dict:

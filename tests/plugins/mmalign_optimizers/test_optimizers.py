@@ -1,7 +1,8 @@
-"""``train.optimizer`` (plugins/mmalign_optimizers, mmalign/optimizers.py): bitsandbytes' 8-bit AdamW trains, stores its moments
-in one byte per value (the checkpoint's optimizer state about 4x smaller than AdamW's), resumes
-exactly; without bitsandbytes it is refused before anything is written. A user's optimizer,
-registered as a plugin, trains, checkpoints and resumes; an unknown name is refused."""
+"""``train.optimizer`` (plugins/mmalign_optimizers, mmalign/optimizers.py): bitsandbytes' 8-bit
+AdamW trains, stores its moments in one byte per value (the checkpoint's optimizer state about 4x
+smaller than AdamW's), resumes exactly; without bitsandbytes it is refused before anything is
+written. A user's optimizer, registered as a plugin, trains, checkpoints and resumes; an unknown
+name is refused."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The local run store: the checkpoint named in error messages is the one --resume would take."""
+"""The checkpoint the local run store names in error messages is the one --resume would take."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import save_file
 
 from mmalign_runs import checkpoint as ckpt
-from mmalign_runs.store import last_intact
+from mmalign_runs.checkpoint_verify import last_intact
 
 
 def _save(root, step):
