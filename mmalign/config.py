@@ -70,10 +70,10 @@ class DataConfig:
     eval_size: int = 0  # hold out this many training records for eval when data.eval is unset
     # {record key: column}: rename the columns of a data set that names them otherwise (every reader)
     columns: Optional[dict] = None
-    # read data.train as training reaches it, for sets that do not fit in memory (mmalign/streaming.py)
+    # read data.train as training reaches it, for sets that do not fit in memory (mmalign_data/streaming.py)
     streaming: bool = False
     shuffle_buffer: int = 1000  # records a streamed pass is shuffled through
-    prefetch: int = 0  # micro-batches collated ahead by a background thread (mmalign/prefetch.py); 0: off
+    prefetch: int = 0  # micro-batches collated ahead by a background thread (mmalign_data/prefetch.py); 0: off
     options: Any = field(default_factory=NoDataOptions, metadata={"internal": True})
 
 

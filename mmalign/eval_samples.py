@@ -1,5 +1,5 @@
 """``eval.samples: N``: at every evaluation the policy answers the first N prompts of data.eval
-(data.train when there is none) with the plugin's ``sample``, one response each, drawn with the
+(data.train when there is none; the data source's ``first_records``) with the plugin's ``sample``, one response each, drawn with the
 same generator every time (seeded by the run's seed), so that the samples show the policy's change
 and not new noise. Callbacks get them as ``on_samples(step, samples)``: the ``samples`` callback
 writes them under ``output_dir/samples/`` and the ``trackers`` callback logs them (text tables,
@@ -8,22 +8,9 @@ images). Token plugins sample as an online run's algorithm says, else at their d
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import torch
-
-
-def sample_contexts(cfg: Any) -> list:
-    """The first ``eval.samples`` records of data.eval (or data.train), read as training reads them."""
-    from mmalign.data import read_records
-    from mmalign.streaming import stream_records
-
-    path, key = (cfg.data.eval, "data.eval") if cfg.data.eval else (cfg.data.train, "data.train")
-    if key == "data.train" and cfg.data.streaming:
-        return list(itertools.islice(stream_records(path, cfg.data.format, key, cfg.data.columns).open(),
-                                     cfg.eval.samples))
-    return [r for r in read_records(path, cfg.data.format, key, cfg.data.columns) if not r.problem][:cfg.eval.samples]
 
 
 def draw_samples(run: Any) -> list[dict]:

@@ -187,3 +187,17 @@ def mmalign_register_optimizers(register: Callable[..., None]) -> None:
     for one refused under FSDP2. Built-in: ``adamw`` (PyTorch), ``adamw_8bit``, ``paged_adamw_8bit``
     and ``paged_adamw_32bit`` (bitsandbytes) (mmalign_optimizers).
     """
+
+
+@hookspec
+def mmalign_register_data_sources(register: Callable[..., None]) -> None:
+    """Register data sources: where a run's training and held-out records come from.
+
+    Call ``register(name, source)`` where ``source(cfg, plugin, paired, layout, log)`` returns a
+    :class:`mmalign.data.TrainingData` (the batch stream, the held-out examples, the data reports)
+    and refuses bad data with a DataError before the run touches ``output_dir``. ``layout`` is
+    (batch_size, gradient_accumulation_steps, processes, rank, seed, the data generator,
+    data.prefetch). The run asks for ``prompts`` (an online algorithm), ``streamed``
+    (``data.streaming: true``) or ``files``; registering one of these names replaces it. Built-in:
+    all three (mmalign_data).
+    """

@@ -15,12 +15,9 @@ import torch
 from torch import Tensor
 
 from mmalign import precision
-from mmalign.batches import BatchStream
 from mmalign.callbacks import build_callbacks
 from mmalign.config import Config
-from mmalign.data import prepare_examples, read_records
-from mmalign.errors import ConfigError, DataError
-from mmalign.eval_samples import sample_contexts
+from mmalign.errors import ConfigError
 from mmalign.algorithms import SourceContext, algorithm_loss, build_options
 from mmalign.optimizers import make_optimizer
 from mmalign.losses.objective import Objective, check_fits, make_objective
@@ -45,7 +42,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     reference: Any  # a strategy of mmalign.reference (or the cache), or None
-    stream: BatchStream
+    stream: Any  # the batch source (mmalign.data.TrainingData.stream, or an online algorithm's)
     eval_examples: list
     out: Path
     store: RunStore  # where its files go (mmalign/run_store.py)
@@ -106,22 +103,11 @@ def build_run(cfg: Config, *, resume: Any, log: Callable, overwrite: bool, clean
     layout = (cfg.train.batch_size, cfg.train.gradient_accumulation_steps, accelerator.num_processes,
               accelerator.process_index, cfg.seed, torch.Generator().manual_seed(cfg.seed * 1009),
               cfg.data.prefetch)
-    content = ""  # the training data's fingerprint; streamed, only data.train's hash identifies it
-    if cfg.data.streaming:
-        stream, eval_examples, reports = streamed_data(cfg, plugin, objective.spec.paired, layout, main_log)
-    else:
-        if algorithm is None:
-            train_examples, eval_examples, reports = load_data(cfg, plugin, objective.spec.paired, main_log)
-            content = plugin.content_fingerprint(train_examples)
-        else:  # the prompts the policy answers; the plugin reads each record's context when it samples
-            train_examples, reports = prompt_records(cfg, cfg.data.train, "data.train"), []
-            eval_examples = prompt_records(cfg, cfg.data.eval, "data.eval") if cfg.data.eval else []
-            main_log(f"{cfg.data.train}: {len(train_examples)} records read, each a prompt for {cfg.algorithm.name}")
-        stream = BatchStream(train_examples, *layout)
-        check_enough_data(cfg, stream, len(eval_examples))
+    data = reg.get("data_sources", data_source(cfg))(cfg, plugin, objective.spec.paired, layout, main_log)
+    stream = data.stream
     out, store = Path(cfg.output_dir), make_run_store(cfg, reg, accelerator, main_log)
     # bad data was refused above, before --overwrite moves a run aside
-    store.claim(content, fresh=not resume, overwrite=overwrite, cleanup=cleanup)
+    store.claim(data.content, fresh=not resume, overwrite=overwrite, cleanup=cleanup)
     steps_per_epoch = stream.per_epoch // (stream.batch_size * stream.accumulation * stream.world)
     total_steps = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
     source_reference = algorithm is not None and algorithm.source_needs_reference  # KL in the reward
@@ -131,14 +117,14 @@ def build_run(cfg: Config, *, resume: Any, log: Callable, overwrite: bool, clean
                                                            total_steps, main_log)
     if algorithm is not None:  # the online source replaces the offline stream (same data state)
         stream = algorithm.make_source(source_context(cfg, reg, plugin, accelerator, policy, reference,
-                                                      train_examples, main_log))
+                                                      stream.examples, main_log))
         if not objective.spec.needs_reference:  # only the source scores with it: no pass per micro-step
             reference = None
     callbacks = build_callbacks(cfg, reg, out, accelerator) if accelerator.is_main_process else []
-    contexts = sample_contexts(cfg) if cfg.eval.samples and accelerator.is_main_process else []
+    contexts = data.first_records(cfg.eval.samples) if cfg.eval.samples and accelerator.is_main_process else []
     return Run(cfg, accelerator, plugin, objective, policy, accelerator.unwrap_model(policy), optimizer,
-               scheduler, reference, stream, eval_examples, out, store, total_steps, main_log, reports,
-               callbacks, contexts)
+               scheduler, reference, stream, data.eval_examples, out, store, total_steps, main_log,
+               data.reports, callbacks, contexts)
 
 
 def bind_objective(cfg: Config, reg: Any, plugin: Any) -> tuple[Any, Objective]:
@@ -158,17 +144,6 @@ def bind_objective(cfg: Config, reg: Any, plugin: Any) -> tuple[Any, Objective]:
                                      sft_weight=cfg.loss.sft_weight, lookup=lookup)
 
 
-def prompt_records(cfg: Config, path: str, key: str) -> list:
-    """The records at ``path`` (data.train, data.eval) for an online algorithm: each needs a "prompt"."""
-    records = read_records(path, cfg.data.format, key, cfg.data.columns)
-    bad = [r.where for r in records if "prompt" not in r.fields]
-    if bad:
-        raise DataError(f"{bad[0]}: an online algorithm ({cfg.algorithm.name}) needs a \"prompt\" in every "
-                        f"record of {key} ({len(bad)} lack one); other fields (e.g. \"answer\") go "
-                        f"to the reward functions.")
-    return records
-
-
 def source_context(cfg: Config, reg: Any, plugin: Any, accelerator: Any, policy: Any, reference: Any,
                    records: list, log: Callable) -> SourceContext:
     algorithm = reg.get("algorithms", cfg.algorithm.name, "algorithm.name")
@@ -179,58 +154,10 @@ def source_context(cfg: Config, reg: Any, plugin: Any, accelerator: Any, policy:
                          autocast=accelerator.autocast, prepare_model=accelerator.prepare_model)
 
 
-def prepare_file(cfg: Config, plugin: Any, paired: bool, path: str, key: str, log: Callable) -> tuple[list, Any]:
-    """(the examples of the data file at ``path``, its data report), logged."""
-    records = read_records(path, cfg.data.format, key, cfg.data.columns)
-    examples, report = prepare_examples(plugin, records, paired=paired, strict=cfg.data.strict, path=path,
-                                        duplicates=cfg.data.duplicates, allow_outside=cfg.data.allow_outside_paths)
-    log(report.table())
-    return examples, report
-
-
-def load_data(cfg: Config, plugin: Any, paired: bool, log: Callable) -> tuple[list, list, list]:
-    """(training examples, held-out examples, data reports)."""
-    train, report = prepare_file(cfg, plugin, paired, cfg.data.train, "data.train", log)
-    if cfg.data.eval:
-        held_out, eval_report = prepare_file(cfg, plugin, paired, cfg.data.eval, "data.eval", log)
-        return train, held_out, [report, eval_report]
-    if cfg.data.eval_size:
-        return train[:-cfg.data.eval_size], train[-cfg.data.eval_size:], [report]
-    return train, [], [report]
-
-
-def streamed_data(cfg: Config, plugin: Any, paired: bool, layout: tuple, log: Callable) -> tuple:
-    """(the StreamingStream of data.train, held-out examples read whole, data reports)."""
-    from functools import partial
-
-    from mmalign.data import DataReport
-    from mmalign.streaming import StreamingStream, prepare_record, stream_records
-
-    records = stream_records(cfg.data.train, cfg.data.format, "data.train", cfg.data.columns)
-    per_step = layout[0] * layout[1] * layout[2]
-    if records.count < per_step:
-        raise DataError(f"{cfg.data.train}: {records.count} records, fewer than one optimizer step needs "
-                        f"({per_step} = batch_size x gradient_accumulation_steps x processes). Add data or "
-                        f"lower train.batch_size.")
-    report = DataReport(cfg.data.train, skipped={})  # filled as training reads (the result's data_reports)
-    prepare = partial(prepare_record, plugin, paired=paired, strict=cfg.data.strict,
-                      allow_outside=cfg.data.allow_outside_paths)
-    stream = StreamingStream(records, prepare, report, *layout, buffer=cfg.data.shuffle_buffer)
-    log(f"data {cfg.data.train}: {records.count} records, streamed (each is checked when training reaches it)")
-    if not cfg.data.eval:
-        return stream, [], [report]
-    held_out, eval_report = prepare_file(cfg, plugin, paired, cfg.data.eval, "data.eval", log)
-    return stream, held_out, [report, eval_report]
-
-
-def check_enough_data(cfg: Config, stream: BatchStream, held_out: int) -> None:
-    per_step = stream.batch_size * stream.accumulation * stream.world
-    if len(stream.examples) < per_step:
-        held = f" after data.eval_size held {held_out} out" if cfg.data.eval_size else ""
-        raise DataError(f"{cfg.data.train}: {len(stream.examples)} usable records{held}, fewer than one "
-                        f"optimizer step needs ({per_step} = batch_size x gradient_accumulation_steps "
-                        f"x processes). Add data or lower train.batch_size"
-                        f"{' or data.eval_size' if held else ''}.")
+def data_source(cfg: Config) -> str:
+    """The registered data source a run reads (mmalign_register_data_sources): an online
+    algorithm's prompts, a streamed data.train, or data files read whole."""
+    return "prompts" if cfg.algorithm.name else "streamed" if cfg.data.streaming else "files"
 
 
 def build_models(cfg: Config, reg: Any, plugin: Any, needs_reference: bool, accelerator: Any, total_steps: int,

@@ -231,9 +231,7 @@ def _check_cross(cfg: Any, where: str) -> None:
     if data.prefetch and cfg.algorithm.name:
         raise fail(where, "data.prefetch", "is set, but an online run's batches are sampled by the policy, not read.")
     if data.streaming:
-        from mmalign.streaming import check_streaming_config
-
-        check_streaming_config(cfg, where)
+        _check_streaming(cfg, where)
     if cfg.reference.strategy == "disable_adapters" and model.lora is None:
         raise fail(where, "reference.strategy", "is 'disable_adapters', which needs a LoRA policy: "
                                                 "set model.lora, or use reference.strategy: copy.")
@@ -241,6 +239,20 @@ def _check_cross(cfg: Any, where: str) -> None:
         raise fail(where, "reference.name_or_path", "is set, but reference.strategy "
                                                     "'disable_adapters' uses the policy itself; use "
                                                     "strategy copy (or auto) for a separate model.")
+
+
+def _check_streaming(cfg: Any, where: str) -> None:
+    """What a streamed data.train (plugins/mmalign_data/streaming.py) cannot do: it has no positions to hold
+    records out or cache scores by, and an online run's prompts are read whole."""
+    if cfg.algorithm.name:
+        raise fail(where, "data.streaming", f"is true, but an online algorithm ({cfg.algorithm.name}) reads "
+                                            f"its prompts whole. Set data.streaming: false.")
+    if cfg.data.eval_size:
+        raise fail(where, "data.eval_size", "is set, but a streamed data.train holds nothing out: give the "
+                                            "held-out records as data.eval.")
+    if cfg.reference.cache != "none":
+        raise fail(where, "reference.cache", f"is '{cfg.reference.cache}', but a streamed data.train has no "
+                                             f"positions to cache reference scores by. Set reference.cache: none.")
 
 
 def _check_data_options(options: Any, where: str) -> None:

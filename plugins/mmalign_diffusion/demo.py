@@ -162,7 +162,8 @@ def train_policy_and_report(out: Path, sizes: dict, seed: int, seconds: dict, lo
 
 def _held_out_accuracy(out: Path, dpo_cfg, final: Path, sizes: dict, seed: int) -> tuple[list, float, float]:
     """(held-out examples, implicit-reward accuracy of the reference, of the policy)."""
-    from mmalign.data import prepare_examples, read_records
+    from mmalign_data.preparing import prepare_examples
+    from mmalign_data.reading import read_records
     from mmalign.plugins import registry
 
     reward = registry().get("rewards", "diffusion")(dpo_cfg.model, dpo_cfg.data)

@@ -62,7 +62,7 @@ def read_jsonl(path: str | Path) -> list[Record]:
 def stream_jsonl(path: str | Path):
     """``data.streaming``: read_jsonl's records one line at a time. A line that is not a JSON
     object is an error when training reaches it (the data report cannot wait for the end)."""
-    from mmalign.streaming import RecordStream
+    from mmalign.data import RecordStream
 
     path = Path(path)
     with path.open("rb") as f:

@@ -92,7 +92,7 @@ def stream_hub(text: str):
     BATCH_ROWS at a time as training reaches them, nothing downloaded ahead. The number of records
     in the split (a pass's length: the data position is counted in passes) comes from the
     dataset's card metadata; a split slice cannot be streamed."""
-    from mmalign.streaming import RecordStream
+    from mmalign.data import RecordStream
 
     hub = parse_hub_id(text)
     if "[" in hub.split:

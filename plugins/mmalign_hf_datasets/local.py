@@ -84,7 +84,7 @@ def stream_parquet(path: Path):
     """``data.streaming``: the row groups of a Parquet file, read BATCH_ROWS rows at a time."""
     import pyarrow.parquet as pq
 
-    from mmalign.streaming import RecordStream
+    from mmalign.data import RecordStream
 
     path = Path(path)
 
@@ -99,7 +99,7 @@ def stream_parquet(path: Path):
 def stream_hf(path: str | Path):
     """``data.streaming`` of a ``save_to_disk`` folder: its memory-mapped Arrow rows, BATCH_ROWS at
     a time; of a hub id: :func:`mmalign_hf_datasets.hub.stream_hub`."""
-    from mmalign.streaming import RecordStream
+    from mmalign.data import RecordStream
 
     if isinstance(path, str) and path.startswith(HUB_SCHEME):
         return stream_hub(path)

@@ -32,12 +32,13 @@ def read_data(cfg: Config) -> list[str]:
     points to resolved (outside paths refused unless data.allow_outside_paths) and decoded in full
     (one image at a time, dropped once checked). One line per file, or the DataError naming every
     bad record."""
-    from mmalign.data import is_url, prepare_examples, read_records
     from mmalign.plugins import registry
+    from mmalign_data.preparing import prepare_examples
+    from mmalign_data.reading import is_url, read_records
 
     reg = registry()
     if cfg.algorithm.name:  # prompts for an online algorithm: each record needs one
-        from mmalign.run_setup import prompt_records
+        from mmalign_data.sources import prompt_records
 
         return [f"  {key}: {path} is a hub dataset, not read (check downloads nothing)" if is_url(path)
                 else f"  {key}: {len(prompt_records(cfg, path, key))} prompt records read from {path}"
@@ -74,8 +75,9 @@ def read_data(cfg: Config) -> list[str]:
 def check_stream(cfg: Config, checker, paired: bool, path: str):
     """A streamed data.train, one record at a time (none kept): its DataReport, or the DataError
     naming every bad record."""
-    from mmalign.data import DataReport, bad_records_error
-    from mmalign.streaming import prepare_record, stream_records
+    from mmalign.data import bad_records_error
+    from mmalign_data.preparing import DataReport
+    from mmalign_data.streaming import prepare_record, stream_records
 
     report, problems = DataReport(path, skipped={}), []
     for record in stream_records(path, cfg.data.format, "data.train", cfg.data.columns).open():

@@ -13,7 +13,8 @@ import torch
 
 from mmalign import precision
 from mmalign.config import Config
-from mmalign.data import prepare_examples, read_records
+from mmalign_data.preparing import prepare_examples
+from mmalign_data.reading import read_records
 from mmalign.errors import ConfigError
 from mmalign.evaluate import run_evaluators
 from mmalign.batches import Batch

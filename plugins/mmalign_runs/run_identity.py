@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmalign.config import Config, to_dict
-from mmalign.data import data_sha256
+from mmalign_data.reading import data_sha256
 from mmalign.errors import ConfigError
 from mmalign.run_files import LOCK_NAME, prepare_fresh_output, writing
 

@@ -40,7 +40,7 @@ def test_a_decoy_in_the_current_directory_is_not_used(layout):
 
 
 def test_a_missing_data_file_names_the_config_relative_path(layout):
-    from mmalign.data import read_records
+    from mmalign_data.reading import read_records
 
     configs, work = layout
     (configs / "data" / "train.jsonl").unlink()

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from mmalign.config import load_config
-from mmalign.data import prepare_examples, read_records
+from mmalign_data.preparing import prepare_examples
+from mmalign_data.reading import read_records
 from mmalign.engine import train
 from mmalign.run_setup import disable_dropout
 from mmalign.losses.objective import preference_loss

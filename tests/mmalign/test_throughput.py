@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import mmalign.batches
 import mmalign.engine
 import mmalign.throughput
+import mmalign_data.batch_stream
 from conftest import base_config
 from mmalign import train
 from mmalign.throughput import Meter
@@ -77,7 +77,7 @@ def test_a_run_logs_its_speed_on_a_clock_it_cannot_misread(tmp_path, tokenizer_d
     clock, tokens = FakeClock(), []
     for module in (mmalign.engine, mmalign.throughput):
         monkeypatch.setattr(module, "time", clock)
-    fetch, collate, score = mmalign.batches.next_batch, TextReward.collate, TextReward.score
+    fetch, collate, score = mmalign_data.batch_stream.next_batch, TextReward.collate, TextReward.score
 
     def slow_fetch(*args):
         clock.now += 0.25
@@ -92,7 +92,7 @@ def test_a_run_logs_its_speed_on_a_clock_it_cannot_misread(tmp_path, tokenizer_d
         clock.now += 1.0
         return score(self, *args, **kwargs)
 
-    monkeypatch.setattr(mmalign.batches, "next_batch", slow_fetch)
+    monkeypatch.setattr(mmalign_data.batch_stream, "next_batch", slow_fetch)
     monkeypatch.setattr(TextReward, "collate", counting_collate)
     monkeypatch.setattr(TextReward, "score", slow_score)
     history = train(base_config(tmp_path, tokenizer_dir, pairs_file, train={"max_steps": 4, "log_every": 2}),

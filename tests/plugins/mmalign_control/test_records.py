@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from mmalign.cli import main
-from mmalign.data import Record, read_records
+from mmalign.data import Record
+from mmalign_data.reading import read_records
 from mmalign.errors import DataError, SkipRecord
 
 from control_helpers import pair_record, plugin, segment

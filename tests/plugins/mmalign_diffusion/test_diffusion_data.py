@@ -12,7 +12,7 @@ from PIL import Image
 
 from diffusion_helpers import examples, make_reward, pairs_file
 from mmalign.cli import main
-from mmalign.data import prepare_examples
+from mmalign_data.preparing import prepare_examples
 from mmalign_formats import read_jsonl
 from mmalign_diffusion import components as C
 from mmalign_diffusion.records import View, load_pixels

@@ -12,7 +12,7 @@ import yaml
 from conftest import base_config
 from mmalign.cli import main
 from mmalign.config import load_config
-from mmalign.data import read_records
+from mmalign_data.reading import read_records
 from mmalign.errors import ConfigError, DataError
 from mmalign_hf_datasets import parse_hub_id
 from mmalign_hf_datasets.hub import HubDataset

@@ -15,7 +15,7 @@ from PIL import Image
 from conftest import base_config
 from mmalign import train
 from mmalign.cli import main
-from mmalign.data import read_records
+from mmalign_data.reading import read_records
 from mmalign.errors import DataError
 from mmalign_formats import read_jsonl
 

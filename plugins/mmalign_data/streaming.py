@@ -3,7 +3,7 @@ training reaches them, for data sets that do not fit in memory. Memory holds the
 not the data set.
 
 A reader that can stream registers ``stream=`` beside its whole-file function (``jsonl``,
-``parquet``, a ``save_to_disk`` folder): ``stream(path) -> RecordStream``, a fresh iterator of
+``parquet``, a ``save_to_disk`` folder): ``stream(path) -> mmalign.data.RecordStream``, a fresh iterator of
 Records for each pass and the number of records in one pass (JSONL lines, Parquet metadata).
 
 - **Order.** Each pass is shuffled through a buffer of ``data.shuffle_buffer`` records, as
@@ -17,7 +17,7 @@ Records for each pass and the number of records in one pass (JSONL lines, Parque
   stops the run with its file and row (exit 2), after the last checkpoint; one the plugin skips is
   counted in the data report. Duplicates are not looked for (that would need every record).
 - **Processes.** Every process reads the same order and prepares every record of a micro-step; each
-  collates its own slice, as :class:`mmalign.batches.BatchStream` does.
+  collates its own slice, as :class:`mmalign_data.batch_stream.BatchStream` does.
 """
 
 from __future__ import annotations
@@ -28,17 +28,11 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 
-from mmalign.batches import OfflineBatches, collate_slices
-from mmalign.data import DataReport, Record, reader_entry, rename_columns, run_reader
+from mmalign.data import Record, RecordStream
 from mmalign.errors import ConfigError, DataError, SkipRecord
-
-
-@dataclass
-class RecordStream:
-    """What a streaming reader returns: ``open()`` starts a pass over the records, in file order."""
-
-    open: Callable[[], Iterator[Record]]
-    count: int  # records in one pass (blank JSONL lines not counted)
+from mmalign_data.batch_stream import OfflineBatches, collate_slices
+from mmalign_data.preparing import DataReport
+from mmalign_data.reading import reader_entry, rename_columns, run_reader
 
 
 def stream_records(path: str | None, fmt: str, key: str, columns: dict | None = None) -> RecordStream:
@@ -107,7 +101,7 @@ class StreamingStream(OfflineBatches):
     rank: int
     seed: int
     generator: torch.Generator
-    prefetch: int = 0  # micro-batches collated ahead by a thread (mmalign/prefetch.py)
+    prefetch: int = 0  # micro-batches collated ahead by a thread (prefetch.py)
     buffer: int = 1000  # data.shuffle_buffer
     consumed: int = 0  # records taken, all processes together (skipped ones included)
     _batches: Optional[Iterator] = field(default=None, repr=False)
@@ -162,19 +156,3 @@ def prepared(records: RecordStream, buffer: int, seed: int, prepare: Callable, r
                             f"records, but it held {records.count} when training started: the data changed "
                             f"during the run. Restore it, or start a new run.")
         passes, offset = passes + 1, 0
-
-
-def check_streaming_config(cfg: Any, where: str) -> None:
-    """What a streamed data.train (mmalign/streaming.py) cannot do: it has no positions to hold
-    records out or cache scores by, and an online run's prompts are read whole."""
-    from mmalign.validation import fail
-
-    if cfg.algorithm.name:
-        raise fail(where, "data.streaming", f"is true, but an online algorithm ({cfg.algorithm.name}) reads "
-                                            f"its prompts whole. Set data.streaming: false.")
-    if cfg.data.eval_size:
-        raise fail(where, "data.eval_size", "is set, but a streamed data.train holds nothing out: give the "
-                                            "held-out records as data.eval.")
-    if cfg.reference.cache != "none":
-        raise fail(where, "reference.cache", f"is '{cfg.reference.cache}', but a streamed data.train has no "
-                                             f"positions to cache reference scores by. Set reference.cache: none.")

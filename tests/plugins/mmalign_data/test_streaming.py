@@ -1,4 +1,4 @@
-"""Streaming (``data.streaming: true``, mmalign/streaming.py): the buffer shuffle, a streamed run
+"""Streaming (``data.streaming: true``, plugins/mmalign_data/streaming.py): the buffer shuffle, a streamed run
 against the same records read whole, exact resume, the formats that stream (JSONL, Parquet, a
 ``save_to_disk`` folder), bad records met mid-run, and the settings a stream refuses."""
 
@@ -13,7 +13,7 @@ from conftest import base_config, write_jsonl
 import mmalign
 from mmalign.data import Record
 from mmalign.errors import ConfigError, DataError
-from mmalign.streaming import shuffled
+from mmalign_data.streaming import shuffled
 
 
 def quiet(*_):
@@ -206,8 +206,9 @@ def test_check_reads_a_streamed_set_record_by_record_and_names_every_bad_one(tmp
 def test_each_process_takes_its_slice_of_the_micro_steps_one_process_would_accumulate():
     from types import SimpleNamespace
 
-    from mmalign.data import DataReport
-    from mmalign.streaming import RecordStream, StreamingStream
+    from mmalign.data import RecordStream
+    from mmalign_data.preparing import DataReport
+    from mmalign_data.streaming import StreamingStream
 
     plugin = SimpleNamespace(deterministic_collate=True, collate=lambda chunk, generator: chunk,
                              to_device=lambda data, device: data, encode=lambda data: data)

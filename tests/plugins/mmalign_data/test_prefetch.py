@@ -1,16 +1,20 @@
-"""``data.prefetch`` (mmalign/prefetch.py): micro-batches collated ahead by a thread train exactly
+"""``data.prefetch`` (plugins/mmalign_data/prefetch.py): micro-batches collated ahead by a thread train exactly
 as batches collated in place, diffusion noise included, resumed or not; a bad streamed record is
 still met where it lies; the thread ends with its run."""
 
 from __future__ import annotations
 
 import gc
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from conftest import base_config, write_jsonl
-from train_processes import modality_config
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "mmalign"))  # train_processes.py
+from train_processes import modality_config  # noqa: E402
 
 import mmalign
 from mmalign.errors import DataError
@@ -34,7 +38,7 @@ def config(modality, tmp_path, name, prefetch, steps):
 @pytest.mark.parametrize("modality", ["text", pytest.param("vlm", marks=pytest.mark.slow),
                                       pytest.param("diffusion", marks=pytest.mark.slow)])  # diffusion: collate draws noise
 def test_prefetched_batches_train_and_resume_exactly_as_batches_collated_in_place(modality, tmp_path, monkeypatch):
-    from mmalign import prefetch
+    from mmalign_data import prefetch
 
     threads, original = [], prefetch.Prefetched
     monkeypatch.setattr(prefetch, "Prefetched", lambda *a: threads.append(a) or original(*a))

@@ -5,7 +5,9 @@ import pytest
 from PIL import Image
 
 from conftest import write_jsonl
-from mmalign.data import Record, prepare_examples, read_records
+from mmalign.data import Record
+from mmalign_data.preparing import prepare_examples
+from mmalign_data.reading import read_records
 from mmalign.errors import DataError, SkipRecord
 from mmalign_formats.files import decode_image, resolve_data_path, to_rgb8
 from mmalign_formats import read_jsonl
@@ -109,7 +111,7 @@ def test_an_image_is_decoded_in_full_not_only_its_header(tmp_path):
 
 
 def test_data_content_identity_of_a_folder_and_a_dataset_id(tmp_path):
-    from mmalign.data import data_sha256
+    from mmalign_data.reading import data_sha256
     from mmalign_runs.run_identity import file_sha256
 
     (tmp_path / "saved").mkdir()

@@ -1,0 +1,24 @@
+"""The built-in data plugin (entry point ``data`` of the ``mmalign`` group): where a run's
+records come from, and how they become batches. It registers three data sources
+(``mmalign_register_data_sources``); the run asks for ``prompts`` (an online algorithm),
+``streamed`` (``data.streaming: true``) or ``files``, and a plugin registered later under one of
+these names replaces it.
+
+    sources.py        the three sources: files read whole, streamed, an online run's prompts
+    reading.py        a data path -> Records, through the reader of its format; data.columns
+    preparing.py      the modality plugin's prepare on every record; the data report
+    batch_stream.py   the offline batch stream (epochs, processes, collate randomness)
+    streaming.py      data.streaming: records read, shuffled and prepared as training reaches them
+    prefetch.py       data.prefetch: micro-batches collated ahead by a thread
+"""
+
+from mmalign.hookspecs import hookimpl
+
+
+@hookimpl
+def mmalign_register_data_sources(register) -> None:
+    from mmalign_data.sources import files, prompts, streamed
+
+    register("files", files)
+    register("streamed", streamed)
+    register("prompts", prompts)
