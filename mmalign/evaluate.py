@@ -15,7 +15,7 @@ from mmalign.losses import LossSpec
 @dataclass
 class EvalContext:
     policy: torch.nn.Module
-    reference: Any  # a reference strategy (mmalign.reference) or None
+    reference: Any  # a reference strategy (mmalign_register_references) or None
     reward: Any  # the modality plugin
     examples: list
     loss: LossSpec

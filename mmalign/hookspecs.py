@@ -201,3 +201,16 @@ def mmalign_register_data_sources(register: Callable[..., None]) -> None:
     (``data.streaming: true``) or ``files``; registering one of these names replaces it. Built-in:
     all three (mmalign_data).
     """
+
+
+@hookspec
+def mmalign_register_references(register: Callable[..., None]) -> None:
+    """Register reference strategies: where the reference scores s_ref come from.
+
+    Call ``register(name, build)`` where ``build(policy, plugin, cfg, accelerator)`` returns a
+    strategy: ``scores(batch, per_unit=False) -> Scores`` under no_grad, and ``shard(accelerator)``,
+    called under FSDP2 once the policy is prepared. ``reference.strategy`` names one (``none``
+    builds nothing). The name ``cache`` is what ``reference.cache`` (memory | disk) applies:
+    ``cache(run)`` returns a strategy wrapping ``run.reference``, called once the run's store has
+    started. Built-in: ``auto``, ``copy``, ``disable_adapters`` and ``cache`` (mmalign_reference).
+    """

@@ -19,11 +19,13 @@ from mmalign.protocol import ModalityPlugin
 
 ENTRY_POINT_GROUP = "mmalign"
 KINDS = ("rewards", "losses", "datasets", "evaluators", "callbacks", "final_files", "scorers", "demos", "commands",
-         "algorithms", "run_stores", "optimizers", "data_sources")
+         "algorithms", "run_stores", "optimizers", "data_sources",
+         "references")
 _SINGULAR = {"rewards": "reward", "losses": "loss", "datasets": "dataset format",
              "evaluators": "evaluator", "callbacks": "callback", "final_files": "final-file writer",
              "scorers": "scorer", "demos": "demo", "commands": "command", "algorithms": "algorithm",
-             "run_stores": "run store", "optimizers": "optimizer", "data_sources": "data source"}
+             "run_stores": "run store", "optimizers": "optimizer", "data_sources": "data source",
+             "references": "reference strategy"}
 
 
 @dataclass

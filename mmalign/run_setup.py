@@ -21,7 +21,6 @@ from mmalign.errors import ConfigError
 from mmalign.algorithms import SourceContext, algorithm_loss, build_options
 from mmalign.optimizers import make_optimizer
 from mmalign.losses.objective import Objective, check_fits, make_objective
-from mmalign.reference import FrozenCopy, make_reference
 from mmalign.run_store import RunStore, make_run_store
 from mmalign.schedule import make_scheduler
 from mmalign.sharding import is_sharded, refuse_under_fsdp
@@ -41,7 +40,7 @@ class Run:
     unwrapped: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: Any
-    reference: Any  # a strategy of mmalign.reference (or the cache), or None
+    reference: Any  # a registered reference strategy (or the cache wrapping it), or None
     stream: Any  # the batch source (mmalign.data.TrainingData.stream, or an online algorithm's)
     eval_examples: list
     out: Path
@@ -169,40 +168,36 @@ def build_models(cfg: Config, reg: Any, plugin: Any, needs_reference: bool, acce
     precision.set_master_weights(policy, cfg.train.master_weights, log)
     disable_dropout(policy)
     policy.train()
-    reference = make_reference(cfg.reference.strategy, policy, plugin, cfg.reference.name_or_path,
-                               needs_reference, accelerator.device, accelerator.autocast)
+    reference = build_reference(cfg, reg, plugin, policy, needs_reference, accelerator)
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = make_optimizer(cfg.train, params, reg)
     warmup = cfg.train.warmup_steps or int(cfg.train.warmup_ratio * total_steps)
     scheduler = make_scheduler(optimizer, cfg.train.lr_scheduler, warmup, total_steps)
     policy, optimizer = accelerator.prepare(policy, optimizer)
-    if isinstance(reference, FrozenCopy) and is_sharded(accelerator):  # FSDP: shard it too
-        reference.model = accelerator.prepare_model(reference.model, evaluation_mode=True)
+    if reference is not None and is_sharded(accelerator):  # FSDP: a separate copy is sharded too
+        reference.shard(accelerator)
     return policy, optimizer, scheduler, reference
 
 
-def cache_reference(run: Run) -> None:
-    """``reference.cache``: score every training example with the reference once."""
-    from mmalign.reference_cache import CachedReference, fingerprint
+def build_reference(cfg: Config, reg: Any, plugin: Any, policy: torch.nn.Module, needs_reference: bool,
+                    accelerator: Any) -> Any:
+    """The reference strategy ``reference.strategy`` names (mmalign_register_references); None
+    when nothing needs one."""
+    if not needs_reference:
+        return None
+    if cfg.reference.strategy == "none":
+        raise ConfigError("reference.strategy is 'none' but the loss needs a reference model. "
+                          "Use a reference-free loss (e.g. sft) or strategy auto/copy.")
+    return reg.get("references", cfg.reference.strategy, "reference.strategy")(policy, plugin, cfg, accelerator)
 
-    cfg = run.cfg
-    if run.reference is None or cfg.reference.cache == "none":
-        return
-    if run.objective.spec.extras:
-        raise ConfigError(f"reference.cache: loss '{run.objective.spec.name}' uses scores that depend on "
-                          f"the whole batch (e.g. KTO's mismatched pairs), which cannot be cached per "
-                          f"record. Set reference.cache: none.")
-    if not run.plugin.deterministic_collate:
-        raise ConfigError(f"reference.cache: the '{cfg.model.reward}' plugin draws randomness per "
-                          f"batch, so its reference scores cannot be reused. Set reference.cache: none.")
-    path = None
-    if cfg.reference.cache == "disk":
-        root = Path(cfg.reference.cache_dir) if cfg.reference.cache_dir else run.out / "reference_cache"
-        content = run.plugin.content_fingerprint(run.stream.examples)
-        key = fingerprint(cfg, [cfg.data.train], content)
-        path = root / f"ref-{key}-rank{run.accelerator.process_index}.safetensors"
-    run.reference = CachedReference(run.reference, run.plugin, run.stream.examples, batch_size=cfg.eval.batch_size,
-                                    device=run.accelerator.device, path=path, log=run.log)
+
+def cache_reference(run: Run) -> None:
+    """``reference.cache``: every training example scored with the reference once, now (the
+    registered ``cache``)."""
+    from mmalign.plugins import registry
+
+    if run.reference is not None and run.cfg.reference.cache != "none":
+        run.reference = registry().get("references", "cache", "reference.cache")(run)
 
 
 def disable_dropout(model: torch.nn.Module) -> None:

@@ -26,7 +26,7 @@ from mmalign.config import load_config
 from mmalign.engine import train
 from mmalign.evaluate import EvalContext
 from mmalign_metrics.plotting import plot_panels
-from mmalign.reference import FrozenCopy
+from mmalign_reference.strategies import FrozenCopy
 from mmalign_diffusion import world
 from mmalign_diffusion.autoencoder import train_autoencoder
 from mmalign_diffusion.components import build_tiny, make_pipeline

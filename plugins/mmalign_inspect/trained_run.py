@@ -18,7 +18,7 @@ from mmalign_data.reading import read_records
 from mmalign.errors import ConfigError
 from mmalign.evaluate import run_evaluators
 from mmalign.batches import Batch
-from mmalign.reference import FrozenCopy, is_peft, make_reference
+from mmalign_reference.strategies import FrozenCopy, is_peft, make_reference
 from mmalign.scores import implicit_reward
 from mmalign.run_files import write_atomic
 

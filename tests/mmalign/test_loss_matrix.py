@@ -16,7 +16,7 @@ from mmalign.losses.objective import preference_loss
 from mmalign.errors import ConfigError
 from mmalign.plugins import registry
 from mmalign.batches import Batch
-from mmalign.reference import make_reference
+from mmalign_reference.strategies import make_reference
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "demo"
 MODALITIES = {"text": ("text.yaml", 0.1), "vlm": ("vlm.yaml", 0.1), "diffusion": ("diffusion.yaml", 500.0),

@@ -16,7 +16,7 @@ import mmalign.plugins
 from mmalign.protocol import ModalityPlugin
 from mmalign.config import DataConfig, NoDataOptions, dump_config, load_config
 from mmalign.errors import ConfigError, RegistryError
-from mmalign.reference_cache import fingerprint
+from mmalign_reference.cache import fingerprint
 from mmalign_runs.run_identity import differences, run_settings
 from mmalign_text.data_options import TextDataOptions
 

@@ -15,7 +15,7 @@ from mmalign.losses import LossSpec
 from mmalign_losses import sigmoid
 from mmalign.plugins import registry
 from mmalign.batches import Batch
-from mmalign.reference import FrozenCopy, make_reference
+from mmalign_reference.strategies import FrozenCopy, make_reference
 from mmalign_diffusion.evaluate import diffusion_accuracy
 
 SIGMOID = LossSpec("sigmoid", sigmoid)

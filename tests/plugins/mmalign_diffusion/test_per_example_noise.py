@@ -56,7 +56,7 @@ def _run(tmp_path, name, cache):
 
 def test_cached_diffusion_reference_matches_the_live_one_and_is_not_rerun(tmp_path, monkeypatch):
     live = _run(tmp_path, "live", "none")
-    from mmalign import reference as reference_module
+    from mmalign_reference import strategies as reference_module
 
     calls = []
     original = reference_module.DisabledAdapters.scores
@@ -74,7 +74,7 @@ def test_cached_diffusion_reference_matches_the_live_one_and_is_not_rerun(tmp_pa
 
 def test_disk_cache_key_follows_the_image_bytes(tmp_path):
     from mmalign.config import load_config as load
-    from mmalign.reference_cache import fingerprint
+    from mmalign_reference.cache import fingerprint
 
     path = pairs_file(tmp_path, n=2)
     cfg = load(CONFIG, overrides=["model.options.noise=per_example"])

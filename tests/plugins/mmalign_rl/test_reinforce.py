@@ -9,7 +9,7 @@ from conftest import DEMO_DATA, TINY
 
 import mmalign
 from mmalign.hookspecs import hookimpl
-from mmalign.reference import FrozenCopy
+from mmalign_reference.strategies import FrozenCopy
 from mmalign_rl.source import OnlineSource
 
 CALLS: list[tuple[list, list]] = []  # (responses, rewards) of each call of the recording scorer

@@ -263,7 +263,7 @@ def test_lora_save_loads_with_peft_and_reference_has_no_copy(tokenizer_dir, tmp_
     from transformers import AutoModelForCausalLM
 
     from mmalign.batches import Batch
-    from mmalign.reference import DisabledAdapters, make_reference
+    from mmalign_reference.strategies import DisabledAdapters, make_reference
 
     reward, model = make(tokenizer_dir, lora={"r": 4, "alpha": 8, "dropout": 0.0})
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]

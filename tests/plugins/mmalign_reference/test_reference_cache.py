@@ -19,7 +19,7 @@ def rows(out):
 def test_cached_reference_matches_live_reference(tmp_path, tokenizer_dir, pairs_file, monkeypatch):
     live = train(base_config(tmp_path / "live", tokenizer_dir, pairs_file, train={"max_steps": 3}),
                  log=lambda *a: None)
-    from mmalign import reference as reference_module
+    from mmalign_reference import strategies as reference_module
 
     calls = []
     original = reference_module.FrozenCopy.scores

@@ -1,13 +1,15 @@
-"""Reference strategies: where the reference scores s_ref come from.
+"""Reference strategies: where the reference scores s_ref come from (``reference.strategy``).
 
 - ``copy``: a frozen copy of the initial policy (full fine-tuning), or a separate model.
 - ``disable_adapters``: the policy itself with its LoRA adapters switched off. There is no second
   copy of the weights in memory: with adapters off, a PEFT model *is* the base model.
-- ``none``: reference-free losses (SFT, SimPO, ...); the engine skips the reference pass.
-- ``reference.cache`` wraps either in :class:`mmalign.reference_cache.CachedReference`.
+- ``auto``: ``disable_adapters`` for a LoRA policy without reference.name_or_path, else ``copy``.
+- ``none``: reference-free losses (SFT, SimPO, ...); the run builds no reference and skips the pass.
+- ``reference.cache`` wraps either in :class:`mmalign_reference.cache.CachedReference`.
 
 A strategy is built with the plugin and the autocast it scores under; ``scores(batch)`` takes an
-engine :class:`mmalign.batches.Batch`.
+engine :class:`mmalign.batches.Batch`; ``shard(accelerator)`` is called under FSDP2 once the policy
+is prepared.
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ class FrozenCopy:
         with torch.no_grad(), self.autocast():
             return self.plugin.score(self.model, batch.data, per_unit=per_unit)
 
+    def shard(self, accelerator: Any) -> None:
+        """FSDP2: the copy is sharded like the policy."""
+        self.model = accelerator.prepare_model(self.model, evaluation_mode=True)
+
 
 class DisabledAdapters:
     """The policy with its PEFT adapters disabled: the base model, without a copy."""
@@ -63,6 +69,9 @@ class DisabledAdapters:
     def scores(self, batch: Batch, per_unit: bool = False) -> Scores:
         with torch.no_grad(), self.autocast(), self.policy.disable_adapter():
             return self.plugin.score(self.policy, batch.data, per_unit=per_unit)
+
+    def shard(self, accelerator: Any) -> None:
+        """FSDP2: nothing to do, the policy is the reference."""
 
 
 def make_reference(strategy: str, policy: nn.Module, plugin: Any, name_or_path: str | None,
@@ -81,3 +90,14 @@ def make_reference(strategy: str, policy: nn.Module, plugin: Any, name_or_path: 
         return FrozenCopy(plugin.load_reference(name_or_path).to(device), plugin, autocast)
     # A copy of a PEFT policy keeps its (initial) adapters: the reference is the policy at step 0.
     return FrozenCopy(copy.deepcopy(policy).to(device), plugin, autocast)
+
+
+def registered(strategy: str) -> Callable:
+    """The build registered as ``strategy`` (mmalign_register_references):
+    ``build(policy, plugin, cfg, accelerator)``."""
+
+    def build(policy: nn.Module, plugin: Any, cfg: Any, accelerator: Any):
+        return make_reference(strategy, policy, plugin, cfg.reference.name_or_path, True, accelerator.device,
+                              accelerator.autocast)
+
+    return build

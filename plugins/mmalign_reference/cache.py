@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mmalign.batches import Batch
+from mmalign.errors import ConfigError
 from mmalign.scores import Scores
 
 
@@ -98,3 +99,24 @@ def _device_of(batch: Any) -> torch.device:
         if torch.is_tensor(value):
             return value.device
     return torch.device("cpu")
+
+
+def cache_reference(run: Any) -> CachedReference:
+    """``reference.cache`` (memory | disk): the run's reference wrapped in a cache that scores every
+    training example once, now (registered as ``cache``; the run calls it after the store starts)."""
+    cfg = run.cfg
+    if run.objective.spec.extras:
+        raise ConfigError(f"reference.cache: loss '{run.objective.spec.name}' uses scores that depend on "
+                          f"the whole batch (e.g. KTO's mismatched pairs), which cannot be cached per "
+                          f"record. Set reference.cache: none.")
+    if not run.plugin.deterministic_collate:
+        raise ConfigError(f"reference.cache: the '{cfg.model.reward}' plugin draws randomness per "
+                          f"batch, so its reference scores cannot be reused. Set reference.cache: none.")
+    path = None
+    if cfg.reference.cache == "disk":
+        root = Path(cfg.reference.cache_dir) if cfg.reference.cache_dir else run.out / "reference_cache"
+        content = run.plugin.content_fingerprint(run.stream.examples)
+        key = fingerprint(cfg, [cfg.data.train], content)
+        path = root / f"ref-{key}-rank{run.accelerator.process_index}.safetensors"
+    return CachedReference(run.reference, run.plugin, run.stream.examples, batch_size=cfg.eval.batch_size,
+                           device=run.accelerator.device, path=path, log=run.log)
