@@ -170,8 +170,10 @@ def mmalign_register_run_stores(register: Callable[..., None]) -> None:
 
     Call ``register(name, factory)`` where ``factory(cfg, accelerator, log)`` returns a
     :class:`mmalign.run_store.RunStore`, which claims the output, resumes, keeps the metrics rows,
-    saves checkpoints and writes ``final/``. Built-in: ``local`` (mmalign_runs: ``output_dir`` on
-    a file system, with atomic verified checkpoints, the resume identity and the folder's lock).
+    saves checkpoints and writes ``final/``; ``check=check``: ``check(cfg)`` refuses, before
+    anything loads, a place the store cannot write (a ConfigError). Built-in: ``local``
+    (mmalign_runs: ``output_dir`` on a file system, with atomic verified checkpoints, the resume
+    identity and the folder's lock; its check: output_dir is a writable directory).
     """
 
 

@@ -8,8 +8,6 @@ never downloads. The values themselves were checked when the config was built
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 from mmalign.config_file import short_repr
@@ -71,14 +69,14 @@ def _validate_names(cfg: Any, where: str, command: str, reg: Any) -> None:
                                                 f"or strategy auto/copy.")
     _check_evaluators(cfg, reg, modality, where)
     _check_callbacks(cfg, reg, where)
-    reg.entry("run_stores", cfg.train.run_store, "train.run_store")
+    store = reg.entry("run_stores", cfg.train.run_store, "train.run_store")
     if cfg.data.format != "auto":
         reg.entry("datasets", cfg.data.format, "data.format")
     _check_data_keys(cfg, command, where)
     check_optimizer(cfg.train.optimizer, reg, where)
     _check_hardware(cfg, where)
-    if command == "train":
-        _check_output_dir(cfg, where)
+    if command == "train":  # the store checks where it will write (local: output_dir is writable)
+        _plugin_check(store.meta.get("check"), cfg, where)
     try:  # the modality plugin's own keys (model.options, model.tiny)
         factory_entry.obj.check_config(cfg.model, cfg.data)
     except ConfigError as e:
@@ -208,12 +206,16 @@ def _check_callbacks(cfg: Any, reg: Any, where: str) -> None:
     from mmalign.callbacks import callbacks_of
 
     for name, key in callbacks_of(cfg):
-        check = reg.entry("callbacks", name, key).meta.get("check")
-        try:
-            if check is not None:
-                check(cfg)
-        except ConfigError as e:
-            raise ConfigError(f"{where}: {e}") from None
+        _plugin_check(reg.entry("callbacks", name, key).meta.get("check"), cfg, where)
+
+
+def _plugin_check(check: Any, cfg: Any, where: str) -> None:
+    """A plugin's ``check(cfg)`` (registered with ``check=``), its ConfigError prefixed with ``where``."""
+    try:
+        if check is not None:
+            check(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def _check_data_keys(cfg: Any, command: str, where: str) -> None:
@@ -240,17 +242,3 @@ def _check_hardware(cfg: Any, where: str) -> None:
                                "fp16 compute is not available on cpu (accelerate would silently "
                                "compute in float32). On CPU use train.precision: bf16 (or "
                                "model.dtype: bfloat16), or float32 (precision no).")
-
-
-def _check_output_dir(cfg: Any, where: str) -> None:
-    out = Path(cfg.output_dir)
-    for parent in (out, *out.parents):
-        if parent.exists():
-            if not parent.is_dir():
-                raise fail(where, "output_dir", f"'{cfg.output_dir}': '{parent}' is a file, not a "
-                                                f"directory. Choose another output_dir.")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise fail(where, "output_dir", f"'{cfg.output_dir}': '{parent}' is not writable. "
-                                                f"Choose a directory you can write to, or fix its "
-                                                f"permissions.")
-            break

@@ -14,6 +14,7 @@ from mmalign.hookspecs import hookimpl
 
 @hookimpl
 def mmalign_register_run_stores(register) -> None:
+    from mmalign_runs.run_identity import check_output_dir
     from mmalign_runs.store import LocalRunStore
 
-    register("local", LocalRunStore)
+    register("local", LocalRunStore, check=check_output_dir)

@@ -25,11 +25,13 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mmalign.config import Config, to_dict
-from mmalign_data.reading import data_sha256
 from mmalign.errors import ConfigError
 from mmalign.run_files import LOCK_NAME, prepare_fresh_output, writing
+from mmalign.validation import fail
+from mmalign_data.reading import data_sha256
 
 
 # Settings that do not change the weights a step produces: where and how often things are
@@ -260,3 +262,19 @@ def _remove_if_empty(folders: list[Path]) -> None:
             folder.rmdir()  # only succeeds when empty
         except OSError:
             return
+
+
+def check_output_dir(cfg: Any) -> None:
+    """Before anything loads (``mmalign train``): ``output_dir``, or the nearest part of it that
+    exists, is a writable directory (registered as the local store's ``check``)."""
+    out = Path(cfg.output_dir)
+    for parent in (out, *out.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise fail(None, "output_dir", f"'{cfg.output_dir}': '{parent}' is a file, not a "
+                                               f"directory. Choose another output_dir.")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise fail(None, "output_dir", f"'{cfg.output_dir}': '{parent}' is not writable. "
+                                               f"Choose a directory you can write to, or fix its "
+                                               f"permissions.")
+            break
