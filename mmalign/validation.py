@@ -1,7 +1,6 @@
 """Config values: every key's type was checked while the config was built; this checks values
-and the rules across keys (finite numbers, minimum sizes, probabilities, non-empty strings, the
-sizes in ``model.tiny``, and the modality plugin's own ``data.*`` keys through their
-``problem()``), with no registry: ``load_config`` runs :func:`validate`.
+and the rules across keys (finite numbers, minimum sizes, probabilities, non-empty strings, and
+the modality plugin's own ``data.*`` keys through their ``problem()``), with no registry: ``load_config`` runs :func:`validate`.
 
 Validation happens in three stages, each in its module, all before any model, tokenizer or data
 file is loaded:
@@ -110,8 +109,6 @@ def validate(cfg: Any, where: str = "config") -> None:
         value = lookup(cfg, key)
         if value is not None:
             _check_free(value, key, where)
-    if cfg.model.tiny is not None:
-        check_tiny_sizes(cfg.model.tiny, "model.tiny", where)
     _check_lists(cfg, where)
     _check_cross(cfg, where)
 
@@ -134,31 +131,6 @@ def _check_free(value: Any, key: str, where: str) -> None:
             _check_free(v, f"{key}[{i}]", where)
     else:
         _finite(value, key, where)
-
-
-# transformers config keys that are sizes or counts, wherever they appear in model.tiny (also in a
-# nested text_config / vision_config)
-SIZE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-             "num_key_value_heads", "max_position_embeddings", "vocab_size", "head_dim", "image_size",
-             "patch_size", "num_channels")
-
-
-def check_tiny_sizes(tiny: dict, key: str, where: str = "config") -> None:
-    """Sizes in model.tiny: positive integers, and hidden_size divisible by num_attention_heads,
-    num_attention_heads by num_key_value_heads (what attention reshapes need)."""
-    for name, value in tiny.items():
-        if isinstance(value, dict):
-            check_tiny_sizes(value, f"{key}.{name}", where)
-        elif name in SIZE_KEYS and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise fail(where, f"{key}.{name}", f"must be a positive integer, got {short_repr(value)}.")
-    hidden, heads, kv = (tiny.get(k) for k in ("hidden_size", "num_attention_heads", "num_key_value_heads"))
-    if hidden and heads and "head_dim" not in tiny and hidden % heads:
-        raise fail(where, f"{key}.num_attention_heads", f"({heads}) must divide {key}.hidden_size "
-                                                        f"({hidden}): each head gets hidden_size / "
-                                                        f"num_attention_heads dimensions.")
-    if heads and kv and heads % kv:
-        raise fail(where, f"{key}.num_key_value_heads", f"({kv}) must divide {key}.num_attention_heads "
-                                                        f"({heads}) (grouped-query attention).")
 
 
 def _check_lists(cfg: Any, where: str) -> None:

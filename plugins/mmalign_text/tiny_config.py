@@ -1,12 +1,15 @@
 """``model.tiny`` for transformers models (the text and VLM plugins): the keyword arguments of the
 model's config class, checked by building that config (no model, no download) before anything
-loads. The core checks only that sizes are positive and divide (mmalign/validation.py)."""
+loads: first the sizes (positive, heads that divide), then the config class's own validation.
+Diffusion checks the sizes of its text encoders' configs with :func:`check_tiny_sizes` too."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from mmalign.config_file import short_repr
 from mmalign.errors import ConfigError
+from mmalign.validation import fail
 
 
 def check_transformers_config(tiny: dict, default_type: str, key: str = "model.tiny") -> None:
@@ -14,6 +17,7 @@ def check_transformers_config(tiny: dict, default_type: str, key: str = "model.t
     validation speaks now, with the key named."""
     from transformers import AutoConfig
 
+    check_tiny_sizes(tiny, key)
     kwargs = dict(tiny)
     model_type = kwargs.pop("model_type", default_type)
     try:
@@ -42,3 +46,28 @@ def _estimated_parameters(config: Any) -> float:
     layers = getattr(text, "num_hidden_layers", 0) or 0
     vocab = getattr(text, "vocab_size", 0) or 0
     return float(layers * (4 * h * h + 3 * h * i) + vocab * h)
+
+
+# transformers config keys that are sizes or counts, wherever they appear in model.tiny (also in a
+# nested text_config / vision_config)
+SIZE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+             "num_key_value_heads", "max_position_embeddings", "vocab_size", "head_dim", "image_size",
+             "patch_size", "num_channels")
+
+
+def check_tiny_sizes(tiny: dict, key: str = "model.tiny") -> None:
+    """Sizes in model.tiny: positive integers, and hidden_size divisible by num_attention_heads,
+    num_attention_heads by num_key_value_heads (what attention reshapes need)."""
+    for name, value in tiny.items():
+        if isinstance(value, dict):
+            check_tiny_sizes(value, f"{key}.{name}")
+        elif name in SIZE_KEYS and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise fail(None, f"{key}.{name}", f"must be a positive integer, got {short_repr(value)}.")
+    hidden, heads, kv = (tiny.get(k) for k in ("hidden_size", "num_attention_heads", "num_key_value_heads"))
+    if hidden and heads and "head_dim" not in tiny and hidden % heads:
+        raise fail(None, f"{key}.num_attention_heads", f"({heads}) must divide {key}.hidden_size "
+                                                        f"({hidden}): each head gets hidden_size / "
+                                                        f"num_attention_heads dimensions.")
+    if heads and kv and heads % kv:
+        raise fail(None, f"{key}.num_key_value_heads", f"({kv}) must divide {key}.num_attention_heads "
+                                                        f"({heads}) (grouped-query attention).")
