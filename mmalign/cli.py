@@ -1,4 +1,4 @@
-"""``mmalign`` command line: plugins, train, demo, and the commands plugins add (check, eval, score, sweep, push).
+"""``mmalign`` command line: train, and the commands plugins add (plugins, demo, check, eval, score, sweep, push).
 
 Exit codes: 0 done; 2 bad input (config, data, unknown names) or a machine that refuses (disk full,
 read-only path), printed as one paragraph; 3 training stopped (non-finite loss); 130 interrupted;
@@ -8,7 +8,6 @@ read-only path), printed as one paragraph; 3 training stopped (non-finite loss);
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import tempfile
@@ -19,15 +18,9 @@ from pathlib import Path
 from mmalign.errors import MmalignError, user_error
 
 
-OVERWRITE_HELP = ("move what an earlier run left in --out aside (to OUT.previous-TIME) and "
-                  "start anew; without it a non-empty --out is refused")
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmalign", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("plugins", help="list every registered reward, loss, dataset format, evaluator, "
-                                   "callback and demo with the plugin that provides it")
     t = sub.add_parser("train", help="train from a YAML config")
     add_config_arguments(t)
     t.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
@@ -38,11 +31,6 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true",
                    help="start anew in an output_dir that holds files: they are moved (not deleted) "
                         "to OUTPUT_DIR.previous-<time>")
-    d = sub.add_parser("demo", help="run an offline end-to-end demo")
-    d.add_argument("name", help="text (more come from plugins: see `mmalign plugins`)")
-    d.add_argument("--out", required=True, help="output directory")
-    d.add_argument("--quick", action="store_true", help="a smaller, faster run (for smoke tests)")
-    d.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     _add_plugin_commands(sub)
     return p
 
@@ -60,31 +48,12 @@ def _add_plugin_commands(sub) -> None:
 
     reg = registry()
     for name in reg.names("commands"):
-        if name in COMMANDS:
-            continue  # a core command keeps its name
+        if name in sub.choices:
+            continue  # a core command (train) keeps its name
         entry = reg.entry("commands", name)
         parser = sub.add_parser(name, help=entry.meta.get("help", f"from {entry.source}"))
         if entry.meta.get("arguments"):
             entry.meta["arguments"](parser)
-
-
-def cmd_plugins() -> None:
-    from mmalign.plugins import KINDS, registry
-
-    reg = registry()
-    for kind in KINDS:
-        print(f"{kind}:")
-        for name in reg.names(kind):
-            entry = reg.entry(kind, name)
-            extra = ""
-            if kind == "losses":
-                spec = entry.obj
-                flags = [] if spec.needs_reference else ["reference-free"]
-                flags += [] if spec.paired else ["unpaired"]
-                extra = f"  {spec.summary}" + (f" [{', '.join(flags)}]" if flags else "")
-            elif entry.meta.get("suffixes"):
-                extra = f"  files: {', '.join(entry.meta['suffixes'])}"
-            print(f"  {name:<18} from {entry.source}{extra}")
 
 
 def load_checked(args, command: str):
@@ -115,44 +84,7 @@ def cmd_train(args) -> None:
         print(f"final model: {result.final_dir}")
 
 
-def cmd_demo(args) -> None:
-    from mmalign.plugins import registry
-
-    run = registry().get("demos", args.name)
-    options = {"quick": True} if args.quick else {}
-    fresh_out(args.out, args.overwrite)
-    with one_thread():
-        run(Path(args.out), **options)
-
-
-@contextlib.contextmanager
-def one_thread():
-    """The demos' models are tiny: a second torch thread gains little, and on a busy machine a thread
-    waiting for a core costs far more (the text demo took 6x longer with 2 threads next to other jobs)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def fresh_out(out: str | Path, overwrite: bool) -> None:
-    """A demo or sweep starts in an empty --out: one with files from an earlier run is refused, or
-    with --overwrite moved aside (nothing is deleted), as for ``mmalign train``."""
-    from mmalign.run_files import existing_contents, prepare_fresh_output
-
-    out = Path(out)
-    if existing_contents(out) and not overwrite:
-        raise MmalignError(f"--out {out} already holds files from an earlier run. Pass --overwrite to "
-                           f"move them aside (into {out.name}.previous-<time>) and start anew, or "
-                           f"choose another --out.")
-    prepare_fresh_output(out, overwrite=overwrite, log=print)
-
-
-COMMANDS = {"plugins": lambda args: cmd_plugins(), "train": cmd_train, "demo": cmd_demo}
+COMMANDS = {"train": cmd_train}
 
 
 def _run(args) -> None:

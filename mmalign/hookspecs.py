@@ -147,8 +147,9 @@ def mmalign_register_commands(register: Callable[..., None]) -> None:
     Call ``register(name, run, arguments=add_arguments, help="...")`` where
     ``add_arguments(parser)`` adds the command's arguments to its ``argparse`` sub-parser and
     ``run(args)`` carries it out (raise :class:`mmalign.errors.MmalignError` for bad input: exit
-    code 2). Built-in: ``check``, ``eval`` and ``score`` (mmalign_inspect), ``sweep`` (mmalign_text: the reward-KL frontier of the text demo), ``push``
-    (mmalign_hub: a run's ``final/`` and model card to the Hugging Face Hub).
+    code 2). ``train`` is the core's and keeps its name. Built-in: ``plugins``, ``demo``, ``check``,
+    ``eval`` and ``score`` (mmalign_inspect), ``sweep`` (mmalign_text: the reward-KL frontier of the
+    text demo), ``push`` (mmalign_hub: a run's ``final/`` and model card to the Hugging Face Hub).
     """
 
 

@@ -1,22 +1,15 @@
-"""Writing a run's files safely: a fresh output folder (:func:`prepare_fresh_output`), atomic text
-writes, flushing to disk, the end-of-run summary table, and :func:`writing`, which turns a failed
-write (a full disk, a read-only folder, a path that is a file) into a one-paragraph error naming
-the path and the fix (exit code 2)."""
+"""Writing a run's files safely: atomic text writes, the end-of-run summary table, and
+:func:`writing`, which turns a failed write (a full disk, a read-only folder, a path that is a file)
+into a one-paragraph error naming the path and the fix (exit code 2). The output folder itself (a
+fresh one, its lock) is the run store's (mmalign_runs.output_dir)."""
 
 from __future__ import annotations
 
 import errno
-import os
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from mmalign.errors import ConfigError
-
-LOCK_NAME = ".mmalign.lock"
-# Kept across --overwrite and ignored when deciding if a folder is empty: reusable by design
-# (keyed by its own fingerprint). So are the CLI's crash logs (mmalign-crash-*.log).
-KEPT_ON_OVERWRITE = ("reference_cache",)
 
 _FIXES = {
     errno.ENOSPC: "the disk is full: free space (or point output_dir at another disk), then continue "
@@ -71,50 +64,3 @@ def summary_table(history: list[dict]) -> str:
         b = f"{last[k]:.4f}" if k in last else "-"
         lines.append(f"{k:<{width}}  {a:>12}  {b:>12}")
     return "\n".join(lines)
-
-
-def fsync_tree(root: Path) -> None:
-    """Flush every file under ``root`` to disk (before the rename that publishes it)."""
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
-            with path.open("rb") as f:
-                os.fsync(f.fileno())
-
-
-def fsync_dir(root: Path) -> None:
-    """Flush a directory's entries (a rename within it) to disk."""
-    dir_fd = os.open(root, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def existing_contents(out: Path) -> list[Path]:
-    """What is in ``out`` besides the lock and the reusable reference cache."""
-    if not out.is_dir():
-        return []
-    return sorted(p for p in out.iterdir() if p.name != LOCK_NAME and p.name not in KEPT_ON_OVERWRITE
-                  and not p.name.startswith("mmalign-crash-"))  # the CLI's crash logs stay
-
-
-def prepare_fresh_output(out: Path, *, overwrite: bool, log) -> None:
-    """A new run needs an empty ``output_dir``: refuse one with files, or with ``overwrite`` move
-    them into ``<output_dir>.previous-<UTC time>`` (nothing is deleted)."""
-    found = existing_contents(out)
-    if not found:
-        return
-    names = ", ".join(p.name for p in found[:5]) + (", ..." if len(found) > 5 else "")
-    if not overwrite:
-        raise ConfigError(f"output_dir {out} already holds files ({names}). Continue that run "
-                          f"with --resume; or pass --overwrite to move them aside (into "
-                          f"{out.name}.previous-<time>) and start anew; or choose another output_dir.")
-    aside = out.with_name(f"{out.name}.previous-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
-    n = 1
-    while aside.exists():
-        aside, n = aside.with_name(f"{aside.name.split('~')[0]}~{n}"), n + 1
-    with writing(aside, "move the previous run aside"):
-        aside.mkdir()
-        for path in found:
-            path.rename(aside / path.name)
-    log(f"--overwrite: the previous contents of {out} ({names}) were moved to {aside}")

@@ -19,7 +19,12 @@ SUPPORTED_DTYPES = tuple(name for name, dtype in DTYPES.items() if isinstance(dt
 
 
 def check_options(model_cfg: ModelConfig) -> dict:
-    """``model.options`` with the defaults filled in; ConfigError naming the key when one is wrong."""
+    """``model.options`` with the defaults filled in; ConfigError naming the key when one is wrong
+    (in ``model.options``, ``model.dtype``, or the sizes of every nested config in ``model.tiny``)."""
+    from mmalign_text.tiny_config import check_tiny_sizes
+
+    if model_cfg.tiny is not None:
+        check_tiny_sizes(model_cfg.tiny)
     unknown = set(model_cfg.options) - set(OPTIONS)
     if unknown:
         raise ConfigError(f"model.options: unknown option '{sorted(unknown)[0]}' for the diffusion "

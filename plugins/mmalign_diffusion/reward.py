@@ -80,10 +80,6 @@ class DiffusionReward(ModalityPlugin):
     @staticmethod
     def check_config(model_cfg: ModelConfig, data_cfg: DataConfig) -> None:
         """The plugin's keys, checked before anything loads (mmalign.validation calls it too)."""
-        from mmalign_text.tiny_config import check_tiny_sizes
-
-        if model_cfg.tiny is not None:  # sizes in every nested config (UNet, VAE, text encoders)
-            check_tiny_sizes(model_cfg.tiny)
         check_options(model_cfg)
         if model_cfg.tokenizer is not None:
             raise ConfigError("model.tokenizer: the diffusion plugin reads the tokenizers from the pipeline "

@@ -1,17 +1,20 @@
 """The built-in inspect plugin (entry point ``inspect`` of the ``mmalign`` group): the commands that
-examine a config or a trained run without training.
+examine a config, a trained run or the installed plugins without training, and the demo runner.
 
 - ``mmalign check CONFIG``: validate a config and read its data as training would, loading no
   model weights (:mod:`mmalign_inspect.check`);
 - ``mmalign eval CONFIG``: the configured evaluators on a trained run (``output_dir/eval.json``);
 - ``mmalign score CONFIG``: the implicit reward of every record's responses
-  (``output_dir/scores.jsonl``; from Python, :func:`score`) (:mod:`mmalign_inspect.trained_run`).
+  (``output_dir/scores.jsonl``; from Python, :func:`score`) (:mod:`mmalign_inspect.trained_run`);
+- ``mmalign plugins``: every registered name with the plugin that provides it, and ``mmalign demo
+  NAME --out DIR``: a registered demo (:mod:`mmalign_inspect.commands`).
 """
 
 import json
 
 from mmalign.cli import add_config_arguments
 from mmalign.hookspecs import hookimpl
+from mmalign_inspect.commands import demo_arguments, demo_command, plugins_command
 
 
 def check_command(args) -> None:
@@ -56,6 +59,9 @@ def score(config, *, overrides=None) -> list[dict]:
 
 @hookimpl
 def mmalign_register_commands(register):
+    register("plugins", plugins_command, help="list every registered reward, loss, dataset format, "
+                                              "evaluator, callback and demo with the plugin that provides it")
+    register("demo", demo_command, arguments=demo_arguments, help="run an offline end-to-end demo")
     register("check", check_command, arguments=add_config_arguments,
              help="validate a config (and read its data files) without loading a model: exit 0 with a "
                   "summary, or 2 with the error")

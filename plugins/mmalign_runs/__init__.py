@@ -7,6 +7,7 @@ store, which keeps a run in ``output_dir`` on a file system (:mod:`mmalign_runs.
     run_identity.py   the settings a resume must match; the folder's lock
     sharded_state.py  FSDP2 model and optimizer state on disk
     metrics_file.py   metrics.jsonl
+    output_dir.py     the output folder: its lock's name, a fresh one (--overwrite), flushing to disk
 """
 
 from mmalign.hookspecs import hookimpl

@@ -10,7 +10,7 @@
   code 2 naming that pid; a file left by a dead process is taken over (with a note).
 * **Fresh runs**: a run without ``--resume`` into a folder that already holds files refuses,
   unless ``--overwrite``, which moves the old contents (never deletes them) into a sibling folder
-  ``<output_dir>.previous-<UTC time>`` (:func:`mmalign.run_files.prepare_fresh_output`, which the
+  ``<output_dir>.previous-<UTC time>`` (:func:`mmalign_runs.output_dir.prepare_fresh_output`, which the
   demos' ``--out`` uses too).
 """
 
@@ -29,9 +29,10 @@ from typing import Any
 
 from mmalign.config import Config, to_dict
 from mmalign.errors import ConfigError
-from mmalign.run_files import LOCK_NAME, prepare_fresh_output, writing
+from mmalign.run_files import writing
 from mmalign.validation import fail
 from mmalign_data.reading import data_sha256
+from mmalign_runs.output_dir import LOCK_NAME, prepare_fresh_output
 
 
 # Settings that do not change the weights a step produces: where and how often things are

@@ -151,7 +151,8 @@ def add_sweep_arguments(parser) -> None:
 
 def sweep_command(args) -> None:
     """``mmalign sweep --out DIR``: the frontier in an empty (or --overwrite) DIR, on one thread."""
-    from mmalign.cli import fresh_out, one_thread
+    from mmalign_inspect.commands import one_thread
+    from mmalign_runs.output_dir import fresh_out
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(METHODS))

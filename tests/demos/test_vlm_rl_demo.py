@@ -6,7 +6,8 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from mmalign.cli import main, one_thread
+from mmalign.cli import main
+from mmalign_inspect.commands import one_thread
 from mmalign_vlm.rl_demo import run_demo
 
 

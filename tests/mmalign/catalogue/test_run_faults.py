@@ -29,7 +29,7 @@ from train_processes import assert_bitwise_equal, metrics_text, process_env, tra
 
 from mmalign_runs import checkpoint as ckpt  # noqa: E402
 from mmalign.cli import main  # noqa: E402
-from mmalign.run_files import LOCK_NAME  # noqa: E402
+from mmalign_runs.output_dir import LOCK_NAME  # noqa: E402
 
 TRAIN = {"max_steps": 4, "save_every": 2, "keep_last": 9, "callbacks": [], "log_every": 1}
 STEP2, STEP4 = "checkpoints/step-0000002", "checkpoints/step-0000004"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mmalign.errors import ConfigError
-from mmalign.run_files import LOCK_NAME
+from mmalign_runs.output_dir import LOCK_NAME
 from mmalign_runs.run_identity import acquire_lock, release_lock
 
 REPO = Path(__file__).resolve().parents[3]
