@@ -1,0 +1,66 @@
+"""The reference seam (``mmalign_register_references``): the run builds the strategy
+``reference.strategy`` names from the registry and scores every micro-batch with it, so a
+strategy registered in-process under that name replaces the built-in one; ``reference.cache``
+applies the registered ``cache``, once, after the store has started."""
+
+from __future__ import annotations
+
+import math
+
+from conftest import base_config
+
+import mmalign
+from mmalign import train
+from mmalign.hookspecs import hookimpl
+from mmalign_reference.cache import cache_reference
+from mmalign_reference.strategies import registered
+
+CALLS: list[str] = []
+
+
+class Counting:
+    """The built-in ``copy`` strategy, counting the batches it scores."""
+
+    def __init__(self, policy, plugin, cfg, accelerator):
+        CALLS.append(f"built for {type(policy).__name__}")
+        self.inner = registered("copy")(policy, plugin, cfg, accelerator)
+
+    def scores(self, batch, per_unit=False):
+        CALLS.append("scores")
+        return self.inner.scores(batch, per_unit=per_unit)
+
+    def shard(self, accelerator):
+        self.inner.shard(accelerator)
+
+
+def counted_cache(run):
+    CALLS.append(f"cache around {type(run.reference).__name__}")
+    return cache_reference(run)
+
+
+class References:
+    @hookimpl
+    def mmalign_register_references(self, register):
+        register("copy", Counting)
+        register("cache", counted_cache)
+
+
+def test_the_strategy_reference_strategy_names_scores_every_micro_batch(tmp_path, tokenizer_dir, pairs_file):
+    CALLS.clear()
+    cfg = base_config(tmp_path, tokenizer_dir, pairs_file, reference={"strategy": "copy"},
+                      train={"max_steps": 3, "gradient_accumulation_steps": 2, "callbacks": []}, eval={"evaluators": []})
+    with mmalign.register(References(), name="test-references"):
+        history = train(mmalign.as_config(cfg), log=lambda *a: None).history
+    assert CALLS == ["built for LlamaForCausalLM"] + ["scores"] * 6  # 3 steps x 2 micro-batches
+    assert math.isclose(history[0]["loss"], math.log(2), abs_tol=1e-6)  # it scores as the policy did at step 0
+
+
+def test_reference_cache_applies_the_registered_cache_once(tmp_path, tokenizer_dir, pairs_file):
+    CALLS.clear()
+    cfg = base_config(tmp_path, tokenizer_dir, pairs_file, reference={"strategy": "copy", "cache": "memory"},
+                      train={"max_steps": 2, "callbacks": []}, eval={"evaluators": []})
+    with mmalign.register(References(), name="test-references"):
+        result = train(mmalign.as_config(cfg), log=lambda *a: None)
+    pairs = result.data_reports[0].used
+    # the cache scored every training pair once, in batches of eval.batch_size (16), and no step scored again
+    assert CALLS == ["built for LlamaForCausalLM", "cache around Counting"] + ["scores"] * math.ceil(pairs / 16)
