@@ -73,9 +73,9 @@ class TrainingData:
     """What a data source (``mmalign_register_data_sources``) hands a run.
 
     stream:         the batch source the loop draws micro-batches from (``next_batch(plugin,
-                    device) -> Batch``, its position ``consumed``, ``per_epoch``, ...: see
-                    :class:`mmalign.batches.OfflineBatches`); an online run's algorithm builds its
-                    own source over ``stream.examples`` (the prompt records)
+                    device) -> Batch``, its position ``consumed``, ``per_epoch``, ...; the members
+                    are listed in docs/plugin-hooks.md; built-in: mmalign_data's ``BatchStream``);
+                    an online run's algorithm builds its own source over ``stream.examples``
     eval_examples:  the held-out examples the evaluators see
     reports:        one data report per file read (``table()`` prints it), in the run's result
     content:        what identifies the training examples beyond the data file's bytes (images
