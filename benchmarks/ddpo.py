@@ -157,6 +157,7 @@ class UNetCounter:
     def __init__(self):
         self.steps: list[dict] = []
         self.current = {"sample_rows": 0, "train_rows": 0, "images": 0, "lora_params": 0}
+        self.devices: set[str] = set()  # where the UNet ran ("cuda", "cpu"): a GPU run is checked
 
     def __enter__(self) -> UNetCounter:
         from diffusers import UNet2DConditionModel
@@ -167,6 +168,7 @@ class UNetCounter:
         def forward(unet, sample, *args, **kwargs):
             import torch
 
+            counter.devices.add(sample.device.type)
             if torch.is_grad_enabled():
                 counter.current["train_rows"] += sample.shape[0]
                 counter.current["lora_params"] = sum(p.numel() for p in unet.parameters() if p.requires_grad)
@@ -190,6 +192,14 @@ class UNetCounter:
     def close_step(self) -> None:
         self.steps.append(self.current)
         self.current = {k: 0 for k in self.current}
+
+
+def check_device(counter: UNetCounter, gpu: bool, who: str) -> list[str]:
+    """The devices the UNet ran on; on a GPU run (``gpu``), every call must have run on CUDA."""
+    devices = sorted(counter.devices)
+    if gpu and devices != ["cuda"]:
+        raise RuntimeError(f"{who}: a GPU run whose UNet ran on {devices}, not on CUDA alone")
+    return devices
 
 
 def check_work(w: Workload, steps: list[dict], who: str) -> None:
@@ -223,7 +233,7 @@ def ddpo_config(w: Workload, precision: str, out_dir: str) -> dict:
     }
 
 
-def run_mmalign_ddpo(w: Workload, precision: str, out_dir: str, log=print) -> dict:
+def run_mmalign_ddpo(w: Workload, precision: str, out_dir: str, log=print, gpu: bool = False) -> dict:
     import numpy as np
 
     from benchmarks.online import logged_split, train_timed
@@ -237,15 +247,27 @@ def run_mmalign_ddpo(w: Workload, precision: str, out_dir: str, log=print) -> di
         stamps, rows = train_timed(ddpo_config(w, precision, out_dir), {"benchmark_brightness": brightness}, log,
                                    on_step=counter.close_step)
     check_work(w, counter.steps, "mmalign")
+    devices = check_device(counter, gpu, "mmalign")
     return {**summarize(stamps, w.warmup), **logged_split(rows[w.warmup:]), "work_per_step": counter.steps[-1],
-            **memory()}
+            "unet_devices": devices, **memory()}
 
 
 # --- the peer's environment -------------------------------------------------------------------------
-def peer_python(say=print) -> str:
+def peer_python(say=print, python: str | None = None) -> str:
     """The python of TRL 0.23.1's environment, created (venv + pip) on first use. A finished
     install leaves a marker listing its packages; without it (a first or interrupted install, or
-    other pins) the environment is made again."""
+    other pins) the environment is made again.
+
+    ``python``: a prepared environment's python (``--ddpo-peer-python``, or
+    ``MMALIGN_BENCH_DDPO_PYTHON``), used as is: for a machine without the network (the GPU session,
+    benchmarks/gpu_session.sh, installs carried wheels over the machine's own CUDA torch). It only
+    needs to run ``python -m benchmarks.ddpo_peer`` in the repository's root with TRL 0.23.1 and its
+    dependencies importable; mmalign need not be."""
+    if python:
+        if not (Path(python).is_file() and os.access(python, os.X_OK)):
+            raise FileNotFoundError(f"the DDPO peer's python {python} is not an executable file")
+        say(f"the DDPO peer runs with the prepared python {python}")
+        return str(python)
     python, marker = PEER_ENV / "bin" / "python", PEER_ENV / "installed.txt"
     if marker.exists() and marker.read_text().split() == PEER_PACKAGES and python.exists():
         return str(python)

@@ -19,8 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.ddpo import ETA, GUIDANCE, OPTIMIZER, PPO, SAMPLE_STEPS, TIMESTEP_FRACTION, UNetCounter, check_work, \
-    mean_brightness
+from benchmarks.ddpo import ETA, GUIDANCE, OPTIMIZER, PPO, SAMPLE_STEPS, TIMESTEP_FRACTION, UNetCounter, check_device, \
+    check_work, mean_brightness
 from benchmarks.timing import median_split, memory, summarize, sync, use_all_cores
 from benchmarks.workloads import Workload, peer_records
 
@@ -45,12 +45,16 @@ def ddpo_config(w: Workload, variant: str, out_dir: str):
         train_adv_clip_max=PPO["adv_clip_max"], per_prompt_stat_tracking=True,
         per_prompt_stat_tracking_buffer_size=PPO["stat_buffer"],
         per_prompt_stat_tracking_min_count=PPO["stat_min_count"],
-        async_reward_computation=False)
+        async_reward_computation=False, allow_tf32=False)  # fp32 is fp32 on a GPU, as mmalign's (no TF32)
 
 
-def run_trl_ddpo(w: Workload, variant: str, out_dir: str) -> dict:
+def run_trl_ddpo(w: Workload, variant: str, out_dir: str, gpu: bool = False) -> dict:
+    """TRL's DDPOTrainer on ``w``; ``gpu``: fail unless every UNet call ran on CUDA (accelerate puts
+    the pipeline on the GPU whenever torch sees one)."""
     with UNetCounter() as counter:  # before the pipeline is built: every UNet call is counted
-        return _run(w, variant, out_dir, counter)
+        result = _run(w, variant, out_dir, counter)
+    result["unet_devices"] = check_device(counter, gpu, "TRL DDPOTrainer")
+    return result
 
 
 def _run(w: Workload, variant: str, out_dir: str, counter: UNetCounter) -> dict:
@@ -107,9 +111,16 @@ def main(argv: list[str]) -> None:
     variant, spec_path, out_path = argv
     spec = json.loads(Path(spec_path).read_text())
     threads = use_all_cores()
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    gpu = bool(spec.get("gpu"))
+    if gpu and device != "cuda":  # e.g. a peer environment with a CPU-only torch: never time it as a GPU run
+        raise SystemExit(f"--gpu, but the peer's torch {torch.__version__} sees no GPU")
     started = time.perf_counter()
-    result = run_trl_ddpo(Workload.from_json(spec["workload"]), variant, spec["out_dir"])
-    result.update(threads=threads, device="cpu", peer_versions=versions(), wall_s=time.perf_counter() - started)
+    result = run_trl_ddpo(Workload.from_json(spec["workload"]), variant, spec["out_dir"], gpu=gpu)
+    result.update(threads=threads, device=device, peer_versions=versions(), allow_tf32=False,
+                  wall_s=time.perf_counter() - started)
     Path(out_path).write_text(json.dumps(result))
 
 

@@ -47,7 +47,7 @@ PEER_SETTINGS = {"trl_default": ("bf16", "TRL defaults: bf16 autocast + gradient
                  "diffusers_dpo_bf16": ("bf16", "diffusers SDXL DPO step, --mixed_precision bf16")}
 PEER_SETTINGS_OF_KIND = {"ddpo": {"trl_fp32": ("fp32", "TRL 0.23.1 DDPOTrainer, mixed_precision 'no'"),
                                   "trl_bf16": ("bf16", "TRL 0.23.1 DDPOTrainer, mixed_precision 'bf16'")}}
-CHILD_TIMEOUT_S = 1800
+CHILD_TIMEOUT_S = 1800  # default of --child-timeout
 
 
 def parse_cores(text: str) -> list[int]:
@@ -58,12 +58,25 @@ def parse_cores(text: str) -> list[int]:
     return cores
 
 
-def child(what: str, spec: dict, work: Path, cores: list[int], gpu: bool, command: list[str] | None = None) -> dict:
+def _pin(cores: list[int]):
+    """preexec_fn pinning the child to ``cores``; a sandbox that refuses sched_setaffinity leaves the
+    child on the cores it inherited (the same set when --cores is not given) rather than failing it."""
+    def pin() -> None:
+        try:
+            os.sched_setaffinity(0, cores)
+        except OSError:
+            pass
+    return pin
+
+
+def child(what: str, spec: dict, work: Path, cores: list[int], gpu: bool, command: list[str] | None = None,
+          timeout: float = CHILD_TIMEOUT_S) -> dict:
     """Run one measurement in a fresh process pinned to ``cores``; its JSON result, or the error.
-    ``command``: the child's command line before SPEC OUT (default: this python's benchmarks.runners)."""
+    ``command``: the child's command line before SPEC OUT (default: this python's benchmarks.runners).
+    On a GPU run the spec says so (``"gpu": true``) and the child fails unless its torch sees a GPU."""
     tag = f"{what}-{spec.get('workload', {}).get('name', 'peak')}-{spec.get('variant', '')}".rstrip("-")
     spec_path, out_path, log_path = work / f"{tag}.spec.json", work / f"{tag}.out.json", work / f"{tag}.log"
-    spec_path.write_text(json.dumps(spec))
+    spec_path.write_text(json.dumps(dict(spec, gpu=gpu)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
                OMP_NUM_THREADS=str(len(cores)), TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
     if not gpu:
@@ -72,24 +85,30 @@ def child(what: str, spec: dict, work: Path, cores: list[int], gpu: bool, comman
         try:
             command = command or [sys.executable, "-m", "benchmarks.runners", what]
             proc = subprocess.run([*command, str(spec_path), str(out_path)],
-                                  cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=CHILD_TIMEOUT_S, check=False,
-                                  preexec_fn=lambda: os.sched_setaffinity(0, cores))
+                                  cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, check=False,
+                                  preexec_fn=_pin(cores))
             code = proc.returncode
         except subprocess.TimeoutExpired:
-            code = "timeout"
+            code = f"timeout after {timeout:.0f} s"
     if code != 0 or not out_path.exists():
         tail = log_path.read_text()[-2000:]
         return {"error": f"exit {code}", "log_tail": tail}
     return json.loads(out_path.read_text())
 
 
-def run_all(workloads: list[Workload], work: Path, slots: list[list[int]], gpu: bool, only: set | None = None,
-            say=print, on_result=None, peer_pythons: dict | None = None) -> tuple[dict, dict]:
+def run_all(workloads: list[Workload], work: Path, slots: list[list[int]], gpu: bool, only=None,
+            say=print, on_result=None, peer_pythons: dict | None = None,
+            timeout: float = CHILD_TIMEOUT_S, peak: dict | None = None) -> tuple[dict, dict]:
     """Every (workload, variant) in a child of its own, ``len(slots)`` at a time, each pinned to a
     slot's cores; ``on_result(peak, runs)`` after each one (partial results survive a cut-off run).
-    ``peer_pythons``: {workload kind: python} of peers that run in an environment of their own."""
-    say(f"matmul peak on cores {slots[0]} ...")
-    peak = child("peak", {}, work, slots[0], gpu)
+    ``only``: the variants to run, in this order within each workload when it is a list (with one
+    slot, e.g. ``--gpu``, they start in that order: list the pairs first that matter most).
+    ``peer_pythons``: {workload kind: python} of peers that run in an environment of their own.
+    ``timeout``: seconds each child may run before it is killed (the run goes on with the next).
+    ``peak``: the matmul peak measured earlier on this machine (``--peak-from``), else measured here."""
+    if peak is None:
+        say(f"matmul peak on cores {slots[0]} ...")
+        peak = child("peak", {}, work, slots[0], gpu, timeout=timeout)
     peak = {k: peak[k] for k in ("fp32", "bf16", "error", "log_tail") if k in peak}
     runs: dict[str, dict] = {w.name: {} for w in workloads}
     free: Queue = Queue()
@@ -103,9 +122,14 @@ def run_all(workloads: list[Workload], work: Path, slots: list[list[int]], gpu: 
             spec = {"workload": w.to_json(), "variant": variant, "out_dir": str(work / f"out-{w.name}-{runner}-{variant}")}
             own_env = runner == "trl" and w.kind in (peer_pythons or {})
             command = [peer_pythons[w.kind], "-m", f"benchmarks.{w.kind}_peer", variant] if own_env else None
-            result = child(runner, spec, work, cores, gpu, command)
-            status = f"{result['s_per_step']:.3f} s/step, peak RSS {result['peak_rss_mb']:.0f} MB" \
-                if "s_per_step" in result else result["error"]
+            result = child(runner, spec, work, cores, gpu, command, timeout)
+            if "s_per_step" in result:
+                status = f"{result['s_per_step']:.3f} s/step, peak RSS {result['peak_rss_mb']:.0f} MB"
+                if "gpu_peak_allocated_mb" in result:
+                    status += f", GPU peak {result['gpu_peak_allocated_mb']:.0f} MB"
+            else:  # the end of the child's log, so that the console says why
+                last = [line for line in result.get("log_tail", "").splitlines() if line.strip()][-3:]
+                status = result["error"] + "".join(f"\n      | {line[:300]}" for line in last)
             say(f"  {w.name:<14} {runner:<8} {variant:<8} {status}  (cores {cores})")
             with lock:  # several jobs finish at once; the results file is written whole each time
                 runs[w.name][f"{runner}_{variant}"] = result
@@ -115,11 +139,19 @@ def run_all(workloads: list[Workload], work: Path, slots: list[list[int]], gpu: 
             free.put(cores)
 
     with ThreadPoolExecutor(max_workers=len(slots)) as pool:
-        futures = [pool.submit(job, w, r, v) for w in workloads for r, v in VARIANTS[w.kind]
-                   if only is None or f"{r}_{v}" in only]
+        futures = [pool.submit(job, w, r, v) for w in workloads for r, v in _ordered(VARIANTS[w.kind], only)]
         for f in futures:
             f.result()
     return peak, runs
+
+
+def _ordered(variants: list[tuple[str, str]], only) -> list[tuple[str, str]]:
+    """The workload's (runner, variant) pairs that ``only`` names, in ``only``'s order when it is a
+    list (None: all of them, in the default order)."""
+    if only is None:
+        return list(variants)
+    rank = {name: i for i, name in enumerate(only)}
+    return sorted((rv for rv in variants if f"{rv[0]}_{rv[1]}" in rank), key=lambda rv: rank[f"{rv[0]}_{rv[1]}"])
 
 
 def summarize_workload(w: Workload, runs: dict, peak: dict) -> dict:
@@ -133,7 +165,7 @@ def summarize_workload(w: Workload, runs: dict, peak: dict) -> dict:
             continue
         v = {k: r[k] for k in ("s_per_step", "s_per_step_mean", "peak_rss_mb", "step_times", "warmup_step_times",
                                "encode_share", "generate_s", "score_s", "generate_times", "score_times", "work_per_step",
-                               "peer_versions") if k in r}
+                               "peer_versions", "device", "unet_devices", "allow_tf32", "wall_s") if k in r}
         if "gpu_peak_allocated_mb" in r:
             v["gpu_peak_allocated_mb"] = r["gpu_peak_allocated_mb"]
         if key.startswith("mmalign"):
@@ -209,6 +241,7 @@ def machine(gpu: bool, cores_per_job: int, jobs: int) -> dict:
             "concurrent_children": jobs, "torch": torch.__version__, "python": platform.python_version()}
     if gpu:
         info["gpu"] = torch.cuda.get_device_name(0)
+        info["cuda"] = torch.version.cuda
     return info
 
 
@@ -224,6 +257,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--variants", help="comma-separated subset of " + ",".join(
         sorted({f"{r}_{v}" for vs in VARIANTS.values() for r, v in vs})))
     ap.add_argument("--workdir", help="keep models, data and logs here (default: a temporary directory)")
+    ap.add_argument("--child-timeout", type=float, default=CHILD_TIMEOUT_S,
+                    help="seconds each child may run before it is killed and reported as failed (default: %(default)s)")
+    ap.add_argument("--ddpo-peer-python", default=os.environ.get("MMALIGN_BENCH_DDPO_PYTHON"),
+                    help="python (or wrapper script) of a prepared environment with TRL 0.23.1 for the ddpo peer, "
+                         "used as is (default: $MMALIGN_BENCH_DDPO_PYTHON, else benchmarks/.envs/trl-0.23, "
+                         "created with venv + pip on first use)")
+    ap.add_argument("--peak-from", help="take the matmul peak from this earlier results JSON of the same machine and "
+                                        "device instead of measuring it again (one child less)")
     args = ap.parse_args(argv)
 
     known = workload_names()
@@ -232,6 +273,22 @@ def main(argv: list[str] | None = None) -> dict:
     if unknown:
         ap.error(f"unknown or unavailable workload(s) {', '.join(unknown)}; available here: {', '.join(known)} "
                  f"(diffusion and ddpo need diffusers and the diffusion plugin not blocked)")
+    only = args.variants.split(",") if args.variants else None
+    all_variants = {f"{r}_{v}" for vs in VARIANTS.values() for r, v in vs}
+    if only and set(only) - all_variants:
+        ap.error(f"unknown variant(s) {', '.join(sorted(set(only) - all_variants))}; known: {', '.join(sorted(all_variants))}")
+    peer_pythons = {}
+    if "ddpo" in names and (only is None or {"trl_fp32", "trl_bf16"} & set(only)):
+        from benchmarks.ddpo import peer_python
+
+        # a prepared python is used as is; else the environment is created on first use
+        peer_pythons["ddpo"] = peer_python(say=lambda s: print(s, flush=True), python=args.ddpo_peer_python)
+    peak = None
+    if args.peak_from:
+        earlier = json.loads(Path(args.peak_from).read_text())
+        if earlier.get("device") != ("cuda" if args.gpu else "cpu") or "error" in earlier["matmul_peak_flops"]:
+            ap.error(f"--peak-from {args.peak_from}: no {'GPU' if args.gpu else 'CPU'} matmul peak in it")
+        peak = earlier["matmul_peak_flops"]
     cores = parse_cores(args.cores) if args.cores else sorted(os.sched_getaffinity(0))
     per = args.cores_per_job or len(cores)
     slots = [cores[i:i + per] for i in range(0, len(cores) - per + 1, per)]
@@ -262,14 +319,8 @@ def main(argv: list[str] | None = None) -> dict:
         tmp_out.replace(out)
         return results
 
-    only = set(args.variants.split(",")) if args.variants else None
-    peer_pythons = {}
-    if "ddpo" in names and (only is None or only & {"trl_fp32", "trl_bf16"}):
-        from benchmarks.ddpo import peer_python
-
-        peer_pythons["ddpo"] = peer_python(say=lambda s: print(s, flush=True))  # created on first use
     peak, runs = run_all(workloads, work, slots, args.gpu, only, say=lambda s: print(s, flush=True),
-                         on_result=write, peer_pythons=peer_pythons)
+                         on_result=write, peer_pythons=peer_pythons, timeout=args.child_timeout, peak=peak)
     results = write(peak, runs)
     if "error" not in peak:
         print(f"\nmatmul peak: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s")

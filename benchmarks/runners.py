@@ -161,6 +161,9 @@ def main(argv: list[str]) -> None:
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    gpu = bool(spec.get("gpu"))
+    if gpu and device != "cuda":  # never time a CPU run as a GPU one
+        raise SystemExit(f"--gpu, but this child's torch {torch.__version__} sees no GPU")
     started = time.perf_counter()
     if what == "peak":
         result = run_peak(device)
@@ -169,7 +172,7 @@ def main(argv: list[str]) -> None:
         if w.kind == "ddpo" and what == "mmalign":  # its peer runs in TRL 0.23.1's env: benchmarks/ddpo_peer.py
             from benchmarks.ddpo import run_mmalign_ddpo
 
-            result = run_mmalign_ddpo(w, spec["variant"], spec["out_dir"])
+            result = run_mmalign_ddpo(w, spec["variant"], spec["out_dir"], gpu=gpu)
         elif w.kind in ("online", "vlm_online") and what in ("mmalign", "trl"):
             from benchmarks.online import run_mmalign_online, run_trl_online
 

@@ -174,17 +174,18 @@ def _run(plugin, model: nn.Module, captions: list[str], n: int, generator: torch
     # draws on the generator's device, then moved: the same generator gives the same samples anywhere
     draw = lambda: torch.randn(shape, generator=generator, device=generator.device).to(device)  # noqa: E731
     x = draw() * scheduler.init_noise_sigma
-    path, log_probs = [x.float().cpu()], []
+    # kept on the device and moved to the CPU once: a copy per step would wait for the GPU every step
+    path, log_probs = [x.float()], []
     stochastic = stochastic_steps(scheduler, eta)
     for k, t in enumerate(scheduler.timesteps):
         prediction = guided_prediction(model, scheduler.scale_model_input(x, t), t, inputs, guidance_scale)
         noise = draw() if eta > 0 else None
         x_prev = scheduler.step(prediction, t, x, eta=eta, variance_noise=noise).prev_sample
-        log_probs.append(step_log_prob(scheduler, prediction, t, x, x_prev, eta).cpu() if stochastic[k]
-                         else torch.zeros(len(x)))
+        log_probs.append(step_log_prob(scheduler, prediction, t, x, x_prev, eta) if stochastic[k]
+                         else torch.zeros(len(x), device=x.device))
         x = x_prev
-        path.append(x.float().cpu())
-    trajectory.latents, trajectory.log_probs = torch.stack(path, 1), torch.stack(log_probs, 1)
+        path.append(x.float())
+    trajectory.latents, trajectory.log_probs = torch.stack(path, 1).cpu(), torch.stack(log_probs, 1).cpu()
     trajectory.stochastic = stochastic
     return trajectory
 
