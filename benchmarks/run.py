@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from queue import Queue
 
-from benchmarks.flops import timed_flops_per_step
+from benchmarks.report import summarize_workload, table
 from benchmarks.workloads import Workload, build, make_workload, workload_names
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,12 +41,6 @@ VARIANTS = {"text": [("mmalign", "fp32"), ("mmalign", "bf16"), ("trl", "default"
 VARIANTS["vlm"] = VARIANTS["online"] = VARIANTS["vlm_online"] = VARIANTS["text"]
 # ddpo: TRL 0.23.1's DDPOTrainer in its own environment (benchmarks/ddpo_peer.py), fp32 or bf16 autocast
 VARIANTS["ddpo"] = [("mmalign", "fp32"), ("mmalign", "bf16"), ("trl", "fp32"), ("trl", "bf16")]
-PEER_SETTINGS = {"trl_default": ("bf16", "TRL defaults: bf16 autocast + gradient checkpointing"),
-                 "trl_fp32": ("fp32", "TRL with bf16=False, gradient_checkpointing=False"),
-                 "diffusers_dpo_fp32": ("fp32", "diffusers SDXL DPO step, fp32 (the script's default)"),
-                 "diffusers_dpo_bf16": ("bf16", "diffusers SDXL DPO step, --mixed_precision bf16")}
-PEER_SETTINGS_OF_KIND = {"ddpo": {"trl_fp32": ("fp32", "TRL 0.23.1 DDPOTrainer, mixed_precision 'no'"),
-                                  "trl_bf16": ("bf16", "TRL 0.23.1 DDPOTrainer, mixed_precision 'bf16'")}}
 CHILD_TIMEOUT_S = 1800  # default of --child-timeout
 
 
@@ -154,78 +148,6 @@ def _ordered(variants: list[tuple[str, str]], only) -> list[tuple[str, str]]:
     return sorted((rv for rv in variants if f"{rv[0]}_{rv[1]}" in rank), key=lambda rv: rank[f"{rv[0]}_{rv[1]}"])
 
 
-def summarize_workload(w: Workload, runs: dict, peak: dict) -> dict:
-    """The issue's fields for one workload. The peer is its faster variant; mmalign is compared at
-    the same precision (bf16 autocast against TRL's default, fp32 against TRL's fp32)."""
-    flops = timed_flops_per_step(w)
-    variants = {}
-    for key, r in runs.items():
-        if "s_per_step" not in r:
-            variants[key] = {"error": r.get("error"), "log_tail": r.get("log_tail")}
-            continue
-        v = {k: r[k] for k in ("s_per_step", "s_per_step_mean", "peak_rss_mb", "step_times", "warmup_step_times",
-                               "encode_share", "generate_s", "score_s", "generate_times", "score_times", "work_per_step",
-                               "peer_versions", "device", "unet_devices", "allow_tf32", "wall_s") if k in r}
-        if "gpu_peak_allocated_mb" in r:
-            v["gpu_peak_allocated_mb"] = r["gpu_peak_allocated_mb"]
-        if key.startswith("mmalign"):
-            precision = key.split("_")[1]
-            v["flops_per_s"] = flops / r["s_per_step"]
-            if "error" not in peak:
-                v["share_of_peak"] = v["flops_per_s"] / peak[precision]
-        variants[key] = v
-    out = {"description": w.description, "timed_steps": w.steps, "warmup_steps": w.warmup,
-           "mmalign_flops_per_step": flops, "variants": variants}
-    peer_settings = PEER_SETTINGS_OF_KIND.get(w.kind, PEER_SETTINGS)
-    peers = [k for k in peer_settings if "s_per_step" in variants.get(k, {})]
-    if not peers:
-        return out
-    peer = min(peers, key=lambda k: variants[k]["s_per_step"])
-    precision, settings = peer_settings[peer]
-    mine = f"mmalign_{precision}"
-    if "s_per_step" not in variants.get(mine, {}):
-        return out
-    m, p = variants[mine], variants[peer]
-    out.update({
-        "peer": f"{peer} ({settings})", "mmalign": mine, "precision": precision,
-        "mmalign_s_per_step": m["s_per_step"], "peer_s_per_step": p["s_per_step"],
-        "speedup": p["s_per_step"] / m["s_per_step"],
-        "mmalign_peak_rss_mb": m["peak_rss_mb"], "peer_peak_rss_mb": p["peak_rss_mb"],
-        "rss_ratio": m["peak_rss_mb"] / p["peak_rss_mb"],
-        "mmalign_flops_share_of_peak": m.get("share_of_peak"),
-    })
-    return out
-
-
-def table(results: dict) -> str:
-    head = f"{'workload':<14} {'prec':<5} {'mmalign s':>9} {'peer s':>8} {'speedup':>7} " \
-           f"{'mm RSS':>7} {'peer RSS':>8} {'RSS ratio':>9} {'% peak':>6}  peer"
-    lines = [head, "-" * len(head)]
-    for name, r in results["workloads"].items():
-        if "speedup" not in r:
-            errors = {k: v.get("error") for k, v in r["variants"].items() if "error" in v}
-            lines.append(f"{name:<14} failed: {errors}")
-            continue
-        share = r["mmalign_flops_share_of_peak"]
-        lines.append(f"{name:<14} {r['precision']:<5} {r['mmalign_s_per_step']:>9.3f} {r['peer_s_per_step']:>8.3f} "
-                     f"{r['speedup']:>6.2f}x {r['mmalign_peak_rss_mb']:>7.0f} {r['peer_peak_rss_mb']:>8.0f} "
-                     f"{r['rss_ratio']:>9.2f} {100 * share if share is not None else float('nan'):>5.1f}%  {r['peer']}")
-    lines.append("")
-    lines.append("all variants (median s/step, peak RSS MB):")
-    for name, r in results["workloads"].items():
-        parts = [f"{k} {v['s_per_step']:.3f}s/{v['peak_rss_mb']:.0f}MB" + _split(v) if "s_per_step" in v
-                 else f"{k} failed" for k, v in r["variants"].items()]
-        lines.append(f"  {name:<14} " + ", ".join(parts))
-    return "\n".join(lines)
-
-
-def _split(variant: dict) -> str:
-    """An online run's median generation / scoring seconds per step ("" for offline runs)."""
-    if variant.get("generate_s") is None:
-        return ""
-    return f" (generate {variant['generate_s']:.3f}s, score {variant['score_s']:.4f}s)"
-
-
 def machine(gpu: bool, cores_per_job: int, jobs: int) -> dict:
     import torch
 
@@ -245,7 +167,7 @@ def machine(gpu: bool, cores_per_job: int, jobs: int) -> dict:
     return info
 
 
-def main(argv: list[str] | None = None) -> dict:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="1 warm-up + 2 timed steps per run (smoke run)")
     ap.add_argument("--only", help=f"comma-separated workloads ({', '.join(workload_names())})")
@@ -265,8 +187,11 @@ def main(argv: list[str] | None = None) -> dict:
                          "created with venv + pip on first use)")
     ap.add_argument("--peak-from", help="take the matmul peak from this earlier results JSON of the same machine and "
                                         "device instead of measuring it again (one child less)")
-    args = ap.parse_args(argv)
+    return ap
 
+
+def _selection(ap: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[list[str], list[str] | None]:
+    """(the workloads to run, the variants to run in order or None for all), unknown names refused."""
     known = workload_names()
     names = args.only.split(",") if args.only else known
     unknown = [n for n in names if n not in known]
@@ -277,18 +202,30 @@ def main(argv: list[str] | None = None) -> dict:
     all_variants = {f"{r}_{v}" for vs in VARIANTS.values() for r, v in vs}
     if only and set(only) - all_variants:
         ap.error(f"unknown variant(s) {', '.join(sorted(set(only) - all_variants))}; known: {', '.join(sorted(all_variants))}")
+    return names, only
+
+
+def _earlier_peak(ap: argparse.ArgumentParser, args: argparse.Namespace) -> dict | None:
+    """--peak-from: the matmul peak of an earlier results JSON of this machine and device."""
+    if not args.peak_from:
+        return None
+    earlier = json.loads(Path(args.peak_from).read_text())
+    if earlier.get("device") != ("cuda" if args.gpu else "cpu") or "error" in earlier["matmul_peak_flops"]:
+        ap.error(f"--peak-from {args.peak_from}: no {'GPU' if args.gpu else 'CPU'} matmul peak in it")
+    return earlier["matmul_peak_flops"]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = _parser()
+    args = ap.parse_args(argv)
+    names, only = _selection(ap, args)
     peer_pythons = {}
     if "ddpo" in names and (only is None or {"trl_fp32", "trl_bf16"} & set(only)):
         from benchmarks.ddpo import peer_python
 
         # a prepared python is used as is; else the environment is created on first use
         peer_pythons["ddpo"] = peer_python(say=lambda s: print(s, flush=True), python=args.ddpo_peer_python)
-    peak = None
-    if args.peak_from:
-        earlier = json.loads(Path(args.peak_from).read_text())
-        if earlier.get("device") != ("cuda" if args.gpu else "cpu") or "error" in earlier["matmul_peak_flops"]:
-            ap.error(f"--peak-from {args.peak_from}: no {'GPU' if args.gpu else 'CPU'} matmul peak in it")
-        peak = earlier["matmul_peak_flops"]
+    peak = _earlier_peak(ap, args)
     cores = parse_cores(args.cores) if args.cores else sorted(os.sched_getaffinity(0))
     per = args.cores_per_job or len(cores)
     slots = [cores[i:i + per] for i in range(0, len(cores) - per + 1, per)]
