@@ -29,12 +29,12 @@ from torch import Tensor
 
 from mmalign.algorithms import Algorithm
 from mmalign.batches import Batch
-from mmalign.optimizers import load_optimizer, optimizer_tensors
 from mmalign_rl.advantages import gae, kl_in_reward, whiten
 from mmalign_rl.algorithms import KL_ESTIMATORS, RolloutOptions, check_scorers, clip_range_problem
 from mmalign_rl.policy_losses import explained_variance, masked_mean, value_loss
 from mmalign_rl.reinforce import TOKEN_LOSS
 from mmalign_rl.source import OnlineSource, Rollout, build_scorers
+from mmalign_runs.optimizer_state import load_optimizer, optimizer_tensors
 
 
 @dataclass

@@ -8,6 +8,7 @@ store, which keeps a run in ``output_dir`` on a file system (:mod:`mmalign_runs.
     sharded_state.py  FSDP2 model and optimizer state on disk
     metrics_file.py   metrics.jsonl
     output_dir.py     the output folder: its lock's name, a fresh one (--overwrite), flushing to disk
+    optimizer_state.py  an optimizer's state as safetensors tensors plus JSON
 """
 
 from mmalign.hookspecs import hookimpl
