@@ -21,7 +21,7 @@ from pathlib import Path
 
 from benchmarks.ddpo import ETA, GUIDANCE, OPTIMIZER, PPO, SAMPLE_STEPS, TIMESTEP_FRACTION, UNetCounter, check_device, \
     check_work, mean_brightness
-from benchmarks.timing import median_split, memory, summarize, sync, use_all_cores
+from benchmarks.timing import child_device, median_split, memory, summarize, sync, use_all_cores
 from benchmarks.workloads import Workload, peer_records
 
 
@@ -111,12 +111,7 @@ def main(argv: list[str]) -> None:
     variant, spec_path, out_path = argv
     spec = json.loads(Path(spec_path).read_text())
     threads = use_all_cores()
-    import torch
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    gpu = bool(spec.get("gpu"))
-    if gpu and device != "cuda":  # e.g. a peer environment with a CPU-only torch: never time it as a GPU run
-        raise SystemExit(f"--gpu, but the peer's torch {torch.__version__} sees no GPU")
+    device, gpu = child_device(spec), bool(spec.get("gpu"))  # a peer env with a CPU-only torch stops here
     started = time.perf_counter()
     result = run_trl_ddpo(Workload.from_json(spec["workload"]), variant, spec["out_dir"], gpu=gpu)
     result.update(threads=threads, device=device, peer_versions=versions(), allow_tf32=False,

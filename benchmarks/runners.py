@@ -19,7 +19,7 @@ from pathlib import Path
 
 from mmalign.callbacks import Callback
 from benchmarks.timing import memory as _memory
-from benchmarks.timing import summarize, use_all_cores
+from benchmarks.timing import child_device, summarize, use_all_cores
 from benchmarks.timing import sync as _sync
 from benchmarks.workloads import Workload, peer_records
 
@@ -157,13 +157,10 @@ def run_peak(device: str) -> dict:
 def main(argv: list[str]) -> None:
     what, spec_path, out_path = argv
     spec = json.loads(Path(spec_path).read_text())
-    threads = use_all_cores()
     import torch
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    gpu = bool(spec.get("gpu"))
-    if gpu and device != "cuda":  # never time a CPU run as a GPU one
-        raise SystemExit(f"--gpu, but this child's torch {torch.__version__} sees no GPU")
+    threads = use_all_cores()
+    device, gpu = child_device(spec), bool(spec.get("gpu"))
     started = time.perf_counter()
     if what == "peak":
         result = run_peak(device)

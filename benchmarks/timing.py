@@ -20,6 +20,17 @@ def use_all_cores() -> int:
     return n
 
 
+def child_device(spec: dict) -> str:
+    """"cuda" when this child's torch sees a GPU, else "cpu"; a GPU run (``spec["gpu"]``) whose
+    torch sees none stops here, so that a CPU run is never timed as a GPU one."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec.get("gpu") and device != "cuda":
+        raise SystemExit(f"--gpu, but this child's torch {torch.__version__} sees no GPU")
+    return device
+
+
 def sync() -> None:
     """Wait for the GPU (if any), so that a timestamp means the step's work is done."""
     import torch
