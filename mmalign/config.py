@@ -39,8 +39,9 @@ class ModelConfig:
 
 @dataclass
 class ReferenceConfig:
-    # auto: "disable_adapters" with LoRA (no second copy of the weights), else "copy"
-    strategy: Literal["auto", "copy", "disable_adapters", "none"] = "auto"
+    # a registered reference strategy (mmalign_register_references): auto ("disable_adapters" with
+    # LoRA: no second copy of the weights; else "copy"), copy, disable_adapters, or a plugin's; none
+    strategy: str = "auto"
     name_or_path: Optional[str] = None  # a different reference model (strategy copy)
     # Score every training record with the reference once and reuse it (text, VLM): memory, or
     # disk too (reusable by later runs with the same reference, data and settings).

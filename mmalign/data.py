@@ -89,3 +89,9 @@ class TrainingData:
     reports: list
     content: str = ""
     first_records: Callable[[int], list] = lambda n: []
+
+
+def data_source(cfg: Any) -> str:
+    """The registered data source a run reads (mmalign_register_data_sources): an online
+    algorithm's prompts, a streamed data.train, or data files read whole."""
+    return "prompts" if cfg.algorithm.name else "streamed" if cfg.data.streaming else "files"

@@ -31,7 +31,6 @@ from mmalign.eval_samples import draw_samples
 from mmalign.losses.objective import objective_loss
 from mmalign.nonfinite import TrainingError, all_finite, check_before_save, trained
 from mmalign.nonfinite import message as nonfinite_message
-from mmalign.run_files import summary_table
 from mmalign.run_setup import Run, RunState, any_process, build_run, cache_reference
 from mmalign.throughput import Meter
 from mmalign.unit_chunks import backward_by_units
@@ -247,3 +246,23 @@ def _progress(cfg: Config, total: int, initial: int, is_main: bool):
 
     return tqdm(total=total, initial=initial, desc="train", unit="step",
                 disable=not (cfg.train.progress and is_main), dynamic_ncols=True, file=sys.stderr)
+
+
+def summary_table(history: list[dict]) -> str:
+    """First and last logged values of the main metrics, as a small text table."""
+    if not history:
+        return "no metrics logged"
+    keys = [k for k in ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen",
+                        "rewards/rejected", "logps/chosen", "eval/reward_accuracy", "eval/margin",
+                        "rewards/mean", "kl", "entropy", "completions/mean_length")
+            if any(k in row for row in history)]
+    if not keys:
+        return "no metrics logged"
+    first, last = history[0], history[-1]
+    width = max(len(k) for k in keys)
+    lines = [f"{'metric':<{width}}  {'step ' + str(first['step']):>12}  {'step ' + str(last['step']):>12}"]
+    for k in keys:
+        a = f"{first[k]:.4f}" if k in first else "-"
+        b = f"{last[k]:.4f}" if k in last else "-"
+        lines.append(f"{k:<{width}}  {a:>12}  {b:>12}")
+    return "\n".join(lines)

@@ -213,7 +213,9 @@ def mmalign_register_references(register: Callable[..., None]) -> None:
     Call ``register(name, build)`` where ``build(policy, plugin, cfg, accelerator)`` returns a
     strategy: ``scores(batch, per_unit=False) -> Scores`` under no_grad, and ``shard(accelerator)``,
     called under FSDP2 once the policy is prepared. ``reference.strategy`` names one (``none``
-    builds nothing). The name ``cache`` is what ``reference.cache`` (memory | disk) applies:
-    ``cache(run)`` returns a strategy wrapping ``run.reference``, called once the run's store has
-    started. Built-in: ``auto``, ``copy``, ``disable_adapters`` and ``cache`` (mmalign_reference).
+    builds nothing); ``check=check(cfg)`` checks the keys it reads before anything loads. The
+    name ``cache`` (registered with ``wraps=True``: not a strategy to name) is what
+    ``reference.cache`` (memory | disk) applies: ``cache(run)`` returns a strategy wrapping
+    ``run.reference``, called once the run's store has started. Built-in: ``auto``, ``copy``,
+    ``disable_adapters`` and ``cache`` (mmalign_reference).
     """

@@ -17,6 +17,7 @@ from torch import Tensor
 from mmalign import precision
 from mmalign.callbacks import build_callbacks
 from mmalign.config import Config
+from mmalign.data import data_source
 from mmalign.errors import ConfigError
 from mmalign.algorithms import SourceContext, algorithm_loss, build_options
 from mmalign.optimizers import make_optimizer
@@ -151,12 +152,6 @@ def source_context(cfg: Config, reg: Any, plugin: Any, accelerator: Any, policy:
                          cfg.loss.beta, cfg.seed, cfg.train.batch_size, cfg.train.gradient_accumulation_steps,
                          accelerator.num_processes, accelerator.process_index, accelerator.device, reg, log,
                          autocast=accelerator.autocast, prepare_model=accelerator.prepare_model)
-
-
-def data_source(cfg: Config) -> str:
-    """The registered data source a run reads (mmalign_register_data_sources): an online
-    algorithm's prompts, a streamed data.train, or data files read whole."""
-    return "prompts" if cfg.algorithm.name else "streamed" if cfg.data.streaming else "files"
 
 
 def build_models(cfg: Config, reg: Any, plugin: Any, needs_reference: bool, accelerator: Any, total_steps: int,

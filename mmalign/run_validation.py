@@ -30,6 +30,7 @@ def _validate_names(cfg: Any, where: str, command: str, reg: Any) -> None:
     from mmalign.plugins import registry
 
     reg = reg or registry()
+    _check_sources(cfg, reg, where)  # the rules of the data source and reference the config picks
     factory_entry = reg.entry("rewards", cfg.model.reward, "model.reward")
     modality = cfg.model.reward
     spec = _loss_of(cfg, reg, where)
@@ -207,6 +208,20 @@ def _check_callbacks(cfg: Any, reg: Any, where: str) -> None:
 
     for name, key in callbacks_of(cfg):
         _plugin_check(reg.entry("callbacks", name, key).meta.get("check"), cfg, where)
+
+
+def _check_sources(cfg: Any, reg: Any, where: str) -> None:
+    """The rules of the data source the run reads and of its reference strategy (their ``check=``)."""
+    from mmalign.data import data_source
+
+    _plugin_check(reg.entry("data_sources", data_source(cfg)).meta.get("check"), cfg, where)
+    if cfg.reference.strategy == "none":
+        return
+    strategy = reg.entry("references", cfg.reference.strategy, "reference.strategy")
+    if strategy.meta.get("wraps"):
+        raise fail(where, "reference.strategy", f"is '{strategy.name}', which wraps a strategy (reference."
+                                                f"{strategy.name} applies it) and is not one. Use auto or copy.")
+    _plugin_check(strategy.meta.get("check"), cfg, where)
 
 
 def _plugin_check(check: Any, cfg: Any, where: str) -> None:

@@ -57,7 +57,7 @@ NUMBER_RULES: dict[str, tuple[Any, str]] = {
 
 # keys whose string value must not be empty (an empty path would mean the current directory)
 NON_EMPTY = ("output_dir", "model.reward", "model.name_or_path", "model.tokenizer",
-             "reference.name_or_path", "reference.cache_dir", "data.train", "data.eval", "data.format",
+             "reference.strategy", "reference.name_or_path", "reference.cache_dir", "data.train", "data.eval", "data.format",
              "loss.name", "eval.checkpoint", "train.push_to_hub")
 
 # free-form mappings: string keys, finite numbers anywhere inside
@@ -160,20 +160,6 @@ def _check_lists(cfg: Any, where: str) -> None:
         if not isinstance(options, dict):
             raise fail(where, f"eval.options.{name}", f"must be a mapping of that evaluator's "
                                                       f"options, got {short_repr(options)}.")
-    _check_push_to_hub(cfg.train.push_to_hub, where)
-
-
-def _check_push_to_hub(repo_id: Any, where: str) -> None:
-    """A well-formed Hub repository id (the hub plugin uploads there; checked as the config loads)."""
-    if repo_id:
-        from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-        try:
-            validate_repo_id(repo_id)
-        except HFValidationError:
-            raise fail(where, "train.push_to_hub", f"is '{repo_id}', not a Hub repository id: 'name' or "
-                                                   f"'org/name' in letters, digits, '-', '_' and '.' (at most "
-                                                   f"96 characters).") from None
 
 
 def _check_cross(cfg: Any, where: str) -> None:
@@ -197,34 +183,6 @@ def _check_cross(cfg: Any, where: str) -> None:
         warn(f"{where}: train.warmup_steps ({train.warmup_steps}) is not below train.max_steps "
              f"({train.max_steps}): the learning rate never reaches train.lr and never decays.")
     _check_data_options(data.options, where)
-    if data.eval_size and data.eval is not None:
-        raise fail(where, "data.eval_size", f"({data.eval_size}) is set together with data.eval; "
-                                            f"held-out records come from one of them. Remove one.")
-    if data.prefetch and cfg.algorithm.name:
-        raise fail(where, "data.prefetch", "is set, but an online run's batches are sampled by the policy, not read.")
-    if data.streaming:
-        _check_streaming(cfg, where)
-    if cfg.reference.strategy == "disable_adapters" and model.lora is None:
-        raise fail(where, "reference.strategy", "is 'disable_adapters', which needs a LoRA policy: "
-                                                "set model.lora, or use reference.strategy: copy.")
-    if cfg.reference.strategy == "disable_adapters" and cfg.reference.name_or_path is not None:
-        raise fail(where, "reference.name_or_path", "is set, but reference.strategy "
-                                                    "'disable_adapters' uses the policy itself; use "
-                                                    "strategy copy (or auto) for a separate model.")
-
-
-def _check_streaming(cfg: Any, where: str) -> None:
-    """What a streamed data.train (plugins/mmalign_data/streaming.py) cannot do: it has no positions to hold
-    records out or cache scores by, and an online run's prompts are read whole."""
-    if cfg.algorithm.name:
-        raise fail(where, "data.streaming", f"is true, but an online algorithm ({cfg.algorithm.name}) reads "
-                                            f"its prompts whole. Set data.streaming: false.")
-    if cfg.data.eval_size:
-        raise fail(where, "data.eval_size", "is set, but a streamed data.train holds nothing out: give the "
-                                            "held-out records as data.eval.")
-    if cfg.reference.cache != "none":
-        raise fail(where, "reference.cache", f"is '{cfg.reference.cache}', but a streamed data.train has no "
-                                             f"positions to cache reference scores by. Set reference.cache: none.")
 
 
 def _check_data_options(options: Any, where: str) -> None:

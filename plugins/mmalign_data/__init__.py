@@ -17,8 +17,8 @@ from mmalign.hookspecs import hookimpl
 
 @hookimpl
 def mmalign_register_data_sources(register) -> None:
-    from mmalign_data.sources import files, prompts, streamed
+    from mmalign_data.sources import check_files, check_prompts, check_streamed, files, prompts, streamed
 
-    register("files", files)
-    register("streamed", streamed)
-    register("prompts", prompts)
+    register("files", files, check=check_files)
+    register("streamed", streamed, check=check_streamed)
+    register("prompts", prompts, check=check_prompts)

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from mmalign.data import TrainingData
 from mmalign.errors import DataError
+from mmalign.validation import fail
 from mmalign_data.batch_stream import BatchStream
 from mmalign_data.preparing import DataReport, prepare_examples
 from mmalign_data.reading import read_records
@@ -103,3 +104,35 @@ def first_records(cfg: Any, n: int) -> list:
     if key == "data.train" and cfg.data.streaming:
         return list(itertools.islice(stream_records(path, cfg.data.format, key, cfg.data.columns).open(), n))
     return [r for r in read_records(path, cfg.data.format, key, cfg.data.columns) if not r.problem][:n]
+
+
+# --- each source's config rules (its ``check=``), run before anything loads ----------------------
+
+
+def check_files(cfg: Any) -> None:
+    """Held-out records come from data.eval or from data.eval_size, not both."""
+    if cfg.data.eval_size and cfg.data.eval is not None:
+        raise fail(None, "data.eval_size", f"({cfg.data.eval_size}) is set together with data.eval; "
+                                           f"held-out records come from one of them. Remove one.")
+
+
+def check_streamed(cfg: Any) -> None:
+    """What a streamed data.train (streaming.py) cannot do: it has no positions to hold records out
+    or cache reference scores by."""
+    check_files(cfg)
+    if cfg.data.eval_size:
+        raise fail(None, "data.eval_size", "is set, but a streamed data.train holds nothing out: give the "
+                                           "held-out records as data.eval.")
+    if cfg.reference.cache != "none":
+        raise fail(None, "reference.cache", f"is '{cfg.reference.cache}', but a streamed data.train has no "
+                                            f"positions to cache reference scores by. Set reference.cache: none.")
+
+
+def check_prompts(cfg: Any) -> None:
+    """An online run's prompts are read whole, and its batches are sampled, not collated ahead."""
+    check_files(cfg)
+    if cfg.data.prefetch:
+        raise fail(None, "data.prefetch", "is set, but an online run's batches are sampled by the policy, not read.")
+    if cfg.data.streaming:
+        raise fail(None, "data.streaming", f"is true, but an online algorithm ({cfg.algorithm.name}) reads "
+                                           f"its prompts whole. Set data.streaming: false.")

@@ -5,7 +5,7 @@ huggingface_hub."""
 
 from mmalign.hookspecs import hookimpl
 from mmalign_hub.card import write_final_card
-from mmalign_hub.push import PushCallback, add_push_arguments, push_command, push_run
+from mmalign_hub.push import PushCallback, add_push_arguments, check_push_config, push_command, push_run
 
 
 @hookimpl
@@ -21,7 +21,7 @@ def mmalign_register_final_files(register):
 
 @hookimpl
 def mmalign_register_callbacks(register):
-    register("push_to_hub", PushCallback)  # what train.push_to_hub turns on
+    register("push_to_hub", PushCallback, check=check_push_config)  # what train.push_to_hub turns on
 
 
 __all__ = ["PushCallback", "push_run"]

@@ -22,7 +22,7 @@ import yaml
 
 from mmalign.config import HUB_ID
 from mmalign.in_memory import weights_source
-from mmalign.run_files import write_atomic
+from mmalign_runs.safe_files import write_atomic
 
 CARD = "README.md"
 # loss.name -> the method's usual name, as a tag (sigmoid is DPO's loss)

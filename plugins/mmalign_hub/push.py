@@ -52,6 +52,12 @@ def check_repo_id(repo_id: str, key: str) -> None:
                           f"digits, '-', '_' and '.' (at most 96 characters).") from None
 
 
+def check_push_config(cfg: Any) -> None:
+    """``train.push_to_hub`` (the callback's ``check=``): a well-formed repository id, before anything loads."""
+    if cfg.train.push_to_hub:  # unset with train.callbacks: [push_to_hub], which the callback refuses
+        check_repo_id(cfg.train.push_to_hub, "train.push_to_hub")
+
+
 def require_token() -> str:
     """The Hugging Face token (``HF_TOKEN``, or the one ``hf auth login`` stored); a ConfigError
     without one, said before anything is uploaded (and, for train.push_to_hub, before training)."""

@@ -20,7 +20,7 @@ from mmalign.evaluate import run_evaluators
 from mmalign.batches import Batch
 from mmalign_reference.strategies import FrozenCopy, is_peft, make_reference
 from mmalign.scores import implicit_reward
-from mmalign.run_files import write_atomic
+from mmalign_runs.safe_files import write_atomic
 
 
 @dataclass

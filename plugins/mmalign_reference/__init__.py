@@ -13,8 +13,9 @@ from mmalign.hookspecs import hookimpl
 @hookimpl
 def mmalign_register_references(register) -> None:
     from mmalign_reference.cache import cache_reference
-    from mmalign_reference.strategies import registered
+    from mmalign_reference.strategies import check_disable_adapters, registered
 
-    for strategy in ("auto", "copy", "disable_adapters"):
-        register(strategy, registered(strategy))
-    register("cache", cache_reference)
+    register("auto", registered("auto"))
+    register("copy", registered("copy"))
+    register("disable_adapters", registered("disable_adapters"), check=check_disable_adapters)
+    register("cache", cache_reference, wraps=True)  # what reference.cache applies, not a strategy

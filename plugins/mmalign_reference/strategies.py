@@ -101,3 +101,16 @@ def registered(strategy: str) -> Callable:
                               accelerator.autocast)
 
     return build
+
+
+def check_disable_adapters(cfg: Any) -> None:
+    """``disable_adapters`` (its ``check=``, before anything loads): the policy must be a LoRA one,
+    and it is its own reference."""
+    from mmalign.validation import fail
+
+    if cfg.model.lora is None:
+        raise fail(None, "reference.strategy", "is 'disable_adapters', which needs a LoRA policy: "
+                                               "set model.lora, or use reference.strategy: copy.")
+    if cfg.reference.name_or_path is not None:
+        raise fail(None, "reference.name_or_path", "is set, but reference.strategy 'disable_adapters' uses the "
+                                                   "policy itself; use strategy copy (or auto) for a separate model.")

@@ -39,7 +39,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mmalign.errors import ConfigError
-from mmalign.run_files import writing
+from mmalign_runs.safe_files import writing
 from mmalign_runs.checkpoint_verify import (IDENTITY, MANIFEST, STEP_DIR, find_resume_checkpoint,  # noqa: F401
                                             last_intact, latest_checkpoint, list_checkpoints, rng_file,
                                             run_id_of, verify_checkpoint)

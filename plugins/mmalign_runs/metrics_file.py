@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mmalign.run_files import write_atomic, writing
+from mmalign_runs.safe_files import write_atomic, writing
 
 
 def append_metrics(path: Path, row: dict) -> None:

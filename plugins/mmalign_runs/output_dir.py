@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from mmalign.errors import ConfigError, MmalignError
-from mmalign.run_files import writing
+from mmalign_runs.safe_files import writing
 
 LOCK_NAME = ".mmalign.lock"
 # Kept across --overwrite and ignored when deciding if a folder is empty: reusable by design

@@ -29,7 +29,7 @@ from typing import Any
 
 from mmalign.config import Config, to_dict
 from mmalign.errors import ConfigError
-from mmalign.run_files import writing
+from mmalign_runs.safe_files import writing
 from mmalign.validation import fail
 from mmalign_data.reading import data_sha256
 from mmalign_runs.output_dir import LOCK_NAME, prepare_fresh_output

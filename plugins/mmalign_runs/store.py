@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 
 from mmalign.config import dump_config
-from mmalign.run_files import write_atomic
+from mmalign_runs.safe_files import write_atomic
 from mmalign.run_setup import any_process
 from mmalign.run_store import RunStore
 from mmalign_runs import checkpoint as ckpt

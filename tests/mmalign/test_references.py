@@ -1,12 +1,15 @@
 """The reference seam (``mmalign_register_references``): the run builds the strategy
 ``reference.strategy`` names from the registry and scores every micro-batch with it, so a
 strategy registered in-process under that name replaces the built-in one; ``reference.cache``
-applies the registered ``cache``, once, after the store has started."""
+applies the registered ``cache``, once, after the store has started; a plugin adds a strategy under
+a new name, with its own ``check=``."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
+import pytest
 from conftest import base_config
 
 import mmalign
@@ -64,3 +67,51 @@ def test_reference_cache_applies_the_registered_cache_once(tmp_path, tokenizer_d
     pairs = result.data_reports[0].used
     # the cache scored every training pair once, in batches of eval.batch_size (16), and no step scored again
     assert CALLS == ["built for LlamaForCausalLM", "cache around Counting"] + ["scores"] * math.ceil(pairs / 16)
+
+
+class Halved:
+    """A new strategy name: the reference scores of ``copy``, halved (so the loss at step 0 is not ln 2)."""
+
+    def __init__(self, policy, plugin, cfg, accelerator):
+        self.inner = registered("copy")(policy, plugin, cfg, accelerator)
+
+    def scores(self, batch, per_unit=False):
+        ref = self.inner.scores(batch, per_unit=per_unit)
+        return dataclasses.replace(ref, sums=ref.sums / 2)
+
+    def shard(self, accelerator):
+        self.inner.shard(accelerator)
+
+
+def refuse_lora(cfg):
+    if cfg.model.lora is not None:
+        raise mmalign.ConfigError("key 'model.lora' is set, and 'halved' scores a full copy.")
+
+
+class NewStrategy:
+    @hookimpl
+    def mmalign_register_references(self, register):
+        register("halved", Halved, check=refuse_lora)
+
+
+def test_a_plugin_adds_a_strategy_under_a_new_name_with_its_own_check(tmp_path, tokenizer_dir, pairs_file):
+    from mmalign.run_validation import validate_for_run
+
+    cfg = base_config(tmp_path, tokenizer_dir, pairs_file, reference={"strategy": "halved"},
+                      train={"max_steps": 1, "callbacks": []}, eval={"evaluators": []})
+    with pytest.raises(mmalign.errors.RegistryError, match="Unknown reference strategy 'halved'"):
+        validate_for_run(mmalign.as_config(cfg))
+    with mmalign.register(NewStrategy(), name="test-new-strategy"):
+        history = train(mmalign.as_config(cfg), log=lambda *a: None).history
+        with pytest.raises(mmalign.ConfigError, match="config: key 'model.lora' is set"):
+            validate_for_run(mmalign.as_config(cfg, overrides=["model.lora.r=4"]))
+    # s_ref / 2 against s_pol: the margin is (s_c - s_r) * beta / 2 at step 0, not 0
+    assert not math.isclose(history[0]["loss"], math.log(2), abs_tol=1e-3)
+
+
+def test_cache_wraps_a_strategy_and_cannot_be_named_as_one(tmp_path, tokenizer_dir, pairs_file):
+    from mmalign.run_validation import validate_for_run
+
+    cfg = base_config(tmp_path, tokenizer_dir, pairs_file, reference={"strategy": "cache"})
+    with pytest.raises(mmalign.ConfigError, match="reference.strategy' is 'cache', which wraps a strategy"):
+        validate_for_run(mmalign.as_config(cfg))

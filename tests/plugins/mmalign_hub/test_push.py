@@ -16,6 +16,7 @@ from mmalign import train
 from mmalign.cli import main
 from mmalign.config import dump_config, load_config, to_dict
 from mmalign.errors import ConfigError
+from mmalign.run_validation import validate_for_run
 from mmalign_hub.card import write_model_card
 
 
@@ -131,7 +132,8 @@ def test_train_push_to_hub_without_a_token_stops_before_training(tmp_path, token
     assert not (tmp_path / "run" / "metrics.jsonl").exists() and not (tmp_path / "run" / "final").exists()
 
 
-def test_a_bad_push_to_hub_is_refused_when_the_config_loads(tmp_path):
+def test_a_bad_push_to_hub_is_refused_before_anything_loads(tmp_path):
     with pytest.raises(ConfigError, match="train.push_to_hub.*'org/a/b'"):
-        load_config(data={"model": {"tiny": {"model_type": "llama"}}, "train": {"push_to_hub": "org/a/b"}})
+        validate_for_run(load_config(data={"model": {"tiny": {"model_type": "llama"}},
+                                           "train": {"push_to_hub": "org/a/b"}}))
     assert yaml.safe_load(dump_config(load_config(data={"model": {"tiny": {}}})))["train"]["push_to_hub"] is None

@@ -1,7 +1,7 @@
-"""Writing a run's files safely: atomic text writes, the end-of-run summary table, and
-:func:`writing`, which turns a failed write (a full disk, a read-only folder, a path that is a file)
-into a one-paragraph error naming the path and the fix (exit code 2). The output folder itself (a
-fresh one, its lock) is the run store's (mmalign_runs.output_dir)."""
+"""Writing a run's files safely: atomic text writes, and :func:`writing`, which turns a failed
+write (a full disk, a read-only folder, a path that is a file) into a one-paragraph error naming the
+path and the fix (exit code 2). Used by the local store and by what writes beside it (the model
+card, ``mmalign eval``'s results). The output folder itself (a fresh one, its lock) is output_dir.py's."""
 
 from __future__ import annotations
 
@@ -44,23 +44,3 @@ def write_atomic(path: Path, text: str) -> None:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(text)
         tmp.replace(path)
-
-
-def summary_table(history: list[dict]) -> str:
-    """First and last logged values of the main metrics, as a small text table."""
-    if not history:
-        return "no metrics logged"
-    keys = [k for k in ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen",
-                        "rewards/rejected", "logps/chosen", "eval/reward_accuracy", "eval/margin",
-                        "rewards/mean", "kl", "entropy", "completions/mean_length")
-            if any(k in row for row in history)]
-    if not keys:
-        return "no metrics logged"
-    first, last = history[0], history[-1]
-    width = max(len(k) for k in keys)
-    lines = [f"{'metric':<{width}}  {'step ' + str(first['step']):>12}  {'step ' + str(last['step']):>12}"]
-    for k in keys:
-        a = f"{first[k]:.4f}" if k in first else "-"
-        b = f"{last[k]:.4f}" if k in last else "-"
-        lines.append(f"{k:<{width}}  {a:>12}  {b:>12}")
-    return "\n".join(lines)
