@@ -7,10 +7,6 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-# config keys that add a built-in callback to those train.callbacks names: (key, callback name)
-IMPLIED = (("train.report_to", "trackers"), ("train.push_to_hub", "push_to_hub"), ("eval.samples", "samples"))
-
-
 class Callback:
     """Base class of training callbacks: override what you need (every method is a no-op here).
     Called on the main process only."""
@@ -30,21 +26,23 @@ class Callback:
 
 
 def build_callbacks(cfg: Any, reg: Any, out: Path, accelerator: Any) -> list[Callback]:
-    """The run's callbacks: those of ``train.callbacks``, then those a key implies (``trackers``
-    for ``train.report_to``, ``push_to_hub`` for ``train.push_to_hub``, ``samples`` for
-    ``eval.samples``). Each factory is called as
-    ``factory(output_dir)``, plus the keywords it declares among ``cfg`` and ``accelerator``."""
+    """The run's callbacks (:func:`callbacks_of`). Each factory is called as ``factory(output_dir)``,
+    plus the keywords it declares among ``cfg`` and ``accelerator``."""
     context = {"cfg": cfg, "accelerator": accelerator}
-    return [_make(reg.get("callbacks", name, key), out, context) for name, key in callbacks_of(cfg)]
+    return [_make(reg.get("callbacks", name, key), out, context) for name, key in callbacks_of(cfg, reg)]
 
 
-def callbacks_of(cfg: Any) -> list[tuple[str, str]]:
-    """(name, the config key that asks for it) of every callback the run uses."""
+def callbacks_of(cfg: Any, reg: Any) -> list[tuple[str, str]]:
+    """(name, the config key that asks for it) of every callback the run uses: those of
+    ``train.callbacks``, then each registered with ``implied_by=KEY`` whose key is set (the
+    ``trackers`` of ``train.report_to``, ``push_to_hub``, ``samples`` of ``eval.samples``)."""
+    from mmalign.validation import lookup
+
     names = [(name, f"train.callbacks[{i}]") for i, name in enumerate(cfg.train.callbacks)]
-    for key, name in IMPLIED:
-        section, field = key.split(".")
-        if getattr(getattr(cfg, section), field) and name not in cfg.train.callbacks:
-            names.append((name, key))
+    for entry in reg.entries["callbacks"].values():
+        key = entry.meta.get("implied_by")
+        if key and lookup(cfg, key) and entry.name not in cfg.train.callbacks:
+            names.append((entry.name, key))
     return names
 
 

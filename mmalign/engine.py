@@ -213,11 +213,23 @@ def finish(run: Run, state: RunState) -> TrainResult:
     check_before_save(run.unwrapped, run.optimizer, state.step, "saving final/", run.store.last_checkpoint)
     final = run.store.save_final(run, state)
     if run.is_main:
-        for cb in run.callbacks:
-            cb.on_train_end(state.history)
+        end_callbacks(run.callbacks, state.history)
         run.log(summary_table(state.history))
     run.accelerator.wait_for_everyone()
     return TrainResult(run.out, final, state.history, run.reports)
+
+
+def end_callbacks(callbacks: list, history: list[dict]) -> None:
+    """Every callback's ``on_train_end``, even after one raised (trackers still flush when an
+    upload fails); then the first error."""
+    errors = []
+    for cb in callbacks:
+        try:
+            cb.on_train_end(history)
+        except Exception as e:  # noqa: BLE001 (raised below, once the others have ended)
+            errors.append(e)
+    if errors:
+        raise errors[0]
 
 
 def _clip(accelerator, params, max_norm: float) -> float:

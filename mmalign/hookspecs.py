@@ -89,7 +89,8 @@ def mmalign_register_callbacks(register: Callable[..., None]) -> None:
     ``on_samples(step, samples)``, ``on_train_end(history)``; each a no-op unless overridden), called on the main process; a
     factory that declares ``cfg`` or ``accelerator`` keywords also receives them.
     ``register(name, factory, check=check)``: ``check(cfg)`` checks the config keys the callback
-    reads before anything loads, raising :class:`mmalign.errors.ConfigError` naming the key.
+    reads before anything loads, raising :class:`mmalign.errors.ConfigError` naming the key;
+    ``implied_by=KEY``: a set config key (``train.report_to``) adds the callback, unlisted.
     Built-in: ``plot`` (PNG of loss, reward accuracy and margins), ``trackers`` (every row to
     accelerate's experiment trackers: ``train.report_to``), ``push_to_hub`` (hub: ``final/`` to the
     Hugging Face Hub after training: ``train.push_to_hub``), ``samples`` (``eval.samples``: the

@@ -206,7 +206,7 @@ def _check_callbacks(cfg: Any, reg: Any, where: str) -> None:
     it reads (``trackers``: the trackers of train.report_to)."""
     from mmalign.callbacks import callbacks_of
 
-    for name, key in callbacks_of(cfg):
+    for name, key in callbacks_of(cfg, reg):
         _plugin_check(reg.entry("callbacks", name, key).meta.get("check"), cfg, where)
 
 

@@ -21,7 +21,7 @@ def mmalign_register_final_files(register):
 
 @hookimpl
 def mmalign_register_callbacks(register):
-    register("push_to_hub", PushCallback, check=check_push_config)  # what train.push_to_hub turns on
+    register("push_to_hub", PushCallback, check=check_push_config, implied_by="train.push_to_hub")
 
 
 __all__ = ["PushCallback", "push_run"]

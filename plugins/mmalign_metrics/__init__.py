@@ -17,8 +17,8 @@ def mmalign_register_evaluators(register):
 @hookimpl
 def mmalign_register_callbacks(register):
     register("plot", PlotCallback)
-    register("trackers", TrackerCallback, check=check_report_to)  # what train.report_to turns on
-    register("samples", SamplesCallback)  # what eval.samples turns on: output_dir/samples/
+    register("trackers", TrackerCallback, check=check_report_to, implied_by="train.report_to")
+    register("samples", SamplesCallback, implied_by="eval.samples")  # output_dir/samples/
 
 
 __all__ = ["PlotCallback", "SamplesCallback", "TrackerCallback", "reward_accuracy"]

@@ -34,3 +34,34 @@ def test_a_callback_that_is_not_one_is_refused(tmp_path, tokenizer_dir, pairs_fi
     with pytest.raises(TypeError, match="not a mmalign.callbacks.Callback"):
         mmalign.train(base_config(tmp_path, tokenizer_dir, pairs_file), log=lambda *a: None, callbacks=[print])
     assert not (tmp_path / "run").exists()
+
+
+class Failing(Callback):
+    def on_train_end(self, history):
+        raise OSError("upload refused")
+
+
+def test_every_callback_ends_even_after_one_fails_and_the_first_error_is_raised():
+    from mmalign.engine import end_callbacks
+
+    first, last = Recorder(), Recorder()
+    with pytest.raises(OSError, match="upload refused"):
+        end_callbacks([first, Failing(), last, Failing()], [{"step": 1}])
+    assert first.calls == last.calls == [("end", 1)]
+
+
+def test_a_callback_registered_with_implied_by_is_added_when_its_key_is_set(tmp_path, tokenizer_dir, pairs_file):
+    from mmalign.callbacks import callbacks_of
+    from mmalign.hookspecs import hookimpl
+    from mmalign.plugins import registry
+
+    class Implied:
+        @hookimpl
+        def mmalign_register_callbacks(self, register):
+            register("lr_watch", Recorder, implied_by="train.warmup_steps")
+
+    cfg = mmalign.as_config(base_config(tmp_path, tokenizer_dir, pairs_file, train={"callbacks": []}))
+    with mmalign.register(Implied(), name="test-implied"):
+        assert callbacks_of(cfg, registry()) == []
+        warm = mmalign.as_config(cfg, overrides=["train.warmup_steps=2", "train.report_to=[tensorboard]"])
+        assert callbacks_of(warm, registry()) == [("trackers", "train.report_to"), ("lr_watch", "train.warmup_steps")]
