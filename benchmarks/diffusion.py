@@ -20,6 +20,7 @@ import json
 import random
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from benchmarks.workloads import SEED, Workload, visit_order
 
@@ -134,91 +135,115 @@ def _dummy_inputs(rows: int):
 def run_baseline(w: Workload, precision: str, lr: float, weight_decay: float) -> dict:
     """The diffusers SDXL Diffusion-DPO training step, re-encoding images and captions every step.
     Returns per-step timestamps and the seconds spent encoding (VAE + text) in each step."""
-    import numpy as np
     import torch
-    import torch.nn.functional as F
+
+    parts = _baseline_parts(w, precision, lr, weight_decay)
+    rows = [json.loads(line) for line in Path(w.data_file).read_text().splitlines()]
+    root = Path(w.data_file).parent
+    generator = torch.Generator(device="cpu").manual_seed(SEED)
+    order = visit_order(len(rows), w.total_steps * w.pairs)
+    stamps, encode_s = [], []
+    parts.unet.train()
+    for step in range(w.total_steps):
+        batch = [rows[i] for i in order[step * w.pairs:(step + 1) * w.pairs]]
+        encode_s.append(_baseline_step(parts, batch, root, generator))
+        stamps.append(time.perf_counter())
+    return {"stamps": stamps, "encode_s": encode_s}
+
+
+def _baseline_parts(w: Workload, precision: str, lr: float, weight_decay: float) -> SimpleNamespace:
+    """The script's models (frozen text encoders and VAE in fp32, a LoRA UNet), optimizer and accelerator."""
+    import torch
     from accelerate import Accelerator
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from PIL import Image
     from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
     accelerator = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no",
                               cpu=not torch.cuda.is_available())
-    device = accelerator.device
     path = w.model_dir
     tokenizers = [AutoTokenizer.from_pretrained(path, subfolder=s) for s in ("tokenizer", "tokenizer_2")]
     encoders = [CLIPTextModel.from_pretrained(path, subfolder="text_encoder"),
                 CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder_2")]
     vae = AutoencoderKL.from_pretrained(path, subfolder="vae")
     unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet")
-    scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
     for m in (*encoders, vae, unet):
         m.requires_grad_(False)
-        m.to(device)
+        m.to(accelerator.device)
     vae.to(dtype=torch.float32)  # the script keeps the VAE in fp32
     unet.add_adapter(lora_config())
     params = [p for p in unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     unet, optimizer = accelerator.prepare(unet, optimizer)
-    rows = [json.loads(line) for line in Path(w.data_file).read_text().splitlines()]
-    root = Path(w.data_file).parent
-    generator = torch.Generator(device="cpu").manual_seed(SEED)
+    return SimpleNamespace(accelerator=accelerator, device=accelerator.device, tokenizers=tokenizers,
+                           encoders=encoders, vae=vae, unet=unet, params=params, optimizer=optimizer,
+                           scheduler=DDPMScheduler.from_pretrained(path, subfolder="scheduler"))
 
-    def pixels(name: str) -> torch.Tensor:  # Resize, CenterCrop, ToTensor, Normalize([0.5], [0.5])
-        with Image.open(root / name) as img:
-            img = img.convert("RGB").resize((RESOLUTION, RESOLUTION), Image.BILINEAR)
-        return torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1) / 127.5 - 1.0
 
-    def encode_prompt(captions: list[str]):
-        states, pooled = [], None
-        for tok, enc in zip(tokenizers, encoders):
-            ids = tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                      return_tensors="pt").input_ids.to(device)
-            out = enc(ids, output_hidden_states=True)
-            pooled = out[0]
-            states.append(out.hidden_states[-2])
-        return torch.cat(states, dim=-1), pooled
+def _baseline_step(parts: SimpleNamespace, batch: list[dict], root: Path, generator) -> float:
+    """One training step of the script on ``batch``; returns the seconds spent encoding."""
+    import torch
+    import torch.nn.functional as F
 
-    order = visit_order(len(rows), w.total_steps * w.pairs)
-    stamps, encode_s = [], []
-    unet.train()
-    for step in range(w.total_steps):
-        batch = [rows[i] for i in order[step * w.pairs:(step + 1) * w.pairs]]
-        # the script's dataset transform: chosen and rejected stacked on the channel axis
-        pixel_values = torch.stack([torch.cat([pixels(r["chosen"]), pixels(r["rejected"])]) for r in batch])
-        started = time.perf_counter()
-        with torch.no_grad():
-            feed = torch.cat(pixel_values.to(device).chunk(2, dim=1))  # [2B, 3, H, W]: chosen, then rejected
-            latents = vae.encode(feed).latent_dist.sample() * vae.config.scaling_factor
-            prompt_embeds, pooled = encode_prompt([r["prompt"] for r in batch])
-        _sync()
-        encode_s.append(time.perf_counter() - started)
-        b = len(batch)
-        noise = torch.randn(latents.shape, generator=generator).to(device).chunk(2)[0].repeat(2, 1, 1, 1)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator).to(device).repeat(2)
-        noisy = scheduler.add_noise(latents, noise, timesteps)
-        time_ids = torch.tensor([[RESOLUTION, RESOLUTION, 0, 0, RESOLUTION, RESOLUTION]] * 2 * b,
-                                dtype=torch.float32, device=device)
-        cond = {"time_ids": time_ids, "text_embeds": pooled.repeat(2, 1)}
-        prompt_embeds = prompt_embeds.repeat(2, 1, 1)
+    device, unet, b = parts.device, parts.unet, len(batch)
+    # the script's dataset transform: chosen and rejected stacked on the channel axis
+    pixel_values = torch.stack([torch.cat([_pixels(root, r["chosen"]), _pixels(root, r["rejected"])]) for r in batch])
+    started = time.perf_counter()
+    with torch.no_grad():
+        feed = torch.cat(pixel_values.to(device).chunk(2, dim=1))  # [2B, 3, H, W]: chosen, then rejected
+        latents = parts.vae.encode(feed).latent_dist.sample() * parts.vae.config.scaling_factor
+        prompt_embeds, pooled = _encode_prompt(parts, [r["prompt"] for r in batch])
+    _sync()
+    encode_s = time.perf_counter() - started
+    noise = torch.randn(latents.shape, generator=generator).to(device).chunk(2)[0].repeat(2, 1, 1, 1)
+    timesteps = torch.randint(0, parts.scheduler.config.num_train_timesteps, (b,), generator=generator)
+    timesteps = timesteps.to(device).repeat(2)
+    noisy = parts.scheduler.add_noise(latents, noise, timesteps)
+    time_ids = torch.tensor([[RESOLUTION, RESOLUTION, 0, 0, RESOLUTION, RESOLUTION]] * 2 * b,
+                            dtype=torch.float32, device=device)
+    cond = {"time_ids": time_ids, "text_embeds": pooled.repeat(2, 1)}
+    prompt_embeds = prompt_embeds.repeat(2, 1, 1)
 
-        pred = unet(noisy, timesteps, prompt_embeds, added_cond_kwargs=cond).sample
-        losses = F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=[1, 2, 3])
-        model_diff = losses[:b] - losses[b:]
-        with torch.no_grad():
-            accelerator.unwrap_model(unet).disable_adapters()
-            ref = unet(noisy, timesteps, prompt_embeds, added_cond_kwargs=cond).sample
-            ref_losses = F.mse_loss(ref.float(), noise.float(), reduction="none").mean(dim=[1, 2, 3])
-            ref_diff = ref_losses[:b] - ref_losses[b:]
-            accelerator.unwrap_model(unet).enable_adapters()
-        loss = -F.logsigmoid(-0.5 * BETA_DPO * (model_diff - ref_diff)).mean()
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        _sync()
-        stamps.append(time.perf_counter())
-    return {"stamps": stamps, "encode_s": encode_s}
+    pred = unet(noisy, timesteps, prompt_embeds, added_cond_kwargs=cond).sample
+    losses = F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=[1, 2, 3])
+    model_diff = losses[:b] - losses[b:]
+    with torch.no_grad():
+        parts.accelerator.unwrap_model(unet).disable_adapters()
+        ref = unet(noisy, timesteps, prompt_embeds, added_cond_kwargs=cond).sample
+        ref_losses = F.mse_loss(ref.float(), noise.float(), reduction="none").mean(dim=[1, 2, 3])
+        ref_diff = ref_losses[:b] - ref_losses[b:]
+        parts.accelerator.unwrap_model(unet).enable_adapters()
+    loss = -F.logsigmoid(-0.5 * BETA_DPO * (model_diff - ref_diff)).mean()
+    parts.accelerator.backward(loss)
+    parts.accelerator.clip_grad_norm_(parts.params, 1.0)
+    parts.optimizer.step()
+    parts.optimizer.zero_grad(set_to_none=True)
+    _sync()
+    return encode_s
+
+
+def _pixels(root: Path, name: str):
+    """The script's image transform: Resize, CenterCrop, ToTensor, Normalize([0.5], [0.5])."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    with Image.open(root / name) as img:
+        img = img.convert("RGB").resize((RESOLUTION, RESOLUTION), Image.BILINEAR)
+    return torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1) / 127.5 - 1.0
+
+
+def _encode_prompt(parts: SimpleNamespace, captions: list[str]):
+    """Both CLIP encoders' penultimate hidden states, concatenated, and the second one's pooled output."""
+    import torch
+
+    states, pooled = [], None
+    for tok, enc in zip(parts.tokenizers, parts.encoders):
+        ids = tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                  return_tensors="pt").input_ids.to(parts.device)
+        out = enc(ids, output_hidden_states=True)
+        pooled = out[0]
+        states.append(out.hidden_states[-2])
+    return torch.cat(states, dim=-1), pooled
 
 
 def _sync() -> None:
