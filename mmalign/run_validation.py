@@ -1,6 +1,6 @@
-"""The names a config uses, checked against the registry and the modality before a run: the
-loss (it fits the modality; its options' names, types and ranges, by a dry run on a fake batch),
-evaluators, callbacks, the data format, the data keys the command needs, hardware (fp16 needs a
+"""The names a config uses, checked against the registry and the modality before a run: the data
+source and reference strategy it picks (and their own rules), the loss (it fits the modality; its
+options' names, types and ranges, by a dry run on a fake batch), evaluators, callbacks, the data format, the data keys the command needs, hardware (fp16 needs a
 GPU), output_dir, and the modality plugin's own checks (``factory.check_config(model_cfg,
 data_cfg)``). Runs before training, eval, score and ``mmalign check``; it never loads a model and
 never downloads. The values themselves were checked when the config was built

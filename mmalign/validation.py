@@ -7,7 +7,9 @@ file is loaded:
 
     mmalign.config_file.read_config_file(path)    the YAML file -> a mapping
     mmalign.validation.validate(cfg, where)        values and cross-key rules (this module)
-    mmalign.run_validation.validate_for_run(cfg)   names against the registry and the modality
+    mmalign.run_validation.validate_for_run(cfg)   names against the registry and the modality; the
+                                                   rules of what the config picks (a data source, a
+                                                   reference strategy, callbacks: their check=)
 
 Every failure is a :class:`mmalign.errors.ConfigError` naming the file and the dotted key, and the fix.
 """
@@ -56,8 +58,8 @@ NUMBER_RULES: dict[str, tuple[Any, str]] = {
 }
 
 # keys whose string value must not be empty (an empty path would mean the current directory)
-NON_EMPTY = ("output_dir", "model.reward", "model.name_or_path", "model.tokenizer",
-             "reference.strategy", "reference.name_or_path", "reference.cache_dir", "data.train", "data.eval", "data.format",
+NON_EMPTY = ("output_dir", "model.reward", "model.name_or_path", "model.tokenizer", "reference.strategy",
+             "reference.name_or_path", "reference.cache_dir", "data.train", "data.eval", "data.format",
              "loss.name", "eval.checkpoint", "train.push_to_hub")
 
 # free-form mappings: string keys, finite numbers anywhere inside
