@@ -62,6 +62,9 @@ class DataConfig:
     instance in ``options`` (see mmalign/plugin_data_options.py)."""
     train: Optional[str] = None
     eval: Optional[str] = None
+    # a registered data source (mmalign_register_data_sources); auto: "prompts" for an online
+    # algorithm, "streamed" with data.streaming, else "files"
+    source: str = "auto"
     format: str = "auto"  # a registered dataset format; auto picks by file suffix
     strict: bool = False  # turn every skipped record into an error
     # records equal in every field but "id": skip all but the first (counted), or keep them

@@ -92,6 +92,8 @@ class TrainingData:
 
 
 def data_source(cfg: Any) -> str:
-    """The registered data source a run reads (mmalign_register_data_sources): an online
-    algorithm's prompts, a streamed data.train, or data files read whole."""
+    """The registered data source a run reads (mmalign_register_data_sources): ``data.source``, or
+    for ``auto`` an online algorithm's prompts, a streamed data.train, or data files read whole."""
+    if cfg.data.source != "auto":
+        return cfg.data.source
     return "prompts" if cfg.algorithm.name else "streamed" if cfg.data.streaming else "files"

@@ -214,7 +214,7 @@ def _check_sources(cfg: Any, reg: Any, where: str) -> None:
     """The rules of the data source the run reads and of its reference strategy (their ``check=``)."""
     from mmalign.data import data_source
 
-    _plugin_check(reg.entry("data_sources", data_source(cfg)).meta.get("check"), cfg, where)
+    _plugin_check(reg.entry("data_sources", data_source(cfg), "data.source").meta.get("check"), cfg, where)
     if cfg.reference.strategy == "none":
         return
     strategy = reg.entry("references", cfg.reference.strategy, "reference.strategy")

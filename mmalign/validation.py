@@ -59,7 +59,7 @@ NUMBER_RULES: dict[str, tuple[Any, str]] = {
 
 # keys whose string value must not be empty (an empty path would mean the current directory)
 NON_EMPTY = ("output_dir", "model.reward", "model.name_or_path", "model.tokenizer", "reference.strategy",
-             "reference.name_or_path", "reference.cache_dir", "data.train", "data.eval", "data.format",
+             "reference.name_or_path", "reference.cache_dir", "data.train", "data.eval", "data.source", "data.format",
              "loss.name", "eval.checkpoint", "train.push_to_hub")
 
 # free-form mappings: string keys, finite numbers anywhere inside

@@ -110,6 +110,14 @@ def first_records(cfg: Any, n: int) -> list:
 
 
 def check_files(cfg: Any) -> None:
+    """data.train read whole: not streamed; held-out records from data.eval or data.eval_size."""
+    check_held_out(cfg)
+    if cfg.data.streaming:
+        raise fail(None, "data.streaming", "is true, but data.source is 'files', which reads data.train whole. "
+                                           "Set data.source: auto (or streamed), or data.streaming: false.")
+
+
+def check_held_out(cfg: Any) -> None:
     """Held-out records come from data.eval or from data.eval_size, not both."""
     if cfg.data.eval_size and cfg.data.eval is not None:
         raise fail(None, "data.eval_size", f"({cfg.data.eval_size}) is set together with data.eval; "
@@ -119,7 +127,7 @@ def check_files(cfg: Any) -> None:
 def check_streamed(cfg: Any) -> None:
     """What a streamed data.train (streaming.py) cannot do: it has no positions to hold records out
     or cache reference scores by."""
-    check_files(cfg)
+    check_held_out(cfg)
     if cfg.data.eval_size:
         raise fail(None, "data.eval_size", "is set, but a streamed data.train holds nothing out: give the "
                                            "held-out records as data.eval.")
@@ -130,7 +138,7 @@ def check_streamed(cfg: Any) -> None:
 
 def check_prompts(cfg: Any) -> None:
     """An online run's prompts are read whole, and its batches are sampled, not collated ahead."""
-    check_files(cfg)
+    check_held_out(cfg)
     if cfg.data.prefetch:
         raise fail(None, "data.prefetch", "is set, but an online run's batches are sampled by the policy, not read.")
     if cfg.data.streaming:

@@ -1,7 +1,8 @@
 """The data-source seam (``mmalign_register_data_sources``): a source registered in-process under
 ``files`` replaces the built-in one, so records can come from anywhere (here: generated in Python,
 no file read); the run trains on exactly what it hands over, and its ``content`` enters the run's
-identity. An online run asks for ``prompts``, a streamed one for ``streamed``."""
+identity. An online run asks for ``prompts``, a streamed one for ``streamed``; ``data.source``
+names any registered source, a new one too."""
 
 from __future__ import annotations
 
@@ -55,6 +56,31 @@ def test_a_registered_source_replaces_the_files_one(tmp_path, tokenizer_dir, pai
     ({}, "files"),
     ({"data": {"streaming": True}}, "streamed"),
     ({"algorithm": {"name": "grpo"}, "loss": {"name": "sigmoid", "beta": 0.04}}, "prompts"),
+    ({"data": {"source": "warehouse", "streaming": True}}, "warehouse"),
 ])
 def test_the_run_asks_for_the_source_its_config_names(tmp_path, tokenizer_dir, pairs_file, sections, name):
     assert data_source(mmalign.as_config(base_config(tmp_path, tokenizer_dir, pairs_file, **sections))) == name
+
+
+class Warehouse:
+    @hookimpl
+    def mmalign_register_data_sources(self, register):
+        register("warehouse", generated)
+
+
+def test_data_source_names_a_new_source_beside_the_built_in_ones(tmp_path, tokenizer_dir, pairs_file):
+    from mmalign.errors import ConfigError, RegistryError
+    from mmalign.run_validation import validate_for_run
+
+    ASKED.clear()
+    cfg = base_config(tmp_path, tokenizer_dir, pairs_file, data={"source": "warehouse"},
+                      train={"max_steps": 2, "batch_size": 2, "callbacks": []}, eval={"evaluators": []})
+    with pytest.raises(RegistryError, match="Unknown data source 'warehouse' \\(config key 'data.source'\\)"):
+        validate_for_run(mmalign.as_config(cfg))
+    with mmalign.register(Warehouse(), name="test-warehouse"):
+        result = train(mmalign.as_config(cfg), log=lambda *a: None)
+        files = mmalign.as_config(cfg, overrides=["data.source=files", "data.streaming=true"])
+        with pytest.raises(ConfigError, match="data.streaming' is true, but data.source is 'files'"):
+            validate_for_run(files)
+    assert ASKED == ["paired=True batch=2 accumulation=1 processes=1"]
+    assert result.history[-1]["records_seen"] == 4 and result.data_reports == []
