@@ -7,6 +7,10 @@ import inspect
 from pathlib import Path
 from typing import Any
 
+# config keys that only turn on a callback a plugin registers with implied_by=KEY: set while no
+# installed plugin claims one, they are refused rather than silently doing nothing
+CALLBACK_KEYS = ("train.report_to", "train.push_to_hub", "eval.samples")
+
 class Callback:
     """Base class of training callbacks: override what you need (every method is a no-op here).
     Called on the main process only."""
@@ -44,6 +48,20 @@ def callbacks_of(cfg: Any, reg: Any) -> list[tuple[str, str]]:
         if key and lookup(cfg, key) and entry.name not in cfg.train.callbacks:
             names.append((entry.name, key))
     return names
+
+
+def is_config_key(key: str) -> bool:
+    """Whether ``key`` (``train.report_to``) names a key of the config (what ``implied_by=`` must be)."""
+    import dataclasses
+
+    from mmalign.config import Config
+
+    node: Any = Config()
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(node) or part not in {f.name for f in dataclasses.fields(node)}:
+            return False
+        node = getattr(node, part)
+    return True
 
 
 def _make(factory: Any, out: Path, context: dict) -> Callback:

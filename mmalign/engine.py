@@ -228,6 +228,9 @@ def end_callbacks(callbacks: list, history: list[dict]) -> None:
             cb.on_train_end(history)
         except Exception as e:  # noqa: BLE001 (raised below, once the others have ended)
             errors.append(e)
+    for later in errors[1:]:  # said with the first, not lost
+        if hasattr(errors[0], "add_note"):  # Python 3.11+
+            errors[0].add_note(f"another callback's on_train_end failed too: {type(later).__name__}: {later}")
     if errors:
         raise errors[0]
 

@@ -201,9 +201,10 @@ def mmalign_register_data_sources(register: Callable[..., None]) -> None:
     :class:`mmalign.data.TrainingData` (the batch stream, the held-out examples, the data reports)
     and refuses bad data with a DataError before the run touches ``output_dir``. ``layout`` is
     (batch_size, gradient_accumulation_steps, processes, rank, seed, the data generator,
-    data.prefetch). The run asks for ``prompts`` (an online algorithm), ``streamed``
-    (``data.streaming: true``) or ``files``; registering one of these names replaces it. Built-in:
-    all three (mmalign_data).
+    data.prefetch). ``data.source`` names the source; with ``auto`` the run asks for ``prompts`` (an
+    online algorithm), ``streamed`` (``data.streaming: true``) or ``files``; registering one of
+    these names replaces it. ``check=check(cfg)`` refuses settings the source cannot honour before
+    anything loads. Built-in: all three (mmalign_data).
     """
 
 

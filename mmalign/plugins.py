@@ -148,6 +148,11 @@ def _register(reg: Registry, kind: str, source: str, *args: Any, **kwargs: Any) 
     if kind == "rewards" and not (isinstance(obj, type) and issubclass(obj, ModalityPlugin)):
         raise TypeError(f"reward '{name}' must be a subclass of mmalign.protocol.ModalityPlugin "
                         f"(got {obj!r})")
+    if kwargs.get("implied_by") is not None:
+        from mmalign.callbacks import is_config_key
+
+        if not is_config_key(kwargs["implied_by"]):
+            raise TypeError(f"{kind} '{name}': implied_by '{kwargs['implied_by']}' is not a config key")
     reg.add(kind, name, obj, source, **kwargs)
 
 

@@ -30,7 +30,7 @@ def _validate_names(cfg: Any, where: str, command: str, reg: Any) -> None:
     from mmalign.plugins import registry
 
     reg = reg or registry()
-    _check_sources(cfg, reg, where)  # the rules of the data source and reference the config picks
+    _check_sources(cfg, reg, where, command)  # the rules of the data source and reference the config picks
     factory_entry = reg.entry("rewards", cfg.model.reward, "model.reward")
     modality = cfg.model.reward
     spec = _loss_of(cfg, reg, where)
@@ -204,24 +204,34 @@ def _check_evaluators(cfg: Any, reg: Any, modality: str, where: str) -> None:
 def _check_callbacks(cfg: Any, reg: Any, where: str) -> None:
     """Every callback the run uses is registered; one registered with ``check=`` checks the keys
     it reads (``trackers``: the trackers of train.report_to)."""
-    from mmalign.callbacks import callbacks_of
+    from mmalign.callbacks import CALLBACK_KEYS, callbacks_of
+    from mmalign.validation import lookup
 
+    claimed = {entry.meta.get("implied_by") for entry in reg.entries["callbacks"].values()}
+    for key in CALLBACK_KEYS:
+        if lookup(cfg, key) and key not in claimed:
+            raise fail(where, key, "is set, but no installed plugin registers a callback for it (implied_by=): "
+                                   "install or unblock the plugin that does (`mmalign plugins` lists callbacks).")
     for name, key in callbacks_of(cfg, reg):
         _plugin_check(reg.entry("callbacks", name, key).meta.get("check"), cfg, where)
 
 
-def _check_sources(cfg: Any, reg: Any, where: str) -> None:
-    """The rules of the data source the run reads and of its reference strategy (their ``check=``)."""
+def _check_sources(cfg: Any, reg: Any, where: str, command: str) -> None:
+    """The rules of the data source training reads and of the reference strategy (their ``check=``)."""
     from mmalign.data import data_source
+    from mmalign.errors import RegistryError
 
-    _plugin_check(reg.entry("data_sources", data_source(cfg), "data.source").meta.get("check"), cfg, where)
+    if command in ("train", "check"):
+        key = "data.source" if cfg.data.source != "auto" else None
+        _plugin_check(reg.entry("data_sources", data_source(cfg), key).meta.get("check"), cfg, where)
     if cfg.reference.strategy == "none":
         return
-    strategy = reg.entry("references", cfg.reference.strategy, "reference.strategy")
-    if strategy.meta.get("wraps"):
-        raise fail(where, "reference.strategy", f"is '{strategy.name}', which wraps a strategy (reference."
-                                                f"{strategy.name} applies it) and is not one. Use auto or copy.")
-    _plugin_check(strategy.meta.get("check"), cfg, where)
+    strategies = [n for n in reg.names("references") if not reg.entry("references", n).meta.get("wraps")]
+    if cfg.reference.strategy not in strategies:  # `cache` is registered too, but wraps a strategy
+        raise RegistryError(f"Unknown reference strategy '{cfg.reference.strategy}' (config key "
+                            f"'reference.strategy'). Registered: {', '.join(strategies)}; or none. Check the "
+                            f"spelling, or install the plugin that provides it (`mmalign plugins` lists them).")
+    _plugin_check(reg.entry("references", cfg.reference.strategy).meta.get("check"), cfg, where)
 
 
 def _plugin_check(check: Any, cfg: Any, where: str) -> None:

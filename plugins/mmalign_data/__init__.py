@@ -1,8 +1,8 @@
 """The built-in data plugin (entry point ``data`` of the ``mmalign`` group): where a run's
 records come from, and how they become batches. It registers three data sources
-(``mmalign_register_data_sources``); the run asks for ``prompts`` (an online algorithm),
-``streamed`` (``data.streaming: true``) or ``files``, and a plugin registered later under one of
-these names replaces it.
+(``mmalign_register_data_sources``): ``data.source`` names one, and with ``auto`` the run asks for
+``prompts`` (an online algorithm), ``streamed`` (``data.streaming: true``) or ``files``. A plugin
+registers another source under its own name, or replaces one of these.
 
     sources.py        the three sources: files read whole, streamed, an online run's prompts
     reading.py        a data path -> Records, through the reader of its format; data.columns

@@ -1,6 +1,7 @@
-"""The data sources this plugin registers (``mmalign_register_data_sources``). The run asks for
-one by what the config says: ``prompts`` for an online algorithm, ``streamed`` for
-``data.streaming: true``, ``files`` otherwise. Each is ``source(cfg, plugin, paired, layout,
+"""The data sources this plugin registers (``mmalign_register_data_sources``). ``data.source``
+names one; with ``auto`` the run asks for ``prompts`` for an online algorithm, ``streamed`` for
+``data.streaming: true``, ``files`` otherwise. Each registers a ``check(cfg)`` of the settings it
+cannot honour, run before anything loads. Each is ``source(cfg, plugin, paired, layout,
 log) -> mmalign.data.TrainingData``, where ``layout`` is (batch_size, gradient_accumulation_steps,
 processes, rank, seed, the data generator, data.prefetch), and refuses bad data before the run
 touches ``output_dir``.
@@ -112,9 +113,17 @@ def first_records(cfg: Any, n: int) -> list:
 def check_files(cfg: Any) -> None:
     """data.train read whole: not streamed; held-out records from data.eval or data.eval_size."""
     check_held_out(cfg)
+    check_offline(cfg, "files")
     if cfg.data.streaming:
         raise fail(None, "data.streaming", "is true, but data.source is 'files', which reads data.train whole. "
                                            "Set data.source: auto (or streamed), or data.streaming: false.")
+
+
+def check_offline(cfg: Any, name: str) -> None:
+    """An online algorithm reads prompts (the source ``prompts``), not training pairs."""
+    if cfg.algorithm.name:
+        raise fail(None, "data.source", f"is '{name}', but an online algorithm ({cfg.algorithm.name}) samples "
+                                        f"from prompts: set data.source: auto (or prompts).")
 
 
 def check_held_out(cfg: Any) -> None:
@@ -128,6 +137,7 @@ def check_streamed(cfg: Any) -> None:
     """What a streamed data.train (streaming.py) cannot do: it has no positions to hold records out
     or cache reference scores by."""
     check_held_out(cfg)
+    check_offline(cfg, "streamed")
     if cfg.data.eval_size:
         raise fail(None, "data.eval_size", "is set, but a streamed data.train holds nothing out: give the "
                                            "held-out records as data.eval.")
@@ -139,6 +149,9 @@ def check_streamed(cfg: Any) -> None:
 def check_prompts(cfg: Any) -> None:
     """An online run's prompts are read whole, and its batches are sampled, not collated ahead."""
     check_held_out(cfg)
+    if not cfg.algorithm.name:
+        raise fail(None, "data.source", "is 'prompts', the prompts an online algorithm samples from, but "
+                                        "algorithm.name is not set: set data.source: auto for offline training.")
     if cfg.data.prefetch:
         raise fail(None, "data.prefetch", "is set, but an online run's batches are sampled by the policy, not read.")
     if cfg.data.streaming:

@@ -54,8 +54,17 @@ def check_repo_id(repo_id: str, key: str) -> None:
 
 def check_push_config(cfg: Any) -> None:
     """``train.push_to_hub`` (the callback's ``check=``): a well-formed repository id, before anything loads."""
-    if cfg.train.push_to_hub:  # unset with train.callbacks: [push_to_hub], which the callback refuses
-        check_repo_id(cfg.train.push_to_hub, "train.push_to_hub")
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    from mmalign.validation import fail
+
+    repo_id = cfg.train.push_to_hub
+    try:
+        if repo_id:  # unset with train.callbacks: [push_to_hub], which the callback refuses
+            validate_repo_id(repo_id)
+    except HFValidationError:
+        raise fail(None, "train.push_to_hub", f"is '{repo_id}', not a Hub repository id: 'name' or 'org/name' in "
+                                              f"letters, digits, '-', '_' and '.' (at most 96 characters).") from None
 
 
 def require_token() -> str:

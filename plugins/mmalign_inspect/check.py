@@ -26,6 +26,9 @@ def record_checker(cfg: Config, reg):
     return factory.record_checker(cfg.model, cfg.data)
 
 
+BUILT_IN_SOURCES = ("auto", "files", "streamed", "prompts")  # mmalign_data's, which read data files
+
+
 def read_data(cfg: Config) -> list[str]:
     """Every record of data.train and data.eval through the data layer and the plugin's
     ``prepare``, as training prepares them before step 1: every line parsed, every file a record
@@ -37,6 +40,8 @@ def read_data(cfg: Config) -> list[str]:
     from mmalign_data.reading import is_url, read_records
 
     reg = registry()
+    if cfg.data.source not in BUILT_IN_SOURCES:  # a plugin's source: its own check= ran
+        return [f"  data: read by data.source '{cfg.data.source}' (a plugin's source), not by check"]
     if cfg.algorithm.name:  # prompts for an online algorithm: each record needs one
         from mmalign_data.sources import prompt_records
 

@@ -47,6 +47,7 @@ def load_trained_run(cfg: Config) -> Loaded:
 
     set_seed(cfg.seed)
     reg = registry()
+    refuse_plugin_parts(cfg)
     spec = reg.get("losses", cfg.loss.name, "loss.name")
     reward = reg.get("rewards", cfg.model.reward, "model.reward")(cfg.model, cfg.data)
     checkpoint = Path(cfg.eval.checkpoint) if cfg.eval.checkpoint else Path(cfg.output_dir) / "final"
@@ -87,6 +88,21 @@ def load_trained_run(cfg: Config) -> Loaded:
     else:
         reference = None
     return Loaded(reg, spec, reward, policy, reference, examples, data_path, checkpoint, accelerator)
+
+
+def refuse_plugin_parts(cfg: Config) -> None:
+    """eval and score rebuild the built-in references and read data.eval (or data.train) as a file:
+    a plugin's strategy or data source would give rewards or records other than training's."""
+    from mmalign_inspect.check import BUILT_IN_SOURCES
+
+    if cfg.reference.strategy not in ("auto", "copy", "disable_adapters", "none"):
+        raise ConfigError(f"reference.strategy: '{cfg.reference.strategy}' is a plugin's strategy, and mmalign eval "
+                          f"and score rebuild only the built-in ones (auto, copy, disable_adapters): their rewards "
+                          f"would not be training's. Evaluate during training (train.eval_every) instead.")
+    if cfg.data.eval is None and cfg.data.source not in BUILT_IN_SOURCES:
+        raise ConfigError(f"data.eval: mmalign eval and score read held-out records from a file, and data.source "
+                          f"'{cfg.data.source}' is a plugin's source, which they do not call. Set data.eval to a "
+                          f"data file.")
 
 
 def _trained_policy(reward, cfg: Config, checkpoint: Path) -> torch.nn.Module:

@@ -16,7 +16,7 @@ import mmalign
 from mmalign import train
 from mmalign.data import Record, TrainingData
 from mmalign.hookspecs import hookimpl
-from mmalign.run_setup import data_source
+from mmalign.data import data_source
 
 ASKED: list[str] = []
 
@@ -84,3 +84,19 @@ def test_data_source_names_a_new_source_beside_the_built_in_ones(tmp_path, token
             validate_for_run(files)
     assert ASKED == ["paired=True batch=2 accumulation=1 processes=1"]
     assert result.history[-1]["records_seen"] == 4 and result.data_reports == []
+
+
+@pytest.mark.parametrize("sections,words", [
+    ({"data": {"source": "files"}, "algorithm": {"name": "grpo"}, "loss": {"name": "sigmoid", "beta": 0.04}},
+     "data.source' is 'files', but an online algorithm (grpo) samples from prompts"),
+    ({"data": {"source": "streamed"}, "algorithm": {"name": "grpo"}, "loss": {"name": "sigmoid", "beta": 0.04}},
+     "data.source' is 'streamed', but an online algorithm"),
+    ({"data": {"source": "prompts"}}, "data.source' is 'prompts', the prompts an online algorithm samples from"),
+])
+def test_a_built_in_source_named_against_the_run_kind_is_refused(tmp_path, tokenizer_dir, pairs_file, sections,
+                                                                 words):
+    from mmalign.errors import ConfigError
+    from mmalign.run_validation import validate_for_run
+
+    with pytest.raises(ConfigError, match=words.replace("(", "\\(").replace(")", "\\)")):
+        validate_for_run(mmalign.as_config(base_config(tmp_path, tokenizer_dir, pairs_file, **sections)))

@@ -109,9 +109,10 @@ def test_a_plugin_adds_a_strategy_under_a_new_name_with_its_own_check(tmp_path, 
     assert not math.isclose(history[0]["loss"], math.log(2), abs_tol=1e-3)
 
 
-def test_cache_wraps_a_strategy_and_cannot_be_named_as_one(tmp_path, tokenizer_dir, pairs_file):
+def test_cache_wraps_a_strategy_and_is_not_listed_or_taken_as_one(tmp_path, tokenizer_dir, pairs_file):
     from mmalign.run_validation import validate_for_run
 
     cfg = base_config(tmp_path, tokenizer_dir, pairs_file, reference={"strategy": "cache"})
-    with pytest.raises(mmalign.ConfigError, match="reference.strategy' is 'cache', which wraps a strategy"):
+    with pytest.raises(mmalign.errors.RegistryError, match="Unknown reference strategy 'cache'") as refused:
         validate_for_run(mmalign.as_config(cfg))
+    assert "Registered: auto, copy, disable_adapters; or none." in str(refused.value)

@@ -65,3 +65,26 @@ def test_a_callback_registered_with_implied_by_is_added_when_its_key_is_set(tmp_
         assert callbacks_of(cfg, registry()) == []
         warm = mmalign.as_config(cfg, overrides=["train.warmup_steps=2", "train.report_to=[tensorboard]"])
         assert callbacks_of(warm, registry()) == [("trackers", "train.report_to"), ("lr_watch", "train.warmup_steps")]
+
+
+def test_a_key_no_installed_callback_claims_is_refused_not_ignored(tmp_path, tokenizer_dir, pairs_file):
+    from mmalign.plugins import build_registry, plugin_manager
+    from mmalign.run_validation import validate_for_run
+
+    cfg = mmalign.as_config(base_config(tmp_path, tokenizer_dir, pairs_file, train={"push_to_hub": "org/tiny"}))
+    without_hub = build_registry(plugin_manager(block=["hub"]))
+    with pytest.raises(mmalign.ConfigError, match="train.push_to_hub' is set, but no installed plugin registers"):
+        validate_for_run(cfg, reg=without_hub)
+
+
+def test_implied_by_must_name_a_config_key():
+    from mmalign.errors import RegistryError
+    from mmalign.hookspecs import hookimpl
+
+    class Misspelt:
+        @hookimpl
+        def mmalign_register_callbacks(self, register):
+            register("watch", Recorder, implied_by="train.warmup_step")
+
+    with pytest.raises(RegistryError, match="implied_by 'train.warmup_step' is not a config key"):
+        mmalign.register(Misspelt(), name="test-misspelt")
