@@ -32,16 +32,21 @@ def generated(cfg, plugin, paired, layout, log) -> TrainingData:
     return TrainingData(BatchStream(examples, *layout), [], [], content="generated-v1")
 
 
-class Generated:
+class Registers:
+    """A plugin registering ``generated`` as the data source ``name``."""
+
+    def __init__(self, name: str):
+        self.name = name
+
     @hookimpl
     def mmalign_register_data_sources(self, register):
-        register("files", generated)
+        register(self.name, generated)
 
 
 def test_a_registered_source_replaces_the_files_one(tmp_path, tokenizer_dir, pairs_file):
     ASKED.clear()
     cfg = base_config(tmp_path, tokenizer_dir, pairs_file, train={"max_steps": 3, "batch_size": 2, "save_every": 3})
-    with mmalign.register(Generated(), name="test-generated"):
+    with mmalign.register(Registers("files"), name="test-generated"):
         result = train(mmalign.as_config(cfg), log=lambda *a: None)
     assert ASKED == ["paired=True batch=2 accumulation=1 processes=1"]
     assert [row["step"] for row in result.history] == [1, 2, 3]
@@ -62,12 +67,6 @@ def test_the_run_asks_for_the_source_its_config_names(tmp_path, tokenizer_dir, p
     assert data_source(mmalign.as_config(base_config(tmp_path, tokenizer_dir, pairs_file, **sections))) == name
 
 
-class Warehouse:
-    @hookimpl
-    def mmalign_register_data_sources(self, register):
-        register("warehouse", generated)
-
-
 def test_data_source_names_a_new_source_beside_the_built_in_ones(tmp_path, tokenizer_dir, pairs_file):
     from mmalign.errors import ConfigError, RegistryError
     from mmalign.run_validation import validate_for_run
@@ -77,7 +76,7 @@ def test_data_source_names_a_new_source_beside_the_built_in_ones(tmp_path, token
                       train={"max_steps": 2, "batch_size": 2, "callbacks": []}, eval={"evaluators": []})
     with pytest.raises(RegistryError, match="Unknown data source 'warehouse' \\(config key 'data.source'\\)"):
         validate_for_run(mmalign.as_config(cfg))
-    with mmalign.register(Warehouse(), name="test-warehouse"):
+    with mmalign.register(Registers("warehouse"), name="test-warehouse"):
         result = train(mmalign.as_config(cfg), log=lambda *a: None)
         files = mmalign.as_config(cfg, overrides=["data.source=files", "data.streaming=true"])
         with pytest.raises(ConfigError, match="data.streaming' is true, but data.source is 'files'"):
