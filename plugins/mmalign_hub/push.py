@@ -42,29 +42,32 @@ def push_run(run_dir: str | Path, repo_id: str, *, private: Optional[bool] = Non
     return str(url)
 
 
-def check_repo_id(repo_id: str, key: str) -> None:
+REPO_ID_RULE = "'name' or 'org/name' in letters, digits, '-', '_' and '.' (at most 96 characters)"
+
+
+def is_repo_id(repo_id: str) -> bool:
+    """A well-formed Hub repository id (huggingface_hub's own rule)."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     try:
         validate_repo_id(repo_id)
     except HFValidationError:
-        raise ConfigError(f"{key} '{repo_id}' is not a Hub repository id: 'name' or 'org/name' in letters, "
-                          f"digits, '-', '_' and '.' (at most 96 characters).") from None
+        return False
+    return True
+
+
+def check_repo_id(repo_id: str, key: str) -> None:
+    if not is_repo_id(repo_id):
+        raise ConfigError(f"{key} '{repo_id}' is not a Hub repository id: {REPO_ID_RULE}.")
 
 
 def check_push_config(cfg: Any) -> None:
     """``train.push_to_hub`` (the callback's ``check=``): a well-formed repository id, before anything loads."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
     from mmalign.validation import fail
 
-    repo_id = cfg.train.push_to_hub
-    try:
-        if repo_id:  # unset with train.callbacks: [push_to_hub], which the callback refuses
-            validate_repo_id(repo_id)
-    except HFValidationError:
-        raise fail(None, "train.push_to_hub", f"is '{repo_id}', not a Hub repository id: 'name' or 'org/name' in "
-                                              f"letters, digits, '-', '_' and '.' (at most 96 characters).") from None
+    repo_id = cfg.train.push_to_hub  # unset with train.callbacks: [push_to_hub], which the callback refuses
+    if repo_id and not is_repo_id(repo_id):
+        raise fail(None, "train.push_to_hub", f"is '{repo_id}', not a Hub repository id: {REPO_ID_RULE}.")
 
 
 def require_token() -> str:

@@ -7,7 +7,8 @@ store, which keeps a run in ``output_dir`` on a file system (:mod:`mmalign_runs.
     run_identity.py   the settings a resume must match; the folder's lock
     sharded_state.py  FSDP2 model and optimizer state on disk
     metrics_file.py   metrics.jsonl
-    output_dir.py     the output folder: its lock's name, a fresh one (--overwrite), flushing to disk
+    output_dir.py     the output folder: its lock's name, a fresh one (--overwrite)
+    safe_files.py     atomic writes, a failed write as one error with the fix, fsync
     optimizer_state.py  an optimizer's state as safetensors tensors plus JSON
 """
 

@@ -39,13 +39,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mmalign.errors import ConfigError
-from mmalign_runs.safe_files import writing
 from mmalign_runs.checkpoint_verify import (IDENTITY, MANIFEST, STEP_DIR, find_resume_checkpoint,  # noqa: F401
                                             last_intact, latest_checkpoint, list_checkpoints, rng_file,
                                             run_id_of, verify_checkpoint)
 from mmalign_runs.optimizer_state import load_optimizer, optimizer_tensors
-from mmalign_runs.output_dir import fsync_dir, fsync_tree
 from mmalign_runs.run_identity import file_sha256
+from mmalign_runs.safe_files import fsync_dir, fsync_tree, writing
 from mmalign_runs.sharded_state import SHARDED_DIR
 
 CRASH_ENV = "MMALIGN_TEST_CRASH_AT"

@@ -1,10 +1,9 @@
 """The output folder of the local run store (and of ``mmalign demo`` / ``sweep``'s ``--out``): its
 lock's name, what counts as empty, a fresh one (what an earlier run left moved aside with
-``--overwrite``, nothing deleted), and flushing what is written in it to disk."""
+``--overwrite``, nothing deleted)."""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -15,23 +14,6 @@ LOCK_NAME = ".mmalign.lock"
 # Kept across --overwrite and ignored when deciding if a folder is empty: reusable by design
 # (keyed by its own fingerprint). So are the CLI's crash logs (mmalign-crash-*.log).
 KEPT_ON_OVERWRITE = ("reference_cache",)
-
-
-def fsync_tree(root: Path) -> None:
-    """Flush every file under ``root`` to disk (before the rename that publishes it)."""
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
-            with path.open("rb") as f:
-                os.fsync(f.fileno())
-
-
-def fsync_dir(root: Path) -> None:
-    """Flush a directory's entries (a rename within it) to disk."""
-    dir_fd = os.open(root, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def existing_contents(out: Path) -> list[Path]:

@@ -29,10 +29,10 @@ from typing import Any
 
 from mmalign.config import Config, to_dict
 from mmalign.errors import ConfigError
-from mmalign_runs.safe_files import writing
 from mmalign.validation import fail
 from mmalign_data.reading import data_sha256
 from mmalign_runs.output_dir import LOCK_NAME, prepare_fresh_output
+from mmalign_runs.safe_files import writing
 
 
 # Settings that do not change the weights a step produces: where and how often things are

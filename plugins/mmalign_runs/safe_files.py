@@ -1,11 +1,13 @@
-"""Writing a run's files safely: atomic text writes, and :func:`writing`, which turns a failed
-write (a full disk, a read-only folder, a path that is a file) into a one-paragraph error naming the
-path and the fix (exit code 2). Used by the local store and by what writes beside it (the model
-card, ``mmalign eval``'s results). The output folder itself (a fresh one, its lock) is output_dir.py's."""
+"""Writing a run's files safely: atomic text writes; :func:`writing`, which turns a failed write (a
+full disk, a read-only folder, a path that is a file) into a one-paragraph error naming the path and
+the fix (exit code 2); flushing written files and folders to disk before a rename publishes them.
+Used by the local store and by what writes beside it (the model card, ``mmalign eval``'s results).
+The output folder itself (a fresh one, its lock) is output_dir.py's."""
 
 from __future__ import annotations
 
 import errno
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -44,3 +46,20 @@ def write_atomic(path: Path, text: str) -> None:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(text)
         tmp.replace(path)
+
+
+def fsync_tree(root: Path) -> None:
+    """Flush every file under ``root`` to disk (before the rename that publishes it)."""
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            with path.open("rb") as f:
+                os.fsync(f.fileno())
+
+
+def fsync_dir(root: Path) -> None:
+    """Flush a directory's entries (a rename within it) to disk."""
+    dir_fd = os.open(root, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
